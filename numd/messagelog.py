@@ -1,0 +1,174 @@
+"""The message log: one JSON line for every counter-protocol message and connection event.
+
+Record format (one JSON object per line, UTF-8, keys in this order)::
+
+    {"t":1732245600.123,"dir":"in","peer":"127.0.0.1:51234","id":5287,"msg":"odd"}
+    {"t":1732245600.123,"dir":"out","peer":"127.0.0.1:51234","id":5287,"msg":"37"}
+    {"t":1732245599.020,"dir":"event","peer":"127.0.0.1:51234","id":null,"event":"connect"}
+
+``t`` is the Unix time, ``dir`` is ``in`` (received), ``out`` (sent) or ``event``;
+``id`` is the client ID, or null before registration. ``msg`` holds the token's
+bytes one character per byte (latin-1), JSON-escaped, so
+``record["msg"].encode("latin-1")`` gives back exactly the bytes on the wire,
+whatever they were. Client bytes are never used as a format string.
+
+Records are buffered and written in batches (at least every ``flush_interval``
+seconds, sooner when the buffer is large), so a crash can lose the last fraction
+of a second of log. The file rotates by size and keeps a bounded number of old
+files. If writing fails the daemon keeps serving: records are counted as dropped
+and `writable` turns false until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+
+_PLAIN = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
+"""Bytes that need no JSON escaping: printable ASCII except ``"`` and ``\\``."""
+
+
+def _json_token(token: bytes) -> str:
+    if _PLAIN.fullmatch(token):
+        return '"' + token.decode("ascii") + '"'
+    return json.dumps(token.decode("latin-1"))
+
+
+def _json_id(client_id: int | None) -> str:
+    return "null" if client_id is None else str(client_id)
+
+
+class MessageLog(Service):
+    """Writes message records to a size-rotated file, in buffered batches."""
+
+    log = Logger()
+    name = "numd-message-log"
+
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        max_bytes: int = 10 * 1024 * 1024,
+        max_files: int = 5,
+        flush_interval: float = 0.2,
+        flush_bytes: int = 64 * 1024,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._timer: IDelayedCall | None = None
+        self._file: LogFile | None = None
+        self.written = 0
+        """Records written to the file so far."""
+        self.dropped = 0
+        """Records lost because the file could not be written."""
+        self.writable = True
+        """False while the last write attempt failed."""
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Open (or create) the log file."""
+        super().startService()
+        self._open()
+
+    def stopService(self) -> None:
+        """Write everything buffered and close the file."""
+        super().stopService()
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> bool:
+        try:
+            self._file = LogFile(
+                os.path.basename(self.path),
+                os.path.dirname(self.path),
+                rotateLength=self.max_bytes,
+                maxRotatedFiles=self.max_files,
+            )
+        except OSError as e:
+            self._file = None
+            self._fail(e)
+            return False
+        return True
+
+    # -- records -----------------------------------------------------------------
+
+    def received(self, peer: str, client_id: int | None, token: bytes) -> None:
+        """Record a token the server received."""
+        self._add(
+            f'{{"t":{self._clock.seconds():.3f},"dir":"in","peer":"{peer}",'
+            f'"id":{_json_id(client_id)},"msg":{_json_token(token)}}}\n'
+        )
+
+    def sent(self, peer: str, client_id: int | None, token: bytes) -> None:
+        """Record a token the server sent."""
+        self._add(
+            f'{{"t":{self._clock.seconds():.3f},"dir":"out","peer":"{peer}",'
+            f'"id":{_json_id(client_id)},"msg":{_json_token(token)}}}\n'
+        )
+
+    def event(self, peer: str, client_id: int | None, event: str) -> None:
+        """Record a connection event (connect, register, disconnect, ...)."""
+        self._add(
+            f'{{"t":{self._clock.seconds():.3f},"dir":"event","peer":"{peer}",'
+            f'"id":{_json_id(client_id)},"event":{json.dumps(event)}}}\n'
+        )
+
+    def _add(self, line: str) -> None:
+        self._buffer.append(line)
+        self._buffered += len(line)
+        if self._buffered >= self.flush_bytes:
+            self.flush()
+        elif self._timer is None and self.running:
+            self._timer = self._clock.callLater(self.flush_interval, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered record to the file now."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self._buffer:
+            return
+        lines, self._buffer, self._buffered = self._buffer, [], 0
+        if self._file is None and not self._open():
+            self.dropped += len(lines)
+            return
+        assert self._file is not None
+        data = "".join(lines).encode("utf-8")
+        try:
+            self._file.write(data)
+        except (OSError, ValueError) as e:
+            self.dropped += len(lines)
+            self._fail(e)
+            return
+        self.written += len(lines)
+        if not self.writable:
+            self.log.info("message log {path} is writable again", path=self.path)
+        self.writable = True
+
+    def _fail(self, error: Exception) -> None:
+        if self.writable:
+            self.log.error(
+                "message log {path} cannot be written ({error}); records are dropped",
+                path=self.path,
+                error=error,
+            )
+        self.writable = False

@@ -1,0 +1,318 @@
+"""The counter protocol: registration, reports, even/odd requests and arrays.
+
+See ``docs/protocol.md`` for the byte-level reference. In short, every message is
+an ASCII token ended by one space; the server answers each request with exactly
+one token, in order, and never sends anything a client did not ask for.
+"""
+
+from __future__ import annotations
+
+import re
+from sortedcontainers import SortedList
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as defer_TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from numd.framing import TokenReceiver
+from numd.messagelog import MessageLog
+from numd.service import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_CLIENT_ID,
+    IdInUse,
+    NumberService,
+)
+from numd.stats import Stats
+
+_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
+_ARRAY = re.compile(rb"\[-?(?:0|[1-9][0-9]{0,18})(?:,-?(?:0|[1-9][0-9]{0,18}))*\]")
+_OLD_CLIENT_ID = re.compile(rb"[0-9]{1,5}")
+_HTTP_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split()
+)
+
+MAX_ARRAY_VALUES = 1000
+MIN_REPLY_CAP = 64
+
+
+def parse_integer(token: bytes) -> int | None:
+    """The value of a strict ASCII decimal 64-bit integer token, else None."""
+    if _INTEGER.fullmatch(token) is None:
+        return None
+    value = int(token)
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    return None
+
+
+def parse_array(token: bytes) -> list[int] | None:
+    """The values of an ``[a,b,c]`` token (1-1000 strict 64-bit integers), else None."""
+    if _ARRAY.fullmatch(token) is None:
+        return None
+    values = [int(part) for part in token[1:-1].split(b",")]
+    if len(values) > MAX_ARRAY_VALUES:
+        return None
+    for value in values:
+        if not INT64_MIN <= value <= INT64_MAX:
+            return None
+    return values
+
+
+def format_values(values: SortedList, cap: int) -> bytes:
+    """The sorted list as one token of at most `cap` bytes.
+
+    The whole list is ``[1,2,3]``. A list too long for `cap` is cut after the
+    last value that fits and marked with its total size: ``[1,2,3,...]/1000000``.
+    The cost is bounded by `cap`, whatever the size of the list.
+    """
+    size = len(values)
+    if size == 0:
+        return b"[]"
+    # Each value takes at least two bytes with its comma, so no more can fit.
+    taken = min(size, cap // 2)
+    body = ",".join(map(str, values.islice(0, taken)))
+    if taken == size and len(body) + 2 <= cap:
+        return ("[" + body + "]").encode("ascii")
+    suffix = f",...]/{size}"
+    budget = cap - 1 - len(suffix)
+    if len(body) > budget:
+        body = body[: body.rfind(",", 0, budget + 1)]
+    return ("[" + body + suffix).encode("ascii")
+
+
+class CounterProtocol(TokenReceiver):
+    """One counter client's connection."""
+
+    log = Logger()
+    factory: CounterFactory
+
+    client_id: int | None = None
+    peer = "?"
+    _seen_token = False
+    _quiet_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        """Note the peer, register the connection with the factory, log it."""
+        address = self.transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        self.peer = f"{host}:{port}" if host is not None else str(address)
+        self.MAX_LENGTH = self.factory.max_token_length
+        self._out: list[bytes] = []
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self.factory.connection_made(self)
+        self.factory.message_log.event(self.peer, None, "connect")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Cancel timers, mark the client disconnected, log it."""
+        self.stop_reading_tokens()
+        self._cancel_quiet_timer()
+        if self.client_id is not None:
+            self.factory.service.disconnect(self.client_id)
+        self.factory.connection_lost(self)
+        self.factory.message_log.event(self.peer, self.client_id, "disconnect")
+
+    # -- framing hooks -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Any new bytes end the quiet time of an old client's bare ID."""
+        self._cancel_quiet_timer()
+        super().dataReceived(data)
+
+    def tokensDone(self) -> None:
+        """Send this read's replies in one write; arm the old-client quiet timer."""
+        self._flush()
+        if (
+            self.client_id is None
+            and not self._stopped
+            and _OLD_CLIENT_ID.fullmatch(self.pending)
+        ):
+            self._quiet_timer = self.factory.clock.callLater(
+                self.factory.quiet_time, self._quiet_time_passed
+            )
+
+    def lineLengthExceeded(self, token: bytes) -> None:
+        """Answer ``error:too-long`` and close the connection."""
+        self.factory.stats.received["too-long"] += 1
+        self.factory.message_log.received(
+            self.peer, self.client_id, token[:64] + b"..."
+        )
+        self._error("too-long")
+        self._flush()
+        self.transport.loseConnection()
+
+    def _quiet_time_passed(self) -> None:
+        self._quiet_timer = None
+        if self.client_id is None and _OLD_CLIENT_ID.fullmatch(self.pending):
+            self.tokenReceived(self.take_pending())
+            self._flush()
+
+    def _cancel_quiet_timer(self) -> None:
+        if self._quiet_timer is not None:
+            if self._quiet_timer.active():
+                self._quiet_timer.cancel()
+            self._quiet_timer = None
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def tokenReceived(self, token: bytes) -> None:
+        """Handle one token: exactly one reply for a request, none for a report."""
+        factory = self.factory
+        factory.message_log.received(self.peer, self.client_id, token)
+        first = not self._seen_token
+        self._seen_token = True
+        if token == b"even" or token == b"odd":
+            self._request(token)
+        elif token[:1] == b"[":
+            self._array(token)
+        elif self.client_id is None:
+            if first and _looks_like_http(token):
+                self._refuse_http(token)
+            else:
+                self._register(token)
+        else:
+            value = parse_integer(token)
+            if value is None:
+                factory.stats.received["bad"] += 1
+                self._error("bad-token")
+            else:
+                factory.stats.received["report"] += 1
+                factory.service.report(self.client_id, value)
+
+    def _register(self, token: bytes) -> None:
+        stats = self.factory.stats
+        stats.received["id"] += 1
+        client_id = parse_integer(token)
+        if client_id is None:
+            self._error("bad-token")
+            return
+        if not 0 <= client_id <= MAX_CLIENT_ID or token[:1] == b"-":
+            self._error("bad-id")
+            return
+        try:
+            start = self.factory.service.register(client_id)
+        except IdInUse:
+            self._error("id-in-use")
+            self._flush()
+            self.stop_reading_tokens()
+            self.transport.loseConnection()
+            return
+        self.client_id = client_id
+        self.factory.message_log.event(self.peer, client_id, "register")
+        self._reply("start", b"%d" % start)
+
+    def _request(self, token: bytes) -> None:
+        kind = token.decode("ascii")
+        self.factory.stats.received[kind] += 1
+        if self.client_id is None:
+            self._error("not-registered")
+            return
+        number = self.factory.service.give(self.client_id, "even" if kind == "even" else "odd")
+        self._reply(kind, b"%d" % number)
+
+    def _array(self, token: bytes) -> None:
+        factory = self.factory
+        factory.stats.received["array"] += 1
+        values = parse_array(token)
+        if values is None:
+            self._error("bad-array")
+            return
+        factory.service.merge(values)
+        self._reply("array", format_values(factory.service.values, factory.reply_cap))
+
+    def _refuse_http(self, token: bytes) -> None:
+        self.factory.stats.errors["http"] += 1
+        self.log.warn(
+            "closing {peer}: it spoke HTTP ({method!r}) to the counter port",
+            peer=self.peer,
+            method=token[:16],
+        )
+        self.factory.message_log.event(self.peer, None, "http-refused")
+        self.stop_reading_tokens()
+        self.transport.loseConnection()
+
+    # -- replies -----------------------------------------------------------------
+
+    def _reply(self, kind: str, token: bytes) -> None:
+        self.factory.stats.sent[kind] += 1
+        self.factory.message_log.sent(self.peer, self.client_id, token)
+        self._out.append(token + b" ")
+
+    def _error(self, reason: str) -> None:
+        self.factory.stats.errors[reason] += 1
+        self._reply("error", b"error:" + reason.encode("ascii"))
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.transport.write(data)
+
+
+def _looks_like_http(token: bytes) -> bool:
+    return token in _HTTP_METHODS or (token.endswith(b":") and token[:1].isalpha())
+
+
+class CounterFactory(Factory):
+    """Builds `CounterProtocol`s that share one service, message log and stats."""
+
+    protocol = CounterProtocol
+
+    def __init__(
+        self,
+        service: NumberService,
+        message_log: MessageLog,
+        stats: Stats,
+        clock: IReactorTime,
+        quiet_time: float = 0.1,
+        reply_cap: int = 64 * 1024,
+        max_token_length: int = 32 * 1024,
+    ) -> None:
+        if reply_cap < MIN_REPLY_CAP:
+            raise ValueError(f"reply cap must be at least {MIN_REPLY_CAP} bytes")
+        self.service = service
+        self.message_log = message_log
+        self.stats = stats
+        self.clock = clock
+        self.quiet_time = quiet_time
+        self.reply_cap = reply_cap
+        self.max_token_length = max_token_length
+        self.connections: set[CounterProtocol] = set()
+        self._close_waiters: list[Deferred[None]] = []
+
+    def connection_made(self, protocol: CounterProtocol) -> None:
+        """Track a live connection."""
+        self.stats.connections["opened"] += 1
+        self.connections.add(protocol)
+
+    def connection_lost(self, protocol: CounterProtocol) -> None:
+        """Forget a closed connection."""
+        self.stats.connections["closed"] += 1
+        self.connections.discard(protocol)
+
+        if not self.connections:
+            waiters, self._close_waiters = self._close_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+        """Close every live connection; fire when all are gone or `timeout` passed."""
+        if not self.connections:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._close_waiters.append(waiter)
+        for protocol in list(self.connections):
+            protocol.stop_reading_tokens()
+            protocol.transport.loseConnection()
+        waiter.addTimeout(timeout, clock)
+        waiter.addErrback(self._abort_stragglers)
+        return waiter
+
+    def _abort_stragglers(self, failure: Failure) -> None:
+        failure.trap(defer_TimeoutError)
+        for protocol in list(self.connections):
+            protocol.transport.abortConnection()

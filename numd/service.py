@@ -1,0 +1,153 @@
+"""The numd state: the client registry, the shared sorted list and the random source.
+
+`NumberService` is the only object that changes this state, and it is only ever
+called from the reactor thread. It knows nothing of bytes, HTTP or files:
+protocols and routes parse their input, call it, and format its answers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from sortedcontainers import SortedList
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+
+Parity = Literal["even", "odd"]
+
+MIN_CLIENT_ID = 0
+MAX_CLIENT_ID = 10_000
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class IdInUse(Exception):
+    """A client tried to register an ID that already has a live connection."""
+
+
+@dataclass
+class ClientRecord:
+    """What the registry remembers about one client ID."""
+
+    client_id: int
+    number: int = 0
+    """The last number the client reported (its start number when it returns)."""
+    last_given: int | None = None
+    """The last even/odd number the server handed it, or None."""
+    connected: bool = False
+    last_seen: float = 0.0
+    """Reactor time of the client's last message or connection change."""
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready copy of the record."""
+        return {
+            "id": self.client_id,
+            "number": self.number,
+            "last_given": self.last_given,
+            "connected": self.connected,
+            "last_seen": self.last_seen,
+        }
+
+
+ChangeObserver = Callable[[str, object], None]
+
+
+class NumberService(Service):
+    """Holds the registry and the sorted list; every change goes through here.
+
+    Observers added with `add_observer` are called synchronously after each
+    change with a kind (``"register"``, ``"disconnect"``, ``"report"``,
+    ``"give"``, ``"merge"``, ``"clear"``) and a payload, so that the message log,
+    metrics, the store or a dashboard can follow along without driving it.
+    """
+
+    name = "numd-state"
+
+    def __init__(self, clock: IReactorTime, rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self.clients: dict[int, ClientRecord] = {}
+        self.values: SortedList = SortedList()
+        self._observers: list[ChangeObserver] = []
+
+    # -- observers -----------------------------------------------------------
+
+    def add_observer(self, observer: ChangeObserver) -> None:
+        """Call `observer(kind, payload)` after every change."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: ChangeObserver) -> None:
+        """Stop calling `observer`."""
+        self._observers.remove(observer)
+
+    def _changed(self, kind: str, payload: object) -> None:
+        for observer in list(self._observers):
+            observer(kind, payload)
+
+    # -- the registry ----------------------------------------------------------
+
+    @property
+    def connected_count(self) -> int:
+        """How many registered clients have a live connection."""
+        return sum(1 for record in self.clients.values() if record.connected)
+
+    def register(self, client_id: int) -> int:
+        """Mark `client_id` connected and return its start number.
+
+        A new ID starts at 0; a returning one resumes at the last number it
+        reported. Raises `IdInUse` if that ID is connected already.
+        """
+        if not MIN_CLIENT_ID <= client_id <= MAX_CLIENT_ID:
+            raise ValueError(f"client id {client_id} is outside 0-10000")
+        record = self.clients.get(client_id)
+        if record is None:
+            record = self.clients[client_id] = ClientRecord(client_id)
+        elif record.connected:
+            raise IdInUse(client_id)
+        record.connected = True
+        record.last_seen = self._clock.seconds()
+        self._changed("register", record)
+        return record.number
+
+    def disconnect(self, client_id: int) -> None:
+        """Mark `client_id` disconnected; its record stays for its comeback."""
+        record = self.clients[client_id]
+        record.connected = False
+        record.last_seen = self._clock.seconds()
+        self._changed("disconnect", record)
+
+    def report(self, client_id: int, number: int) -> None:
+        """Record `number` as the current number of `client_id`."""
+        record = self.clients[client_id]
+        record.number = number
+        record.last_seen = self._clock.seconds()
+        self._changed("report", record)
+
+    def give(self, client_id: int, parity: Parity) -> int:
+        """Draw a uniformly random even (0-98) or odd (1-99) number for a client."""
+        number = 2 * self.rng.randrange(50) + (1 if parity == "odd" else 0)
+        record = self.clients[client_id]
+        record.last_given = number
+        record.last_seen = self._clock.seconds()
+        self._changed("give", record)
+        return number
+
+    # -- the sorted list -------------------------------------------------------
+
+    def merge(self, values: Iterable[int]) -> list[int]:
+        """Add every value (duplicates kept) to the sorted list; return them."""
+        added = list(values)
+        for value in added:
+            if isinstance(value, bool) or not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"{value!r} is not a 64-bit integer")
+        self.values.update(added)
+        self._changed("merge", added)
+        return added
+
+    def clear(self) -> None:
+        """Empty the sorted list."""
+        self.values.clear()
+        self._changed("clear", None)

@@ -1,0 +1,206 @@
+"""``twistd numd``: command-line options and the service tree of the daemon."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python import usage
+
+from numd.messagelog import MessageLog
+from numd.protocol import MIN_REPLY_CAP, CounterFactory
+from numd.service import NumberService
+from numd.stats import Stats
+
+DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd numd`` (and of ``numd.tac``, which takes the defaults)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "numd serves counter clients (space-ended tokens over TCP) and a shared "
+        "sorted list of integers. Endpoints are Twisted endpoint strings."
+    )
+
+    optParameters: list[list[Any]] = [
+        [
+            "message-log",
+            None,
+            "numd-messages.log",
+            "File that receives one JSON line per message and connection event.",
+        ],
+        [
+            "message-log-max-bytes",
+            None,
+            10 * 1024 * 1024,
+            "Rotate the message log when it reaches this size in bytes.",
+            _positive_int,
+        ],
+        [
+            "message-log-files",
+            None,
+            5,
+            "How many rotated message log files to keep.",
+            _positive_int,
+        ],
+        [
+            "seed",
+            None,
+            None,
+            "Seed for the even/odd answers, to make them reproducible.",
+            int,
+        ],
+        [
+            "quiet-time",
+            None,
+            0.1,
+            "Seconds of silence after which 1-5 digits with no delimiter from a "
+            "new connection are taken as an old client's ID.",
+            _positive_float,
+        ],
+        [
+            "reply-cap",
+            None,
+            64 * 1024,
+            "Largest array reply in bytes; a longer sorted list is cut and marked "
+            "with its size.",
+            int,
+        ],
+        [
+            "max-token-length",
+            None,
+            32 * 1024,
+            "Longest token accepted, in bytes; a longer one gets error:too-long "
+            "and the connection is closed.",
+            _positive_int,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Counter protocol endpoint (repeatable) [default: tcp:2004:interface=127.0.0.1]"""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        """Fill in defaults and reject values that cannot work, with a clear message."""
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        for description in self["listen"]:
+            _check_endpoint(description)
+        if self["reply-cap"] < MIN_REPLY_CAP:
+            raise usage.UsageError(f"--reply-cap must be at least {MIN_REPLY_CAP}")
+        directory = os.path.dirname(os.path.abspath(self["message-log"]))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise usage.UsageError(
+                f"--message-log: directory {directory} does not exist or is not writable"
+            )
+
+
+def _check_endpoint(description: str) -> None:
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
+
+
+class _CloseConnections(Service):
+    """On stop, closes every live counter connection and waits (at most 2 s) for them."""
+
+    def __init__(self, factory: CounterFactory, clock: IReactorTime) -> None:
+        self._factory = factory
+        self._clock = clock
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self._factory.close_all(self._clock, timeout=2.0)
+
+
+class Daemon(MultiService):
+    """The numd service tree, with handles on the parts other layers need."""
+
+    def __init__(
+        self,
+        state: NumberService,
+        message_log: MessageLog,
+        stats: Stats,
+        counter_factory: CounterFactory,
+    ) -> None:
+        super().__init__()
+        self.state = state
+        self.message_log = message_log
+        self.stats = stats
+        self.counter_factory = counter_factory
+
+    def privilegedStartService(self) -> None:
+        """Bind the listeners; a busy or forbidden port ends start-up with a clear message."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            where = f"{e.interface or '*'}:{e.port}"
+            raise SystemExit(f"numd: cannot listen on {where}: {e.socketError}") from None
+
+
+def makeService(config: Options, reactor: Any = None) -> Daemon:
+    """Build the daemon: state, message log, counter listeners, connection closer.
+
+    Services start in that order and stop in reverse, so on shutdown live
+    connections are closed first and the state service stops last.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    clock: IReactorTime = reactor
+
+    state = NumberService(clock, random.Random(config["seed"]))
+    message_log = MessageLog(
+        config["message-log"],
+        clock,
+        max_bytes=config["message-log-max-bytes"],
+        max_files=config["message-log-files"],
+    )
+    stats = Stats()
+    factory = CounterFactory(
+        state,
+        message_log,
+        stats,
+        clock,
+        quiet_time=config["quiet-time"],
+        reply_cap=config["reply-cap"],
+        max_token_length=config["max-token-length"],
+    )
+    top = Daemon(state, message_log, stats, factory)
+    state.setServiceParent(top)
+    message_log.setServiceParent(top)
+    for description in config["listen"]:
+        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    _CloseConnections(factory, clock).setServiceParent(top)
+    return top
