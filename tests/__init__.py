@@ -1,0 +1,1 @@
+"""numd test suite."""

@@ -1,0 +1,112 @@
+"""The message log: format, batching, rotation, and surviving an unwritable file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from numd.messagelog import MessageLog
+
+
+def read(path: str) -> list[dict]:
+    """The records of one log file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_records_are_batched_then_flushed(tmp_path: Path) -> None:
+    """Records reach the file after the flush interval, all at once, in order."""
+    clock = Clock()
+    log = MessageLog(str(tmp_path / "m.log"), clock, flush_interval=0.2)
+    log.startService()
+    log.event("1.2.3.4:5", None, "connect")
+    log.received("1.2.3.4:5", None, b"7")
+    log.sent("1.2.3.4:5", 7, b"0")
+    assert read(log.path) == []
+    clock.advance(0.2)
+    records = read(log.path)
+    assert [r["dir"] for r in records] == ["event", "in", "out"]
+    assert records[2] == {"t": 0.0, "dir": "out", "peer": "1.2.3.4:5", "id": 7, "msg": "0"}
+    assert not clock.getDelayedCalls()
+    log.stopService()
+
+
+def test_large_buffer_flushes_at_once(tmp_path: Path) -> None:
+    """A buffer past flush_bytes is written without waiting for the timer."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_bytes=1000)
+    log.startService()
+    for _ in range(20):
+        log.received("p", 1, b"x" * 100)
+    assert len(read(log.path)) >= 5
+    log.stopService()
+
+
+def test_stop_flushes_everything(tmp_path: Path) -> None:
+    """Stopping the service writes what is buffered."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    log.received("p", None, b"abc")
+    log.stopService()
+    assert read(log.path)[0]["msg"] == "abc"
+    assert log.written == 1
+
+
+def test_every_byte_value_round_trips(tmp_path: Path) -> None:
+    """All 256 byte values come back exactly through msg.encode('latin-1')."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    tokens = [bytes([b]) for b in range(256)] + [b'{}%s%(x)s{0}"\\', b"\xff\xfe"]
+    for token in tokens:
+        log.received("p", 1, token)
+    log.stopService()
+    assert [r["msg"].encode("latin-1") for r in read(log.path)] == tokens
+
+
+def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
+    """The log rotates at its size cap and keeps at most max_files old files."""
+    clock = Clock()
+    log = MessageLog(str(tmp_path / "m.log"), clock, max_bytes=2000, max_files=3, flush_bytes=500)
+    log.startService()
+    for i in range(400):
+        log.received("127.0.0.1:1", 1, b"%d" % i)
+    log.stopService()
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["m.log", "m.log.1", "m.log.2", "m.log.3"]
+    for name in names:
+        assert os.path.getsize(tmp_path / name) < 2000 + 600
+        read(str(tmp_path / name))  # every line parses
+
+
+def test_unwritable_log_drops_and_recovers(tmp_path: Path) -> None:
+    """When writes fail, records are counted as dropped and serving goes on; it recovers."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    assert log._file is not None
+    real_write = log._file.write
+
+    def failing_write(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    log._file.write = failing_write  # type: ignore[method-assign]
+    log.received("p", 1, b"lost")
+    log.flush()
+    assert (log.dropped, log.writable) == (1, False)
+    log._file.write = real_write  # type: ignore[method-assign]
+    log.received("p", 1, b"kept")
+    log.flush()
+    assert (log.dropped, log.writable, log.written) == (1, True, 1)
+    log.stopService()
+    assert [r["msg"] for r in read(log.path)] == ["kept"]
+
+
+def test_missing_directory_at_start_drops(tmp_path: Path) -> None:
+    """A log that cannot be opened does not crash: records are dropped and counted."""
+    log = MessageLog(str(tmp_path / "gone" / "m.log"), Clock())
+    log.startService()
+    log.received("p", 1, b"x")
+    log.flush()
+    assert (log.writable, log.dropped) == (False, 1)
+    log.stopService()
