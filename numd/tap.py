@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
@@ -22,18 +23,20 @@ from numd.stats import Stats
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be greater than 0")
-    return number
+def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = None) -> Any:
+    """A coercer for option `name` whose errors name the option and the rule."""
 
+    def coerce(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise ValueError(f"--{name}: {value!r} is not a valid {convert.__name__}") from None
+        if minimum is not None and not number >= minimum:
+            raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
+        return number
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options):
@@ -57,21 +60,21 @@ class Options(usage.Options):
             None,
             10 * 1024 * 1024,
             "Rotate the message log when it reaches this size in bytes.",
-            _positive_int,
+            _checked("message-log-max-bytes", int, 1),
         ],
         [
             "message-log-files",
             None,
             5,
             "How many rotated message log files to keep.",
-            _positive_int,
+            _checked("message-log-files", int, 1),
         ],
         [
             "seed",
             None,
             None,
             "Seed for the even/odd answers, to make them reproducible.",
-            int,
+            _checked("seed", int),
         ],
         [
             "quiet-time",
@@ -79,7 +82,7 @@ class Options(usage.Options):
             0.1,
             "Seconds of silence after which 1-5 digits with no delimiter from a "
             "new connection are taken as an old client's ID.",
-            _positive_float,
+            _checked("quiet-time", float, 0.001),
         ],
         [
             "reply-cap",
@@ -87,7 +90,7 @@ class Options(usage.Options):
             64 * 1024,
             "Largest array reply in bytes; a longer sorted list is cut and marked "
             "with its size.",
-            int,
+            _checked("reply-cap", int, MIN_REPLY_CAP),
         ],
         [
             "max-token-length",
@@ -95,7 +98,7 @@ class Options(usage.Options):
             32 * 1024,
             "Longest token accepted, in bytes; a longer one gets error:too-long "
             "and the connection is closed.",
-            _positive_int,
+            _checked("max-token-length", int, 64),
         ],
     ]
 
@@ -113,8 +116,6 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
             _check_endpoint(description)
-        if self["reply-cap"] < MIN_REPLY_CAP:
-            raise usage.UsageError(f"--reply-cap must be at least {MIN_REPLY_CAP}")
         directory = os.path.dirname(os.path.abspath(self["message-log"]))
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise usage.UsageError(

@@ -1,0 +1,102 @@
+"""`twistd numd` options and the service tree `makeService` builds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from numd.tap import Options, makeService
+
+
+def parse(*args: str) -> Options:
+    """Parsed options, as twistd would parse them."""
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no options numd listens on 127.0.0.1:2004 and logs to numd-messages.log."""
+    monkeypatch.chdir(tmp_path)
+    options = parse()
+    assert options["listen"] == ["tcp:2004:interface=127.0.0.1"]
+    assert options["message-log"] == "numd-messages.log"
+    assert options["seed"] is None
+    assert options["quiet-time"] == 0.1
+    assert options["reply-cap"] == 65536
+    assert options["max-token-length"] == 32768
+
+
+def test_listen_is_repeatable(tmp_path: Path) -> None:
+    """--listen may be given several times; every endpoint is used."""
+    options = parse(
+        "--listen", "tcp:2005:interface=127.0.0.1",
+        "--listen", "tcp:2006:interface=127.0.0.1",
+        "--message-log", str(tmp_path / "m.log"),
+        "--seed", "3",
+        "--quiet-time", "0.25",
+    )
+    assert options["listen"] == ["tcp:2005:interface=127.0.0.1", "tcp:2006:interface=127.0.0.1"]
+    assert (options["seed"], options["quiet-time"]) == (3, 0.25)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--listen", "nonsense:1"], "bad endpoint"),
+        (["--quiet-time", "0"], "quiet-time"),
+        (["--quiet-time", "soon"], "quiet-time"),
+        (["--reply-cap", "10"], "reply-cap"),
+        (["--seed", "x"], "seed"),
+        (["--message-log", "/nonexistent/dir/m.log"], "not writable"),
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
+    """A bad value is a clear usage error, not a traceback at start."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
+    """makeService binds each --listen endpoint and opens the message log."""
+    reactor = MemoryReactorClock()
+    options = parse(
+        "--listen", "tcp:2005:interface=127.0.0.1",
+        "--listen", "tcp:2006:interface=127.0.0.1",
+        "--message-log", str(tmp_path / "m.log"),
+    )
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    assert [(port, iface) for port, _factory, _backlog, iface in reactor.tcpServers] == [
+        (2005, "127.0.0.1"),
+        (2006, "127.0.0.1"),
+    ]
+    assert reactor.tcpServers[0][1] is service.counter_factory
+    assert os.path.exists(tmp_path / "m.log")
+    service.stopService()
+
+
+def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
+    """The state service is started first, so it is stopped last."""
+    service = makeService(parse("--message-log", str(tmp_path / "m.log")), reactor=MemoryReactorClock())
+    names = [s.name for s in service]
+    assert names[0] == "numd-state"
+    assert names[1] == "numd-message-log"
+
+
+def test_tac_builds_the_same_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numd.tac builds an application from NUMD_OPTIONS with the same service tree."""
+    from twisted.application.service import IService
+
+    monkeypatch.setenv("NUMD_OPTIONS", f"--message-log {tmp_path / 'm.log'} --seed 5")
+    tac = Path(__file__).parent.parent / "numd.tac"
+    namespace: dict = {}
+    exec(compile(tac.read_text(), str(tac), "exec"), namespace)
+    (daemon,) = list(IService(namespace["application"]))
+    assert daemon.state.rng.random() == __import__("random").Random(5).random()
+    assert daemon.message_log.path == str(tmp_path / "m.log")
