@@ -113,8 +113,8 @@ class CounterProtocol(TokenReceiver):
         self._cancel_quiet_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
-        self.factory.connection_lost(self)
         self.factory.message_log.event(self.peer, self.client_id, "disconnect")
+        self.factory.connection_lost(self)
 
     # -- framing hooks -----------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from numd.messagelog import MessageLog
@@ -132,16 +135,32 @@ def _check_endpoint(description: str) -> None:
         raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
 
 
-class _CloseConnections(Service):
-    """On stop, closes every live counter connection and waits (at most 2 s) for them."""
+class _ExitZeroOnSignal(Service):
+    """Makes SIGTERM and SIGINT stop the reactor cleanly so that twistd exits 0.
 
-    def __init__(self, factory: CounterFactory, clock: IReactorTime) -> None:
-        self._factory = factory
-        self._clock = clock
+    twistd's own handlers re-raise the signal after shutdown (exit status 143 for
+    SIGTERM), which supervisors and scripts read as a failure. These handlers are
+    installed after the reactor's, once it runs, and stop it the same way.
+    """
 
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        return self._factory.close_all(self._clock, timeout=2.0)
+    log = Logger()
+
+    def __init__(self, reactor: IReactorCore) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
+        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
 
 
 class Daemon(MultiService):
@@ -153,8 +172,10 @@ class Daemon(MultiService):
         message_log: MessageLog,
         stats: Stats,
         counter_factory: CounterFactory,
+        clock: IReactorTime,
     ) -> None:
         super().__init__()
+        self._clock = clock
         self.state = state
         self.message_log = message_log
         self.stats = stats
@@ -168,12 +189,23 @@ class Daemon(MultiService):
             where = f"{e.interface or '*'}:{e.port}"
             raise SystemExit(f"numd: cannot listen on {where}: {e.socketError}") from None
 
+    def stopService(self) -> defer.Deferred[None]:
+        """Close live connections first (at most 2 s), then stop the services in reverse order.
+
+        So the disconnects are logged before the message log is flushed and closed.
+        """
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.counter_factory.close_all(self._clock, timeout=2.0)
+        await super().stopService()
+
 
 def makeService(config: Options, reactor: Any = None) -> Daemon:
-    """Build the daemon: state, message log, counter listeners, connection closer.
+    """Build the daemon: state, message log, counter listeners.
 
-    Services start in that order and stop in reverse, so on shutdown live
-    connections are closed first and the state service stops last.
+    Services start in that order and stop in reverse, after the live
+    connections are closed, so the state service stops last.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -198,10 +230,11 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         reply_cap=config["reply-cap"],
         max_token_length=config["max-token-length"],
     )
-    top = Daemon(state, message_log, stats, factory)
+    top = Daemon(state, message_log, stats, factory, clock)
     state.setServiceParent(top)
     message_log.setServiceParent(top)
     for description in config["listen"]:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
-    _CloseConnections(factory, clock).setServiceParent(top)
+    if IReactorCore.providedBy(reactor):
+        _ExitZeroOnSignal(reactor).setServiceParent(top)
     return top
