@@ -1,0 +1,169 @@
+"""What the numd client shows a person or a script: a status line, JSON events, or errors only.
+
+Three modes, chosen by ``numd-client`` options:
+
+- ``status`` (default): a status line on stderr (connected or not, ID, number,
+  increment). When stderr is a terminal it is redrawn in place; otherwise plain
+  lines are printed, one per change of connection or increment and at most one
+  per `line_interval` seconds for reports alone, so a log file stays readable.
+- ``json`` (``--json``): one JSON object per line on stdout for every event,
+  for scripts. Nothing else is written to stdout.
+- ``quiet`` (``--quiet``): only errors, on stderr.
+
+Answers to what a person typed (help, "already connected", the array mode's
+question) are shown in every mode: the person asked for them.
+
+This is user output, not logging: the streams are injected so that tests can
+read them, and operational logs go through `twisted.logger` as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal, TextIO
+
+from twisted.internet.interfaces import IReactorTime
+
+Mode = Literal["status", "json", "quiet"]
+
+_CLEAR_LINE = "\r\x1b[K"
+
+
+@dataclass
+class CounterState:
+    """The counter client's own state; it outlives connections so that a reconnect resumes."""
+
+    client_id: int
+    number: int = 0
+    """The client's number: the server's start number plus every increment since."""
+    increment: int = 1
+    """What each report adds; the last even/odd answer, 1 before the first."""
+    connected: bool = False
+    """True once the server accepted the ID, until the connection is lost."""
+
+
+class ClientOutput:
+    """Writes the client's events for a person (status line), a script (JSON) or neither (quiet)."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        stdout: TextIO,
+        stderr: TextIO,
+        clock: IReactorTime,
+        live: bool | None = None,
+        line_interval: float = 5.0,
+    ) -> None:
+        self.mode = mode
+        self.stdout = stdout
+        self.stderr = stderr
+        self._clock = clock
+        self.live = _isatty(stderr) if live is None else live
+        """Redraw the status line in place (stderr is a terminal)."""
+        self.line_interval = line_interval
+        self._shown = ""
+        self._last_line_at: float | None = None
+
+    # -- counter events ----------------------------------------------------------
+
+    def status(self, event: str, state: CounterState, **fields: object) -> None:
+        """Show a counter event: ``connected``, ``report``, ``answer``, ``retrying``, ..."""
+        if self.mode == "json":
+            self._json(
+                event,
+                id=state.client_id,
+                connected=state.connected,
+                number=state.number,
+                increment=state.increment,
+                **fields,
+            )
+            return
+        if self.mode == "quiet":
+            return
+        line = _status_line(event, state, fields)
+        if self.live:
+            self._shown = line
+            self.stderr.write(_CLEAR_LINE + line)
+            self.stderr.flush()
+            return
+        now = self._clock.seconds()
+        if (
+            event == "report"
+            and self._last_line_at is not None
+            and now - self._last_line_at < self.line_interval
+        ):
+            return
+        self._last_line_at = now
+        self._line(line)
+
+    # -- everything else ---------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """Answer what a person typed (help, refusals, questions); shown in every mode."""
+        if self.mode == "json":
+            self._json("message", text=text)
+        else:
+            self._line(text)
+
+    def error(self, text: str) -> None:
+        """Report an error; shown in every mode."""
+        if self.mode == "json":
+            self._json("error", message=text)
+        else:
+            self._line(f"numd-client: error: {text}")
+
+    def result(self, event: str, text: str, **fields: object) -> None:
+        """Show a result (the array mode's sorted list): `text` on stdout, or a JSON event."""
+        if self.mode == "json":
+            self._json(event, **fields)
+        elif self.mode == "status":
+            self._end_live_line()
+            self.stdout.write(text + "\n")
+            self.stdout.flush()
+
+    def close(self) -> None:
+        """End the in-place status line, if one is shown, so the shell prompt starts clean."""
+        self._end_live_line()
+
+    # -- writing -----------------------------------------------------------------
+
+    def _json(self, event: str, **fields: object) -> None:
+        record = {"event": event, "t": round(self._clock.seconds(), 3), **fields}
+        self.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.stdout.flush()
+
+    def _line(self, text: str) -> None:
+        """A whole line on stderr; a live status line is redrawn below it."""
+        if self._shown:
+            self.stderr.write(_CLEAR_LINE + text + "\n" + self._shown)
+        else:
+            self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def _end_live_line(self) -> None:
+        if self._shown:
+            self.stderr.write("\n")
+            self.stderr.flush()
+            self._shown = ""
+
+
+def _status_line(event: str, state: CounterState, fields: dict[str, object]) -> str:
+    where = "connected" if state.connected else "not connected"
+    line = (
+        f"{where:<13} id={state.client_id} number={state.number} "
+        f"increment={state.increment}"
+    )
+    if event == "retrying":
+        line += f" (retry {fields['attempt']} in {fields['delay']:.1f} s)"
+    elif event not in ("report", "connected"):
+        details = " ".join(f"{key}={value}" for key, value in fields.items())
+        line += f" ({event}{': ' + details if details else ''})"
+    return line
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
