@@ -50,6 +50,11 @@ class TokenReceiver(Protocol):
         self.tokensDone()
 
     @property
+    def closing(self) -> bool:
+        """True once the connection is being closed and tokens are ignored."""
+        return self._stopped
+
+    @property
     def pending(self) -> bytes:
         """The partial token received so far, waiting for its delimiter."""
         return self._buffer

@@ -12,7 +12,9 @@ from sortedcontainers import SortedList
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as defer_TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -101,9 +103,14 @@ class CounterProtocol(TokenReceiver):
         self.peer = f"{host}:{port}" if host is not None else str(address)
         self.MAX_LENGTH = self.factory.max_token_length
         self._out: list[bytes] = []
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        self.last_activity = self.factory.clock.seconds()
+        for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+            setter = getattr(self.transport, option, None)
+            if setter is not None:
+                setter(True)
+        # Backpressure: the transport pauses us when its unsent output passes
+        # its buffer size, and we then stop reading from this client.
+        self.transport.registerProducer(self, True)
         self.factory.connection_made(self)
         self.factory.message_log.event(self.peer, None, "connect")
 
@@ -111,6 +118,7 @@ class CounterProtocol(TokenReceiver):
         """Cancel timers, mark the client disconnected, log it."""
         self.stop_reading_tokens()
         self._cancel_quiet_timer()
+        self._cancel_stall_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
         self.factory.message_log.event(self.peer, self.client_id, "disconnect")
@@ -120,8 +128,58 @@ class CounterProtocol(TokenReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """Any new bytes end the quiet time of an old client's bare ID."""
+        self.last_activity = self.factory.clock.seconds()
         self._cancel_quiet_timer()
         super().dataReceived(data)
+
+    # -- backpressure (IPushProducer, driven by the transport) ---------------------
+
+    _stall_timer: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        """Our unsent output is over the transport's bound: stop reading this client.
+
+        If it does not read its replies within the write-stall timeout, it is cut off.
+        """
+        self.transport.pauseProducing()
+        if self._stall_timer is None:
+            self._stall_timer = self.factory.clock.callLater(
+                self.factory.write_stall_timeout, self._write_stalled
+            )
+
+    def resumeProducing(self) -> None:
+        """The client read its replies: read from it again."""
+        self._cancel_stall_timer()
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the cleanup."""
+
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        self.factory.stats.connections["write-stalled"] += 1
+        self.log.info(
+            "cutting off {peer} (id {client_id}): it has not read its replies for {seconds} s",
+            peer=self.peer,
+            client_id=self.client_id,
+            seconds=self.factory.write_stall_timeout,
+        )
+        self.factory.message_log.event(self.peer, self.client_id, "write-stalled")
+        self.stop_reading_tokens()
+        self.transport.abortConnection()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def idle_timeout(self) -> None:
+        """Nothing came from this client for the idle timeout: close it."""
+        self.factory.stats.connections["idle-timeout"] += 1
+        self.factory.message_log.event(self.peer, self.client_id, "idle-timeout")
+        self.stop_reading_tokens()
+        self.transport.abortConnection()
 
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
@@ -253,6 +311,20 @@ class CounterProtocol(TokenReceiver):
             self.transport.write(data)
 
 
+class _Refusal(Protocol):
+    """Tells a connection over the client limit ``error:too-many-clients`` and closes it."""
+
+    factory: CounterFactory
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.factory.message_log.event(where, None, "refused-too-many-clients")
+        self.factory.message_log.sent(where, None, b"error:too-many-clients")
+        self.transport.write(b"error:too-many-clients ")
+        self.transport.loseConnection()
+
+
 def _looks_like_http(token: bytes) -> bool:
     return token in _HTTP_METHODS or (token.endswith(b":") and token[:1].isalpha())
 
@@ -271,9 +343,17 @@ class CounterFactory(Factory):
         quiet_time: float = 0.1,
         reply_cap: int = 64 * 1024,
         max_token_length: int = 32 * 1024,
+        max_clients: int = 12_000,
+        idle_timeout: float = 120.0,
+        write_stall_timeout: float = 30.0,
     ) -> None:
         if reply_cap < MIN_REPLY_CAP:
             raise ValueError(f"reply cap must be at least {MIN_REPLY_CAP} bytes")
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.write_stall_timeout = write_stall_timeout
+        self._idle_sweeper = LoopingCall(self.close_idle)
+        self._idle_sweeper.clock = clock
         self.service = service
         self.message_log = message_log
         self.stats = stats
@@ -283,6 +363,32 @@ class CounterFactory(Factory):
         self.max_token_length = max_token_length
         self.connections: set[CounterProtocol] = set()
         self._close_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        """A counter protocol, or a refusal once `max_clients` connections are open."""
+        if len(self.connections) >= self.max_clients:
+            self.stats.connections["refused"] += 1
+            self.stats.errors["too-many-clients"] += 1
+            refusal = _Refusal()
+            refusal.factory = self
+            return refusal
+        return super().buildProtocol(addr)
+
+    def startFactory(self) -> None:
+        """Start sweeping idle connections (at a quarter of the idle timeout)."""
+        self._idle_sweeper.start(self.idle_timeout / 4, now=False)
+
+    def stopFactory(self) -> None:
+        """Stop the idle sweeper."""
+        if self._idle_sweeper.running:
+            self._idle_sweeper.stop()
+
+    def close_idle(self) -> None:
+        """Close every connection silent for longer than the idle timeout."""
+        cutoff = self.clock.seconds() - self.idle_timeout
+        idle = [p for p in self.connections if p.last_activity <= cutoff and not p.closing]
+        for protocol in idle:
+            protocol.idle_timeout()
 
     def connection_made(self, protocol: CounterProtocol) -> None:
         """Track a live connection."""
