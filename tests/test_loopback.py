@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+
+import pytest
 from pathlib import Path
 
 import pytest_twisted
@@ -78,3 +80,116 @@ async def test_raw_socket_clients(tmp_path: Path) -> None:
     finally:
         await port.stopListening()
         log.stopService()
+
+
+class Server:
+    """A counter factory listening on a free 127.0.0.1 port of the real reactor."""
+
+    def __init__(self, tmp_path: Path, **limits: object) -> None:
+        self.log = MessageLog(str(tmp_path / "m.log"), reactor)
+        self.factory = CounterFactory(
+            NumberService(reactor, random.Random(1)), self.log, Stats(), reactor, **limits
+        )
+        self.port = None
+
+    async def start(self) -> Server:
+        self.log.startService()
+        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        return self
+
+    async def connect(self) -> RawClient:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, timeout=5)
+        return await endpoint.connect(Factory.forProtocol(RawClient)).addTimeout(5, reactor)
+
+    async def stop(self) -> None:
+        for protocol in list(self.factory.connections):
+            protocol.transport.abortConnection()
+        await until(lambda: not self.factory.connections)
+        await self.port.stopListening()
+        self.log.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_token_is_cut_while_others_are_served(tmp_path: Path) -> None:
+    """A 1 MiB stream with no delimiter gets error:too-long and is closed within 1 s; others are served."""
+    server = await Server(tmp_path).start()
+    try:
+        other = await server.connect()
+        other.transport.write(b"1 ")
+        await other.tokens(1)
+        flooder = await server.connect()
+        started = reactor.seconds()
+        flooder.transport.write(b"7" * (1024 * 1024))
+        other.transport.write(b"odd ")
+        assert len(await other.tokens(2)) == 2
+        await flooder.closed.addTimeout(5, reactor)
+        assert reactor.seconds() - started < 1.0
+        assert flooder.received == b"error:too-long "
+        other.transport.write(b"even ")
+        assert len(await other.tokens(3)) == 3
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelining_client_that_never_reads(tmp_path: Path) -> None:
+    """100k pipelined `odd ` with no reads: numd stops reading, its buffered output stays bounded,
+    and the client is cut off after the write-stall timeout (on a fake clock)."""
+    stall_clock = task.Clock()
+    server = await Server(tmp_path, write_stall_timeout=30.0).start()
+    server.factory.clock = stall_clock
+    try:
+        client = await server.connect()
+        client.transport.pauseProducing()  # never read a reply
+        await until(lambda: len(server.factory.connections) == 1)
+        (protocol,) = server.factory.connections
+        sock = protocol.transport.getHandle()
+        import socket
+
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.transport.write(b"odd " * 100_000)
+        client.transport.write(b"1 ")
+        await until(lambda: protocol._stall_timer is not None, timeout=10)
+        processed = server.factory.stats.received["odd"]
+        unsent = len(protocol.transport.dataBuffer) + protocol.transport._tempDataLen
+        assert processed < 100_000
+        assert unsent < 1024 * 1024
+        stall_clock.advance(30)
+        await client.closed.addTimeout(5, reactor)
+        assert server.factory.stats.connections["write-stalled"] == 1
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flooding_client_does_not_starve_others(tmp_path: Path) -> None:
+    """While one client pipelines requests as fast as it can, another's answers still come promptly."""
+    server = await Server(tmp_path).start()
+    try:
+        flooder = await server.connect()
+        flooder.transport.write(b"1 ")
+        polite = await server.connect()
+        polite.transport.write(b"2 ")
+        await polite.tokens(1)
+        burst = b"odd " * 5000
+        sent = 0
+
+        def flood() -> None:
+            nonlocal sent
+            if sent < 60 and flooder.transport.connected:
+                flooder.transport.write(burst)
+                sent += 1
+                reactor.callLater(0, flood)
+
+        flood()
+        worst = 0.0
+        for i in range(20):
+            started = reactor.seconds()
+            polite.transport.write(b"even ")
+            await polite.tokens(2 + i)
+            worst = max(worst, reactor.seconds() - started)
+            await task.deferLater(reactor, 0.01)
+        assert sent > 0 and server.factory.stats.received["odd"] > 0
+        assert worst < 2.0  # loose: the benchmark measures the real figure
+    finally:
+        await server.stop()
