@@ -8,6 +8,8 @@ one token, in order, and never sends anything a client did not ask for.
 from __future__ import annotations
 
 import re
+from collections import deque
+from dataclasses import dataclass
 from sortedcontainers import SortedList
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as defer_TimeoutError
@@ -85,6 +87,15 @@ def format_values(values: SortedList, cap: int) -> bytes:
     return ("[" + body + suffix).encode("ascii")
 
 
+@dataclass
+class _HeldReply:
+    """A reply waiting for its change to be stored (or behind one that is)."""
+
+    kind: str
+    token: bytes
+    ready: bool = True
+
+
 class CounterProtocol(TokenReceiver):
     """One counter client's connection."""
 
@@ -93,6 +104,7 @@ class CounterProtocol(TokenReceiver):
 
     client_id: int | None = None
     peer = "?"
+    _lost = False
     _seen_token = False
     _quiet_timer: IDelayedCall | None = None
 
@@ -103,6 +115,7 @@ class CounterProtocol(TokenReceiver):
         self.peer = f"{host}:{port}" if host is not None else str(address)
         self.MAX_LENGTH = self.factory.max_token_length
         self._out: list[bytes] = []
+        self._held: deque[_HeldReply] = deque()
         self.last_activity = self.factory.clock.seconds()
         for option in ("setTcpNoDelay", "setTcpKeepAlive"):
             setter = getattr(self.transport, option, None)
@@ -116,6 +129,7 @@ class CounterProtocol(TokenReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Cancel timers, mark the client disconnected, log it."""
+        self._lost = True
         self.stop_reading_tokens()
         self._cancel_quiet_timer()
         self._cancel_stall_timer()
@@ -280,7 +294,12 @@ class CounterProtocol(TokenReceiver):
             self._error("bad-array")
             return
         factory.service.merge(values)
-        self._reply("array", format_values(factory.service.values, factory.reply_cap))
+        reply = format_values(factory.service.values, factory.reply_cap)
+        durable = factory.service.when_durable()
+        if durable is None:
+            self._reply("array", reply)
+        else:
+            self._reply_when(durable, "array", reply)
 
     def _refuse_http(self, token: bytes) -> None:
         self.factory.stats.errors["http"] += 1
@@ -296,16 +315,51 @@ class CounterProtocol(TokenReceiver):
     # -- replies -----------------------------------------------------------------
 
     def _reply(self, kind: str, token: bytes) -> None:
+        if self._held:
+            self._held.append(_HeldReply(kind, token))
+            self._release_held()
+            return
         self.factory.stats.sent[kind] += 1
         self.factory.message_log.sent(self.peer, self.client_id, token)
         self._out.append(token + b" ")
+
+    def _reply_when(self, durable: Deferred[None], kind: str, token: bytes) -> None:
+        """Queue a reply that may only go out once `durable` fires (its change is stored).
+
+        Replies behind it wait too, so replies keep request order.
+        """
+        held = _HeldReply(kind, token, ready=False)
+        self._held.append(held)
+
+        def stored(_: None) -> None:
+            held.ready = True
+            self._release_held()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
+            self.factory.stats.errors["store-failed"] += 1
+            held.kind, held.token, held.ready = "error", b"error:store-failed", True
+            self._release_held()
+
+        durable.addCallbacks(stored, failed)
+
+    def _release_held(self) -> None:
+        """Write the replies at the head of the held queue that are ready, in order."""
+        self._flush()
+        factory = self.factory
+        while self._held and self._held[0].ready:
+            held = self._held.popleft()
+            factory.stats.sent[held.kind] += 1
+            factory.message_log.sent(self.peer, self.client_id, held.token)
+            self._out.append(held.token + b" ")
+        self._flush()
 
     def _error(self, reason: str) -> None:
         self.factory.stats.errors[reason] += 1
         self._reply("error", b"error:" + reason.encode("ascii"))
 
     def _flush(self) -> None:
-        if self._out:
+        if self._out and not self._lost:
             data = b"".join(self._out)
             self._out.clear()
             self.transport.write(data)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from sortedcontainers import SortedList
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 Parity = Literal["even", "odd"]
@@ -22,6 +23,8 @@ MIN_CLIENT_ID = 0
 MAX_CLIENT_ID = 10_000
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+RANDOM_VALUE_MIN = 1000
+RANDOM_VALUE_MAX = 10_000
 
 
 class IdInUse(Exception):
@@ -72,6 +75,7 @@ class NumberService(Service):
         self.clients: dict[int, ClientRecord] = {}
         self.values: SortedList = SortedList()
         self._observers: list[ChangeObserver] = []
+        self._when_durable: Callable[[], Deferred[None] | None] | None = None
 
     # -- observers -----------------------------------------------------------
 
@@ -86,6 +90,23 @@ class NumberService(Service):
     def _changed(self, kind: str, payload: object) -> None:
         for observer in list(self._observers):
             observer(kind, payload)
+
+    # -- durability ------------------------------------------------------------
+
+    def set_durability(self, when_durable: Callable[[], Deferred[None] | None]) -> None:
+        """Install the store's hook: `when_durable()` fires once every change so far is on disk."""
+        self._when_durable = when_durable
+
+    def when_durable(self) -> Deferred[None] | None:
+        """A Deferred firing when every change made so far is stored, or None if nothing waits.
+
+        Callers answer a change (an array merge, an add, a clear) only after this
+        fires, so an acknowledged change survives a crash. Without a store there is
+        nothing to wait for and this is None.
+        """
+        if self._when_durable is None:
+            return None
+        return self._when_durable()
 
     # -- the registry ----------------------------------------------------------
 
@@ -146,6 +167,15 @@ class NumberService(Service):
         self.values.update(added)
         self._changed("merge", added)
         return added
+
+    def add_random(self) -> int:
+        """Add one uniformly random integer in 1000-10000 to the sorted list; return it.
+
+        This is what the older sorted-list server's "add value" did.
+        """
+        value = self.rng.randint(RANDOM_VALUE_MIN, RANDOM_VALUE_MAX)
+        self.merge([value])
+        return value
 
     def clear(self) -> None:
         """Empty the sorted list."""

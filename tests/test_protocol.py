@@ -455,3 +455,52 @@ def test_parsers() -> None:
         assert parse_integer(bad) is None
     assert parse_array(b"[1,-2,3]") == [1, -2, 3]
     assert parse_array(b"[1,2") is None
+
+
+# Durability: an array is answered only once its merge is stored
+
+
+def test_array_reply_waits_for_the_store_and_keeps_order(factory: CounterFactory) -> None:
+    """With a store, the array reply (and every reply behind it) waits until the merge is stored."""
+    from twisted.internet.defer import Deferred
+
+    pending: list[Deferred[None]] = []
+
+    def when_durable() -> Deferred[None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    factory.service.set_durability(when_durable)
+    client = FakeClient(factory)
+    assert client.send(b"1 odd ") != []
+    assert client.send(b"[5] odd [6] even ") == []
+    assert list(factory.service.values) == [5, 6]  # visible to readers at once
+    pending[0].callback(None)
+    first = client.send(b"")
+    assert first[0] == b"[5]" and int(first[1]) % 2 == 1 and len(first) == 2
+    pending[1].callback(None)
+    second = client.send(b"")
+    assert second[0] == b"[5,6]" and int(second[1]) % 2 == 0
+
+
+def test_failed_store_is_an_error_not_an_ack(factory: CounterFactory) -> None:
+    """If storing fails, the client gets error:store-failed instead of the list."""
+    from twisted.internet.defer import fail
+
+    factory.service.set_durability(lambda: fail(OSError("disk full")))
+    client = FakeClient(factory)
+    assert client.send(b"[5] ") == [b"error:store-failed"]
+    assert factory.stats.errors["store-failed"] == 1
+
+
+def test_reply_after_disconnect_is_dropped(factory: CounterFactory) -> None:
+    """A stored change whose client has gone writes nothing and raises nothing."""
+    from twisted.internet.defer import Deferred
+
+    d: Deferred[None] = Deferred()
+    factory.service.set_durability(lambda: d)
+    client = FakeClient(factory)
+    client.send(b"[5] ")
+    client.close()
+    d.callback(None)
+    assert client.raw() == b""
