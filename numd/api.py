@@ -1,0 +1,456 @@
+"""The HTTP API: Klein routes over the shared sorted list and the client registry.
+
+Routes (all answers JSON unless said otherwise; ``docs/api.md`` has curl examples
+and ``numd/openapi.json`` the exact schema, served at ``/openapi.json``):
+
+- ``GET /api/v1/values?offset=&limit=&min=&max=``: one page of the sorted list
+- ``POST /api/v1/values``: add an integer or an array of integers (JSON body),
+  or with no body one random integer in 1000-10000
+- ``DELETE /api/v1/values``: clear the list
+- ``GET /api/v1/clients?offset=&limit=``: one page of the registry, by ID
+- ``GET /api/v1/clients/<id>``: one client, 404 if unknown
+- ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text),
+  ``GET /openapi.json``
+- with ``legacy_routes``, the older server's plain-text ``/get_array``,
+  ``/add_value`` and ``/clean_array``
+
+Every handler runs on the reactor thread and reaches the state only through the
+`NumberService` given to the constructor. Errors are JSON objects
+``{"error": <code>, "message": <text>}`` with a 4xx status; an unexpected
+exception is logged with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any, TypeVar
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from numd.messagelog import MessageLog
+from numd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from numd.metrics import Metrics
+from numd.service import INT64_MAX, INT64_MIN, NumberService
+
+API_PREFIX = "/api/v1"
+DEFAULT_LIMIT = 100
+"""Values or clients in one page when the request gives no ``limit``."""
+MAX_LIMIT = 1000
+"""The largest ``limit`` accepted, so a huge list is never sent whole by accident."""
+DEFAULT_MAX_BODY = 64 * 1024
+"""Largest request body accepted, in bytes; a larger one gets 413."""
+
+JSON_TYPE = b"application/json"
+LEGACY_TYPE = b"text/html; charset=utf-8"
+LEGACY_PATHS = frozenset({"/get_array", "/add_value", "/clean_array"})
+
+_QUERY_INT = re.compile(rb"-?[0-9]{1,20}")
+
+_app = Klein()
+"""The routes of `NumdApi` (bound per instance as ``NumdApi.app``)."""
+
+ReadyCheck = Callable[[], bool]
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": message}`` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json(request: IRequest, body: object, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _query_int(
+    request: IRequest, name: str, default: int | None, low: int, high: int
+) -> int | None:
+    """The last ``name=`` query value as an integer in low-high, or `default`."""
+    raw = request.args.get(name.encode("ascii"))  # type: ignore[attr-defined]
+    if not raw:
+        return default
+    text = raw[-1]
+    if _QUERY_INT.fullmatch(text) is None:
+        raise ApiError(400, "bad-parameter", f"{name} must be an integer")
+    value = int(text)
+    if not low <= value <= high:
+        raise ApiError(400, "bad-parameter", f"{name} must be between {low} and {high}")
+    return value
+
+
+def parse_values(body: bytes) -> list[int]:
+    """The integers of a JSON body: one integer, or an array of one or more.
+
+    Raises `ApiError` (400) for bad JSON, booleans, floats, strings, ``null``,
+    nested arrays and values outside the 64-bit signed range.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad-json", "the body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
+    items = document if isinstance(document, list) else [document]
+    if not items:
+        raise ApiError(400, "bad-value", "the array is empty; send at least one integer")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            kind = "boolean" if isinstance(item, bool) else type(item).__name__
+            if isinstance(item, float):
+                kind = "float"
+            elif item is None:
+                kind = "null"
+            raise ApiError(
+                400,
+                "bad-value",
+                f"expected an integer or an array of integers, got a {kind}",
+            )
+        if not INT64_MIN <= item <= INT64_MAX:
+            raise ApiError(400, "bad-value", f"{item} is outside the 64-bit signed range")
+    return items
+
+
+class _CappedBody(io.BytesIO):
+    """A request body file that keeps at most ``cap + 1`` bytes (enough to see overflow)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self._room = cap + 1
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self._room > 0:
+            kept = data[: self._room]
+            self._room -= len(kept)
+            super().write(kept)
+        return len(data)
+
+
+class ApiSite(Site):
+    """A `Site` whose request bodies are held in memory up to the API's cap only."""
+
+    def __init__(self, resource: IResource, max_body: int = DEFAULT_MAX_BODY, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body = max_body
+
+    def getContentFile(self, length: int | None) -> io.BytesIO:
+        """Twisted's hook for where a request body goes: a capped in-memory file."""
+        return _CappedBody(self.max_body)
+
+
+def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:
+    """`NumdApi.app.route` plus counting the request under the route's pattern."""
+
+    label = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", url)
+
+    def decorate(handler: _Handler) -> _Handler:
+        @functools.wraps(handler)
+        def counted(self: NumdApi, request: IRequest, **kwargs: Any) -> Any:
+            self._count(request, label)
+            return handler(self, request, **kwargs)
+
+        return _app.route(url, methods=list(methods))(counted)  # type: ignore[return-value]
+
+    return decorate
+
+
+class NumdApi:
+    """The HTTP API of one numd daemon.
+
+    `legacy_routes` turns on the older server's plain-text routes (they change
+    state on GET, so they are off by default). `ready_checks` names the checks
+    that ``/readyz`` runs besides the message log, e.g. one per listener.
+    """
+
+    app = _app
+    log = Logger()
+
+    def __init__(
+        self,
+        service: NumberService,
+        *,
+        message_log: MessageLog | None = None,
+        metrics: Metrics | None = None,
+        legacy_routes: bool = False,
+        max_body: int = DEFAULT_MAX_BODY,
+        ready_checks: Mapping[str, ReadyCheck] | None = None,
+    ) -> None:
+        self.service = service
+        self.message_log = message_log
+        self.metrics = metrics if metrics is not None else Metrics(service, message_log)
+        self.legacy_routes = legacy_routes
+        self.max_body = max_body
+        self.ready_checks = dict(ready_checks or {})
+        self._openapi = _openapi_document(legacy_routes)
+
+    def resource(self) -> IResource:
+        """The Klein resource serving every route."""
+        return self.app.resource()
+
+    def site(self, reactor: IReactorTime | None = None) -> ApiSite:
+        """A `Site` for this API, with request bodies capped at `max_body`."""
+        kwargs: dict[str, Any] = {} if reactor is None else {"reactor": reactor}
+        return ApiSite(self.resource(), max_body=self.max_body, **kwargs)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _count(self, request: IRequest, route: str) -> None:
+        if getattr(request, "_numd_route", None) is not None:
+            return
+        request._numd_route = route  # type: ignore[attr-defined]
+        counter = self.metrics.http_requests
+
+        def finished(result: object) -> None:
+            counter[(route, request.code)] += 1  # type: ignore[attr-defined]
+
+        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]
+
+    def _check_body_size(self, request: IRequest) -> None:
+        content = request.content
+        if content is None:
+            return
+        position = content.tell()
+        size = content.seek(0, io.SEEK_END)
+        content.seek(position)
+        if size > self.max_body:
+            raise ApiError(
+                413, "body-too-large", f"the body is larger than {self.max_body} bytes"
+            )
+
+    def _require_legacy(self) -> None:
+        if not self.legacy_routes:
+            raise NotFound()
+
+    # -- the sorted list -------------------------------------------------------------
+
+    @_route(API_PREFIX + "/values", "GET")
+    def get_values(self, request: IRequest) -> bytes:
+        """One page of the sorted list, optionally restricted to min <= value <= max."""
+        offset = _query_int(request, "offset", 0, 0, INT64_MAX)
+        limit = _query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        low = _query_int(request, "min", None, INT64_MIN, INT64_MAX)
+        high = _query_int(request, "max", None, INT64_MIN, INT64_MAX)
+        assert offset is not None and limit is not None
+        values = self.service.values
+        start = 0 if low is None else values.bisect_left(low)
+        stop = len(values) if high is None else values.bisect_right(high)
+        stop = max(start, stop)
+        first = min(start + offset, stop)
+        page = list(values.islice(first, min(first + limit, stop)))
+        return _json(
+            request,
+            {
+                "size": len(values),
+                "matched": stop - start,
+                "offset": offset,
+                "limit": limit,
+                "values": page,
+            },
+        )
+
+    @_route(API_PREFIX + "/values", "POST")
+    def add_values(self, request: IRequest) -> bytes:
+        """Add the JSON body's integer(s), or one random 1000-10000 with no body."""
+        self._check_body_size(request)
+        body = request.content.read() if request.content is not None else b""
+        if body.strip():
+            added = self.service.merge(parse_values(body))
+        else:
+            added = [self.service.add_random()]
+        return _json(request, {"added": added, "size": len(self.service.values)})
+
+    @_route(API_PREFIX + "/values", "DELETE")
+    def clear_values(self, request: IRequest) -> bytes:
+        """Empty the sorted list."""
+        removed = len(self.service.values)
+        self.service.clear()
+        return _json(request, {"removed": removed, "size": len(self.service.values)})
+
+    # -- the registry ----------------------------------------------------------------
+
+    @_route(API_PREFIX + "/clients", "GET")
+    def get_clients(self, request: IRequest) -> bytes:
+        """One page of the client registry, ordered by client ID."""
+        offset = _query_int(request, "offset", 0, 0, INT64_MAX)
+        limit = _query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        assert offset is not None and limit is not None
+        clients = self.service.clients
+        ids = sorted(clients)[offset : offset + limit]
+        return _json(
+            request,
+            {
+                "total": len(clients),
+                "offset": offset,
+                "limit": limit,
+                "clients": [clients[client_id].as_dict() for client_id in ids],
+            },
+        )
+
+    @_route(API_PREFIX + "/clients/<int:client_id>", "GET")
+    def get_client(self, request: IRequest, client_id: int) -> bytes:
+        """One client's record, or 404 for an ID the registry has never seen."""
+        record = self.service.clients.get(client_id)
+        if record is None:
+            raise ApiError(404, "unknown-client", f"no client with ID {client_id}")
+        return _json(request, record.as_dict())
+
+    # -- operations --------------------------------------------------------------------
+
+    @_route("/healthz", "GET")
+    def healthz(self, request: IRequest) -> bytes:
+        """The process is alive and its reactor answers."""
+        return _json(request, {"status": "ok"})
+
+    @_route("/readyz", "GET")
+    def readyz(self, request: IRequest) -> bytes:
+        """Every listener is up and the message log is writable (else 503)."""
+        checks = {name: bool(check()) for name, check in sorted(self.ready_checks.items())}
+        if self.message_log is not None:
+            checks["message_log_writable"] = self.message_log.writable
+        ready = all(checks.values())
+        return _json(
+            request,
+            {"status": "ready" if ready else "not-ready", "checks": checks},
+            200 if ready else 503,
+        )
+
+    @_route("/metrics", "GET")
+    def metrics_text(self, request: IRequest) -> bytes:
+        """Prometheus text exposition, read from live state on the reactor thread."""
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.render()
+
+    @_route("/openapi.json", "GET")
+    def openapi(self, request: IRequest) -> bytes:
+        """The OpenAPI 3 document of the routes this daemon serves."""
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return self._openapi
+
+    # -- the older server's routes -------------------------------------------------------
+
+    @_route("/get_array", "GET")
+    def legacy_get_array(self, request: IRequest) -> bytes:
+        """The whole sorted list, as the older server printed it."""
+        self._require_legacy()
+        values = self.service.values
+        return _legacy(
+            request,
+            "REST API Server[EndPoint = get_array] response : "
+            f"Array Size: {len(values)}, Array: {values!r}",
+        )
+
+    @_route("/add_value", "GET", "POST")
+    def legacy_add_value(self, request: IRequest) -> bytes:
+        """Add one random integer in 1000-10000, as the older server did."""
+        self._require_legacy()
+        value = self.service.add_random()
+        values = self.service.values
+        return _legacy(
+            request,
+            "REST API Server[EndPoint = add_value] response : "
+            f"Added random integer: {value}, New Size: {len(values)}, New Array: {values!r}",
+        )
+
+    @_route("/clean_array", "GET", "DELETE")
+    def legacy_clean_array(self, request: IRequest) -> bytes:
+        """Empty the sorted list, as the older server did."""
+        self._require_legacy()
+        self.service.clear()
+        values = self.service.values
+        return _legacy(
+            request,
+            "REST API Server [EndPoint = clean_array] : "
+            f"Cleansed int array, New Size: {len(values)}, New Array: {values!r}",
+        )
+
+    # -- errors ------------------------------------------------------------------------------
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ApiError)
+        return _json(request, {"error": error.code, "message": error.message}, error.status)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
+        self._count(request, "(unmatched)")
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        path = request.path.decode("utf-8", "replace")  # type: ignore[attr-defined]
+        if isinstance(error, MethodNotAllowed) and not (
+            path in LEGACY_PATHS and not self.legacy_routes
+        ):
+            allowed = sorted(error.valid_methods or ())
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            method = request.method.decode("ascii", "replace")  # type: ignore[attr-defined]
+            return _json(
+                request,
+                {
+                    "error": "method-not-allowed",
+                    "message": f"{method} is not allowed here; use {', '.join(allowed)}",
+                },
+                405,
+            )
+        if isinstance(error, (NotFound, MethodNotAllowed)):
+            return _json(request, {"error": "not-found", "message": "no such route"}, 404)
+        status = error.code or 500
+        for name, value in error.get_response().headers.items():
+            if name.lower() == "location":
+                request.setHeader(b"Location", value.encode("utf-8"))
+        return _json(
+            request,
+            {"error": "http-error", "message": error.description or error.name},
+            status,
+        )
+
+    @app.handle_errors(Exception)
+    def _unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
+        self._count(request, "(unmatched)")
+        self.log.failure(
+            "unexpected error answering {method} {path}",
+            failure,
+            method=request.method,  # type: ignore[attr-defined]
+            path=request.path,  # type: ignore[attr-defined]
+        )
+        return _json(
+            request, {"error": "internal", "message": "internal server error"}, 500
+        )
+
+
+def _legacy(request: IRequest, text: str) -> bytes:
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", LEGACY_TYPE)
+    return text.encode("utf-8")
+
+
+def _openapi_document(legacy_routes: bool) -> bytes:
+    """The packaged OpenAPI document, without the legacy paths unless they are served."""
+    text = resources.files("numd").joinpath("openapi.json").read_text("utf-8")
+    document = json.loads(text)
+    if not legacy_routes:
+        document["paths"] = {
+            path: item
+            for path, item in document["paths"].items()
+            if not item.get("x-numd-legacy", False)
+        }
+    return json.dumps(document, indent=2).encode("utf-8") + b"\n"
