@@ -1,0 +1,259 @@
+"""The older sorted-list server's array listener, for its unchanged clients.
+
+Such a client connects, then repeatedly sends a Python pickle of a list of 10-20
+integers, with no framing, and reads one pickle back holding the whole sorted
+list. Pickles from the network are dangerous: unpickling can import any module
+and call any function. So:
+
+1. Framing: `find_pickle_end` walks the opcodes (with the opcode table of
+   `pickletools`) from where the last read stopped until STOP, so a request split
+   across reads waits for its end, and two requests in one read are both served.
+   The first opcode must be PROTO 2-5, every opcode must be known, and a request
+   larger than the byte cap is refused as soon as that is known (declared
+   lengths are checked before their bytes arrive).
+2. Every opcode that could name a global, build an object or call something
+   (GLOBAL, STACK_GLOBAL, INST, OBJ, NEWOBJ, NEWOBJ_EX, REDUCE, BUILD, EXT1/2/4,
+   PERSID, BINPERSID) is refused while framing, before any unpickling.
+3. The request is then decoded by `RefusingUnpickler`, whose `find_class`
+   refuses every global (a second lock on the same door), and must be a plain
+   list of plain 64-bit integers.
+
+The values are merged into the shared sorted list and the reply, the whole list
+as a pickle of protocol 4, goes out in one write. Anything else closes the
+connection with a log line.
+
+The old client reads its reply with one ``recv(1024)``: a reply of protocol 4
+holds at most about 330 values of 1000-65535 (3 bytes each) in 1024 bytes, so
+once the shared list passes a few hundred values that client fails to unpickle
+its reply. That is the client's limit, not the server's: the reply is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+from typing import Any, NoReturn
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from numd.service import INT64_MAX, INT64_MIN, NumberService
+from numd.stats import Stats
+
+DEFAULT_MAX_BYTES = 16 * 1024
+"""Largest request (one pickle) accepted, in bytes."""
+REPLY_PROTOCOL = 4
+
+_OPCODES: dict[int, pickletools.OpcodeInfo] = {
+    ord(op.code): op for op in pickletools.opcodes
+}
+_PROTO = ord(pickle.PROTO)
+_STOP = ord(pickle.STOP)
+REFUSED_OPCODES = frozenset(
+    {
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "INST",
+        "OBJ",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "REDUCE",
+        "BUILD",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+        "PERSID",
+        "BINPERSID",
+    }
+)
+"""Opcodes that load globals, build objects or call things: refused while framing."""
+
+
+class BadRequest(Exception):
+    """A request that is not a safe pickle of a list of ints; `reason` names why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def find_pickle_end(data: bytes | bytearray, start: int = 0, limit: int = DEFAULT_MAX_BYTES) -> tuple[int | None, int]:
+    """Walk the opcodes of the pickle at the start of `data`, from offset `start`.
+
+    Returns ``(end, resume)``: `end` is the offset just after STOP, or None when
+    more bytes are needed, and `resume` is where to continue the walk once they
+    arrive (the start of the first incomplete opcode), so the whole request is
+    walked once however it is split. Raises `BadRequest` for anything that is
+    not a pickle of protocol 2-5, for refused opcodes and for a pickle that is,
+    or says it will be, longer than `limit` bytes.
+    """
+    pos = start
+    size = len(data)
+    while pos < size:
+        code = data[pos]
+        if pos == 0 and code != _PROTO:
+            raise BadRequest("not-pickle", "does not start with PROTO (protocol 2-5)")
+        op = _OPCODES.get(code)
+        if op is None:
+            raise BadRequest("not-pickle", f"unknown opcode {code:#04x} at {pos}")
+        if op.name in REFUSED_OPCODES:
+            raise BadRequest("refused-opcode", f"opcode {op.name} at {pos} is refused")
+        end = _argument_end(data, pos + 1, op, limit)
+        if end is None:
+            return None, pos
+        if end > limit:
+            _too_large(limit)
+        if code == _PROTO:
+            version = data[pos + 1]
+            if pos != 0 or not 2 <= version <= 5:
+                raise BadRequest("not-pickle", f"protocol {version} at {pos}; 2-5 accepted")
+        pos = end
+        if code == _STOP:
+            return pos, pos
+    if pos > limit:
+        _too_large(limit)
+    return None, pos
+
+
+def _too_large(limit: int) -> NoReturn:
+    raise BadRequest("too-large", f"request longer than {limit} bytes")
+
+
+def _argument_end(data: bytes | bytearray, pos: int, op: pickletools.OpcodeInfo, limit: int) -> int | None:
+    """Offset after `op`'s argument starting at `pos`, or None if it is incomplete."""
+    arg = op.arg
+    if arg is None:
+        return pos
+    size = len(data)
+    n = arg.n
+    if n >= 0:
+        end = pos + n
+    elif n == pickletools.UP_TO_NEWLINE:
+        lines = 2 if arg.name == "stringnl_noescape_pair" else 1
+        end = pos
+        for _ in range(lines):
+            newline = data.find(b"\n", end, limit + 1)
+            if newline < 0:
+                if size > limit:
+                    _too_large(limit)
+                return None
+            end = newline + 1
+    else:
+        width = {
+            pickletools.TAKEN_FROM_ARGUMENT1: 1,
+            pickletools.TAKEN_FROM_ARGUMENT4: 4,
+            pickletools.TAKEN_FROM_ARGUMENT4U: 4,
+            pickletools.TAKEN_FROM_ARGUMENT8U: 8,
+        }[n]
+        if pos + width > size:
+            return None
+        length = int.from_bytes(
+            data[pos : pos + width],
+            "little",
+            signed=n == pickletools.TAKEN_FROM_ARGUMENT4,
+        )
+        if length < 0:
+            raise BadRequest("not-pickle", f"negative length in {op.name}")
+        end = pos + width + length
+    if end > limit:
+        _too_large(limit)
+    return end if end <= size else None
+
+
+class RefusingUnpickler(pickle.Unpickler):
+    """An unpickler that never loads a class or function: every global is refused."""
+
+    def find_class(self, module: str, name: str) -> NoReturn:
+        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+
+    def persistent_load(self, pid: Any) -> NoReturn:
+        raise pickle.UnpicklingError("persistent IDs refused")
+
+
+def decode_request(request: bytes) -> list[int]:
+    """The list of ints in one framed request; `BadRequest` for anything else."""
+    try:
+        value = RefusingUnpickler(io.BytesIO(request)).load()
+    except Exception as e:
+        raise BadRequest("bad-pickle", f"{type(e).__name__}: {e}") from None
+    if type(value) is not list:
+        raise BadRequest("not-list", f"a {type(value).__name__}, not a list")
+    for item in value:
+        if type(item) is not int:
+            raise BadRequest("not-int", f"an item is a {type(item).__name__}")
+        if not INT64_MIN <= item <= INT64_MAX:
+            raise BadRequest("not-int", f"{item} is outside the 64-bit signed range")
+    return value
+
+
+class LegacyArrayProtocol(Protocol):
+    """One old array client: pickled lists in, the pickled sorted list out."""
+
+    log = Logger()
+    factory: LegacyArrayFactory
+
+    peer = "?"
+    _closing = False
+
+    def connectionMade(self) -> None:
+        """Start with an empty buffer; count the connection."""
+        address = self.transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        self.peer = f"{host}:{port}" if host is not None else str(address)
+        self._buffer = bytearray()
+        self._resume = 0
+        self.factory.stats.connections["opened"] += 1
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Count the closed connection."""
+        self.factory.stats.connections["closed"] += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        """Serve every complete pickle buffered so far; close on anything bad."""
+        if self._closing:
+            return
+        self._buffer += data
+        factory = self.factory
+        while self._buffer:
+            try:
+                end, self._resume = find_pickle_end(self._buffer, self._resume, factory.max_bytes)
+                if end is None:
+                    return
+                request = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                self._resume = 0
+                values = decode_request(request)
+            except BadRequest as e:
+                self._refuse(e)
+                return
+            factory.stats.received["array"] += 1
+            factory.service.merge(values)
+            reply = pickle.dumps(list(factory.service.values), protocol=REPLY_PROTOCOL)
+            factory.stats.sent["array"] += 1
+            self.transport.write(reply)
+
+    def _refuse(self, error: BadRequest) -> None:
+        self._closing = True
+        self._buffer = bytearray()
+        self.factory.stats.errors[error.reason] += 1
+        self.log.warn(
+            "legacy array listener: closing {peer}: {reason} ({detail})",
+            peer=self.peer,
+            reason=error.reason,
+            detail=error.detail,
+        )
+        self.transport.loseConnection()
+
+
+class LegacyArrayFactory(Factory):
+    """Builds `LegacyArrayProtocol`s sharing one service; counts into its own `Stats`."""
+
+    protocol = LegacyArrayProtocol
+
+    def __init__(self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.service = service
+        self.max_bytes = max_bytes
+        self.stats = Stats()
