@@ -8,6 +8,7 @@ one token, in order, and never sends anything a client did not ask for.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from sortedcontainers import SortedList
@@ -70,21 +71,57 @@ def format_values(values: SortedList, cap: int) -> bytes:
 
     The whole list is ``[1,2,3]``. A list too long for `cap` is cut after the
     last value that fits and marked with its total size: ``[1,2,3,...]/1000000``.
-    The cost is bounded by `cap`, whatever the size of the list.
+    Only the values that can fit are read and formatted, so the cost is bounded
+    by `cap` whatever the size of the list.
     """
     size = len(values)
     if size == 0:
         return b"[]"
-    # Each value takes at least two bytes with its comma, so no more can fit.
-    taken = min(size, cap // 2)
-    body = ",".join(map(str, values.islice(0, taken)))
-    if taken == size and len(body) + 2 <= cap:
+    whole_budget = cap - 2
+    parts: list[str] = []
+    length = -1  # the first part has no comma before it
+    position = 0
+    while position < size and length < whole_budget:
+        # Read no more values than can fit: estimate the count from the widest
+        # of the window's two ends (sorted values widen away from zero), so
+        # the estimate never overshoots and the loop picks up the rest.
+        room = whole_budget - length
+        last = min(position + room // 2, size - 1)
+        width = max(len(str(values[position])), len(str(values[last]))) + 1
+        chunk = values[position : position + room // width + 1]
+        text = _join_sorted(chunk)
+        parts.append(text)
+        length += 1 + len(text)
+        position += len(chunk)
+    body = ",".join(parts)
+    if position >= size and len(body) <= whole_budget:
         return ("[" + body + "]").encode("ascii")
     suffix = f",...]/{size}"
     budget = cap - 1 - len(suffix)
     if len(body) > budget:
         body = body[: body.rfind(",", 0, budget + 1)]
     return ("[" + body + suffix).encode("ascii")
+
+
+_MAX_RUNS = 256
+
+
+def _join_sorted(chunk: list[int]) -> str:
+    """``",".join(map(str, chunk))`` for a sorted chunk, faster when values repeat.
+
+    A list of 10^6 values drawn from 0-100 holds long runs of equal values: those
+    are written by repeating one string instead of formatting every value.
+    """
+    runs: list[tuple[int, int]] = []
+    start, end = 0, len(chunk)
+    while len(runs) < _MAX_RUNS:
+        value = chunk[start]
+        stop = bisect_right(chunk, value, start, end)
+        runs.append((value, stop - start))
+        start = stop
+        if start >= end:
+            return "".join((str(value) + ",") * count for value, count in runs)[:-1]
+    return ",".join(map(str, chunk))
 
 
 @dataclass

@@ -303,6 +303,27 @@ def test_format_values_small_and_exact_fit() -> None:
     assert format_values(long, len(whole) - 1).endswith(b",...]/100")
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [v % 101 for v in range(200_000)],
+        list(range(-100_000, 100_000)),
+        [(-1) ** v * v * 7_919_000_000_013 for v in range(50_000)],
+        [5] * 100_000,
+    ],
+    ids=["repeated-small", "negative-to-positive", "wide-mixed-signs", "one-value"],
+)
+def test_format_values_is_the_exact_prefix(values: list[int]) -> None:
+    """For any kind of list, the cut reply is exactly the smallest values, nearly filling the cap."""
+    sorted_values = SortedList(values)
+    reply = format_values(sorted_values, 65536)
+    head, size = reply.split(b"/")
+    shown = [int(v) for v in head[1:-5].split(b",")]
+    assert shown == list(sorted_values[: len(shown)])
+    assert int(size) == len(values)
+    assert 65536 - 25 <= len(reply) <= 65536
+
+
 def test_format_values_cost_is_bounded() -> None:
     """A million values still give a reply within the default cap, starting at the smallest."""
     values = SortedList(range(1_000_000))
