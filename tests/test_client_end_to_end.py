@@ -86,7 +86,8 @@ def numd_server(directory: Path) -> Iterator[int]:
     with started(command, directory, "server") as server:
         wait_for_port(port, server)
         yield port
-        assert stop(server) == 0
+        status = stop(server)
+        assert status == 0, (directory / "server.out").read_text()
 
 
 def reports(log: Path, client_id: int) -> list[int]:
@@ -119,9 +120,11 @@ def test_twistd_client_reports_increase_on_a_twistd_server(tmp_path: Path) -> No
         ]  # fmt: skip
         with started(command, tmp_path, "client") as client:
             wait_until(lambda: len(reports(log, CLIENT_ID)) >= 12, 30, "12 reports logged")
+            # (on failure, client.log and server.out in tmp_path tell what happened)
             assert (tmp_path / "server.pid").exists() and (tmp_path / "client.pid").exists()
             # twistd re-raises SIGTERM once it has shut down cleanly: status -15 is a clean stop.
-            assert stop(client) in (0, -signal.SIGTERM)
+            status = stop(client)
+            assert status in (0, -signal.SIGTERM), (tmp_path / "client.log").read_text()
         numbers = reports(log, CLIENT_ID)
         assert numbers == sorted(set(numbers))  # odd increments: strictly increasing
         assert numbers[0] == 1
