@@ -285,6 +285,7 @@ class CounterClient(Service):
         if self.keep_running_without_input:
             self.log.info("standard input closed; running on without a prompt")
             return
+        self.log.info("standard input closed; quitting (--connect runs without input)")
         self.quit()
 
     def connect(self) -> None:

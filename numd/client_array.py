@@ -135,9 +135,9 @@ class ArrayClientProtocol(TokenReceiver):
             )
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         """Fail every request still waiting."""
-        self.lost = reason
+        self.lost = reason if reason is not None else Failure(ConnectionDone())
         waiting, self._waiting = self._waiting, deque()
         for reply in waiting:
             if not reply.called:

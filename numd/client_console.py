@@ -56,7 +56,7 @@ class CommandPrompt(LineReceiver):
         """An over-long line is not a command: answer it like any unknown one."""
         self.handler.command("?")
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         """End of input."""
         self.handler.input_ended()
 

@@ -123,8 +123,9 @@ class ClientOutput:
             self.stdout.flush()
 
     def close(self) -> None:
-        """End the in-place status line, if one is shown, so the shell prompt starts clean."""
+        """End the in-place status line so the shell prompt starts clean; plain lines from now on."""
         self._end_live_line()
+        self.live = False
 
     # -- writing -----------------------------------------------------------------
 

@@ -236,6 +236,7 @@ async def _run(reactor: Any, config: Options) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``numd-client`` console script: the same client, without twistd."""
     config = Options()
+    config.synopsis = "Usage: numd-client [options]"
     try:
         config.parseOptions(list(argv) if argv is not None else sys.argv[1:])
     except usage.UsageError as e:

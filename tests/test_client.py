@@ -382,7 +382,7 @@ def test_prompt_service_reads_standard_input_through_the_reactor() -> None:
 
 
 def test_status_line_redraws_in_place_on_a_terminal() -> None:
-    """On a terminal the status line is redrawn in place; messages print above it."""
+    """On a terminal the status line is redrawn in place, messages print above it, and closing ends it."""
     clock = Clock()
     err = io.StringIO()
     output = ClientOutput("status", io.StringIO(), err, clock, live=True)
@@ -390,9 +390,12 @@ def test_status_line_redraws_in_place_on_a_terminal() -> None:
     output.status("report", state)
     output.say("hi")
     output.close()
+    state.connected = False
+    output.status("disconnected", state)  # e.g. the connection closing after Ctrl-C
     assert err.getvalue() == (
         "\r\x1b[Kconnected     id=7 number=3 increment=5"
         "\r\x1b[Khi\nconnected     id=7 number=3 increment=5\n"
+        "not connected id=7 number=3 increment=5 (disconnected)\n"
     )
 
 
