@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from numd.tap import Options as NumdOptions
+
 from .daemon import TWISTD, free_port, wait_for_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,6 +76,17 @@ def started(command: list[str], directory: Path, name: str, **kwargs: object) ->
         process.wait(10)
 
 
+def other_listeners() -> list[str]:
+    """Options moving the daemon's other listeners (if it has them) to free ports too."""
+    known = set(NumdOptions().longOpt)
+    return [
+        arg
+        for option in ("api-listen",)
+        if f"{option}=" in known
+        for arg in (f"--{option}", f"tcp:{free_port()}:interface=127.0.0.1")
+    ]
+
+
 @contextmanager
 def numd_server(directory: Path) -> Iterator[int]:
     """`twistd -n numd` on a free 127.0.0.1 port with its own pidfile; yields the port."""
@@ -81,7 +94,7 @@ def numd_server(directory: Path) -> Iterator[int]:
     command = [
         *TWISTD, "-n", "--pidfile", str(directory / "server.pid"), "numd",
         "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--message-log", str(directory / "messages.log"),
+        "--message-log", str(directory / "messages.log"), *other_listeners(),
     ]  # fmt: skip
     with started(command, directory, "server") as server:
         wait_for_port(port, server)
