@@ -214,7 +214,7 @@ class CounterClientFactory(Factory):
     def __init__(self, client: CounterClient) -> None:
         self.client = client
 
-    def buildProtocol(self, addr: IAddress) -> CounterClientProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> CounterClientProtocol:
         """A protocol sharing the client's state, clock and output."""
         return CounterClientProtocol(self.client)
 

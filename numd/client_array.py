@@ -130,9 +130,7 @@ class ArrayClientProtocol(TokenReceiver):
     def lineLengthExceeded(self, token: bytes) -> None:
         """A reply longer than `MAX_LENGTH`: fail the request and hang up."""
         if self._waiting and not self._waiting[0].called:
-            self._waiting.popleft().errback(
-                BadReply(f"reply longer than {self.MAX_LENGTH} bytes")
-            )
+            self._waiting.popleft().errback(BadReply(f"reply longer than {self.MAX_LENGTH} bytes"))
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:

@@ -151,10 +151,7 @@ class ClientOutput:
 
 def _status_line(event: str, state: CounterState, fields: dict[str, object]) -> str:
     where = "connected" if state.connected else "not connected"
-    line = (
-        f"{where:<13} id={state.client_id} number={state.number} "
-        f"increment={state.increment}"
-    )
+    line = f"{where:<13} id={state.client_id} number={state.number} increment={state.increment}"
     if event == "retrying":
         line += f" (retry {fields['attempt']} in {fields['delay']:.1f} s)"
     elif event not in ("report", "connected"):

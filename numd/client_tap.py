@@ -96,7 +96,11 @@ class Options(usage.Options):
         ],
     ]
     optFlags: list[list[Any]] = [
-        ["connect", None, "Connect at start without waiting for c (and keep running when standard input ends)."],
+        [
+            "connect",
+            None,
+            "Connect at start without waiting for c (and keep running when standard input ends).",
+        ],
         ["json", None, "Print one JSON event per line on stdout instead of the status line."],
         ["quiet", None, "Print only errors (and answers to what is typed)."],
         ["array", None, "Array mode: send random arrays, print the sorted lists returned."],

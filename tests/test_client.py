@@ -115,7 +115,9 @@ def test_request_timer_draws_delays_in_three_to_five_seconds() -> None:
     h.connect()
     for _ in range(50):
         request_timer = [
-            call for call in h.clock.getDelayedCalls() if getattr(call.func, "__name__", "") == "_ask"
+            call
+            for call in h.clock.getDelayedCalls()
+            if getattr(call.func, "__name__", "") == "_ask"
         ]
         assert len(request_timer) == 1
         delay = request_timer[0].getTime() - h.clock.seconds()

@@ -80,7 +80,9 @@ def test_random_arrays_have_10_to_20_values_in_0_to_100() -> None:
 class Run:
     """An array client on a fake clock against `endpoint`, with captured output."""
 
-    def __init__(self, endpoint: object, clock: Clock, count: int | None, mode: Mode = "json") -> None:
+    def __init__(
+        self, endpoint: object, clock: Clock, count: int | None, mode: Mode = "json"
+    ) -> None:
         self.stdout, self.stderr = io.StringIO(), io.StringIO()
         self.output = ClientOutput(mode, self.stdout, self.stderr, clock, live=False)
         self.prompt = YesNoPrompt(self.output)

@@ -61,7 +61,9 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 @contextmanager
-def started(command: list[str], directory: Path, name: str, **kwargs: object) -> Iterator[subprocess.Popen]:
+def started(
+    command: list[str], directory: Path, name: str, **kwargs: object
+) -> Iterator[subprocess.Popen]:
     """Run `command` in `directory` (output in NAME.out unless redirected); always killed at the end."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     with open(directory / f"{name}.out", "wb") as out:
@@ -173,7 +175,14 @@ def test_console_client_takes_commands_from_standard_input(tmp_path: Path) -> No
 def test_console_client_array_mode_with_count(tmp_path: Path) -> None:
     """`numd-client --array --count 2` prints two sorted lists from a real server and exits 0."""
     with numd_server(tmp_path) as port:
-        command = [*console_script(), "--server", f"tcp:127.0.0.1:{port}", "--array", "--count", "2"]
+        command = [
+            *console_script(),
+            "--server",
+            f"tcp:127.0.0.1:{port}",
+            "--array",
+            "--count",
+            "2",
+        ]
         with started(command, tmp_path, "client", stderr=subprocess.PIPE) as client:
             assert client.wait(30) == 0
             assert client.stderr is not None
@@ -187,7 +196,14 @@ def test_console_client_array_mode_with_count(tmp_path: Path) -> None:
 
 def test_console_client_exits_1_when_the_server_is_down(tmp_path: Path) -> None:
     """With nothing listening, array mode reports the refused connection and exits with status 1."""
-    command = [*console_script(), "--server", f"tcp:127.0.0.1:{free_port()}", "--array", "--count", "1"]
+    command = [
+        *console_script(),
+        "--server",
+        f"tcp:127.0.0.1:{free_port()}",
+        "--array",
+        "--count",
+        "1",
+    ]
     with started(command, tmp_path, "client") as client:
         assert client.wait(30) == 1
     assert "error: cannot connect" in (tmp_path / "client.out").read_text()

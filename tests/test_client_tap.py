@@ -51,7 +51,11 @@ def test_every_option() -> None:
         "--server", "tcp:example.org:2005", "--id", "5287", "--parity", "odd",
         "--connect", "--json", "--timeout", "1.5",
     )  # fmt: skip
-    assert (config["server"], config["id"], config["parity"]) == ("tcp:example.org:2005", 5287, "odd")
+    assert (config["server"], config["id"], config["parity"]) == (
+        "tcp:example.org:2005",
+        5287,
+        "odd",
+    )
     assert (config["connect"], config.mode, config["timeout"]) == (1, "json", 1.5)
     array = parse("--array", "--count", "3", "--quiet")
     assert (array["array"], array["count"], array.mode) == (1, 3, "quiet")
