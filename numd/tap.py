@@ -22,6 +22,7 @@ from numd.messagelog import MessageLog
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
+from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES, Store, make_store
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 
@@ -37,6 +38,18 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
         if minimum is not None and not number >= minimum:
             raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
         return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A coercer for option `name` that accepts only `choices`."""
+
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
+        return value
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
@@ -71,6 +84,23 @@ class Options(usage.Options):
             5,
             "How many rotated message log files to keep.",
             _checked("message-log-files", int, 1),
+        ],
+        [
+            "db",
+            None,
+            "numd.db",
+            "SQLite file that keeps the registry and the sorted list across "
+            f"restarts ({MEMORY} keeps nothing).",
+        ],
+        [
+            "sync",
+            None,
+            DEFAULT_SYNC,
+            "When client reports reach the disk: everysec (batched once a second; "
+            "a crash loses at most about a second of reports) or always (in the "
+            "next commit). Merges, adds and clears are always stored before they "
+            "are answered.",
+            _one_of("sync", SYNC_POLICIES),
         ],
         [
             "seed",
@@ -124,6 +154,12 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--message-log: directory {directory} does not exist or is not writable"
             )
+        if self["db"] != MEMORY:
+            directory = os.path.dirname(os.path.abspath(self["db"]))
+            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+                raise usage.UsageError(
+                    f"--db: directory {directory} does not exist or is not writable"
+                )
 
 
 def _check_endpoint(description: str) -> None:
@@ -165,6 +201,8 @@ class _ExitZeroOnSignal(Service):
 
 class Daemon(MultiService):
     """The numd service tree, with handles on the parts other layers need."""
+
+    store: Store | None
 
     def __init__(
         self,
@@ -233,6 +271,10 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     top = Daemon(state, message_log, stats, factory, clock)
     state.setServiceParent(top)
     message_log.setServiceParent(top)
+    # Loads the database in privilegedStartService, before any listener binds.
+    top.store = make_store(state, config["db"], reactor, sync=config["sync"])
+    if top.store is not None:
+        top.store.setServiceParent(top)
     for description in config["listen"]:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
     if IReactorCore.providedBy(reactor):

@@ -1,0 +1,588 @@
+"""Durable state: the registry and the sorted list kept in an embedded SQLite database.
+
+The service's in-memory registry and `SortedList` stay the source of truth; the
+store only follows them. It observes every change through
+`NumberService.add_observer`, collects changes into batches, and writes each batch
+in one transaction on a single writer thread, so the reactor never waits for the
+disk. It installs the service's durability hook, so a change that gets an answer
+(an array merge, an add or a clear) is answered only once its batch is committed.
+
+Group commit: while one batch is being written, every change that arrives goes
+into the next one; that batch starts as soon as the first finishes, so a thousand
+clients waiting for their acknowledgements share one commit and one fsync.
+
+Client records (registrations, reports, given numbers, disconnects) get no answer
+that promises anything, so under ``sync="everysec"`` (the default) they are
+collected in memory and handed to the writer once a second: a crash can lose at
+most about the last second of reports, like Redis's ``appendfsync everysec``.
+``sync="always"`` puts each of them into the next group commit instead.
+
+The file is SQLite in WAL mode with ``synchronous=FULL``: a committed batch is in
+the write-ahead log and fsynced before anyone is told so, and survives ``kill -9``
+and a power cut. Schema (version 2)::
+
+    meta(key TEXT PRIMARY KEY, value)            -- key 'schema_version'
+    sorted_values(value INTEGER PRIMARY KEY, count INTEGER NOT NULL)
+    clients(id INTEGER PRIMARY KEY, number INTEGER NOT NULL,
+            last_given INTEGER, last_seen REAL NOT NULL)
+
+Each distinct value is one row with its multiplicity, so a million values load in
+a fraction of a second and duplicates are kept. Older layouts are migrated in place
+at start-up (see `MIGRATIONS`). ``docs/durability.md`` has the whole story.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorTime,
+)
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from numd.service import ClientRecord, NumberService
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+"""The ``--db`` value that keeps nothing: numd runs without a store."""
+SYNC_POLICIES = ("everysec", "always")
+"""How client records are written: once a second (default) or in every group commit."""
+DEFAULT_SYNC = "everysec"
+SCHEMA_VERSION = 2
+"""The layout this numd writes; older ones are migrated at start-up."""
+
+ClientRow = tuple[int, "int | None", float]
+"""What is stored per client: (number, last_given, last_seen)."""
+Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+"""Runs a function on the writer and fires with its result (on the reactor thread)."""
+
+
+class StoreError(Exception):
+    """The database cannot be used: unreadable, corrupt, not numd's, or too new."""
+
+
+# -- batches ------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Changes written together in one transaction.
+
+    A clear throws away every value change before it, so a batch is "maybe empty
+    the list first, then add these values": a clear followed by adds in one batch
+    leaves exactly those adds, and adds followed by a clear leave nothing.
+    """
+
+    cleared: bool = False
+    counts: Counter[int] = field(default_factory=Counter)
+    """How many times each value was added (after the clear, if any)."""
+    clients: dict[int, ClientRow] = field(default_factory=dict)
+    """The latest row of each client changed in this batch."""
+    changes: int = 0
+    """How many service changes this batch holds (merges, clears, client rows)."""
+    waiters: list[Deferred[None]] = field(default_factory=list)
+    """Fired when the batch is committed (errbacked if it fails)."""
+
+    def __bool__(self) -> bool:
+        return self.changes > 0
+
+    def merge(self, values: list[int]) -> None:
+        """Add `values` (duplicates kept)."""
+        self.counts.update(values)
+        self.changes += 1
+
+    def clear(self) -> None:
+        """Empty the list: earlier adds in this batch no longer matter."""
+        self.cleared = True
+        self.counts.clear()
+        self.changes += 1
+
+    def client(self, client_id: int, row: ClientRow) -> None:
+        """Record the latest state of one client."""
+        self.clients[client_id] = row
+        self.changes += 1
+
+    def then(self, later: Batch) -> None:
+        """Append `later`'s changes to this batch's (in that order); waiters are taken over."""
+        if later.cleared:
+            self.cleared = True
+            self.counts = later.counts
+        else:
+            self.counts.update(later.counts)
+        self.clients.update(later.clients)
+        self.changes += later.changes
+        self.waiters = later.waiters
+
+    def waiter(self) -> Deferred[None]:
+        """A Deferred that fires once this batch is committed."""
+        d: Deferred[None] = Deferred()
+        self.waiters.append(d)
+        return d
+
+
+# -- the database file ----------------------------------------------------------------
+
+_CREATE_V2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE sorted_values (value INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE clients (
+    id INTEGER PRIMARY KEY,
+    number INTEGER NOT NULL,
+    last_given INTEGER,
+    last_seen REAL NOT NULL
+);
+"""
+
+_ADD_VALUE = (
+    "INSERT INTO sorted_values (value, count) VALUES (?, ?) "
+    "ON CONFLICT (value) DO UPDATE SET count = count + excluded.count"
+)
+_PUT_CLIENT = (
+    "INSERT INTO clients (id, number, last_given, last_seen) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET number = excluded.number, "
+    "last_given = excluded.last_given, last_seen = excluded.last_seen"
+)
+
+CREATE_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE sorted_values (value INTEGER NOT NULL);
+CREATE INDEX sorted_values_value ON sorted_values (value);
+CREATE TABLE clients (id INTEGER PRIMARY KEY, number INTEGER NOT NULL, last_given INTEGER);
+INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+"""
+"""Schema version 1, the first layout: one row per value (duplicates as repeated
+rows) and no ``last_seen``. Kept here so the migration can be tested."""
+
+
+def migrate_1_to_2(connection: sqlite3.Connection) -> None:
+    """Version 1 to 2: one row per distinct value with its count; clients get ``last_seen``.
+
+    Runs inside the caller's transaction, so a crash half-way leaves version 1 intact.
+    """
+    connection.execute("ALTER TABLE sorted_values RENAME TO sorted_values_v1")
+    connection.execute("DROP INDEX IF EXISTS sorted_values_value")
+    connection.execute(
+        "CREATE TABLE sorted_values (value INTEGER PRIMARY KEY, count INTEGER NOT NULL)"
+    )
+    connection.execute(
+        "INSERT INTO sorted_values (value, count) "
+        "SELECT value, count(*) FROM sorted_values_v1 GROUP BY value"
+    )
+    connection.execute("DROP TABLE sorted_values_v1")
+    connection.execute("ALTER TABLE clients ADD COLUMN last_seen REAL NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: migrate_1_to_2}
+"""``MIGRATIONS[n]`` turns a version-n database into version n + 1."""
+
+
+class Database:
+    """numd's tables in one SQLite file, in WAL mode. Synchronous; one thread at a time.
+
+    Opening checks the file, creates the tables in a new or empty file and
+    migrates an older layout; any problem is a `StoreError` naming the file.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.migrated_from: int | None = None
+        """The schema version the file had before this open migrated it, if it did."""
+        try:
+            self._connection = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {path}: {e}") from None
+        try:
+            self._prepare()
+        except sqlite3.Error as e:
+            self._connection.close()
+            raise StoreError(f"cannot use the database {path}: {e}") from None
+        except StoreError:
+            self._connection.close()
+            raise
+
+    def _prepare(self) -> None:
+        c = self._connection
+        # The first read fails on a file that is not SQLite ("file is not a database").
+        tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if c.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise StoreError(f"cannot use the database {self.path}: WAL mode is not available")
+        c.execute("PRAGMA synchronous = FULL")
+        if not tables:
+            self._transaction(self._create)
+            return
+        if "meta" not in tables:
+            raise StoreError(f"cannot use the database {self.path}: it is not a numd database")
+        row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not isinstance(row[0], int):
+            raise StoreError(f"cannot use the database {self.path}: it has no schema version")
+        version = row[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot use the database {self.path}: schema version {version} was written "
+                f"by a newer numd (this one reads up to {SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            self._transaction(lambda: self._migrate(version))
+            self.migrated_from = version
+        # Read every page once now, so damage inside the tables stops the start
+        # rather than a later commit.
+        check = c.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError(f"cannot use the database {self.path}: it is damaged ({check})")
+
+    def _create(self) -> None:
+        for statement in _CREATE_V2.split(";"):
+            if statement.strip():
+                self._connection.execute(statement)
+        self._connection.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+
+    def _migrate(self, version: int) -> None:
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(
+                    f"cannot use the database {self.path}: no migration from schema version {version}"
+                )
+            step(self._connection)
+            version += 1
+        self._connection.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+        )
+
+    def _transaction(self, work: Callable[[], None]) -> None:
+        c = self._connection
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            work()
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def load_values(self) -> Iterator[int]:
+        """Every stored value in ascending order, each as many times as it was added."""
+        for value, count in self._connection.execute(
+            "SELECT value, count FROM sorted_values ORDER BY value"
+        ):
+            if count == 1:
+                yield value
+            else:
+                yield from repeat(value, count)
+
+    def load_clients(self) -> dict[int, ClientRow]:
+        """Every stored client row, by client ID."""
+        return {
+            client_id: (number, last_given, last_seen)
+            for client_id, number, last_given, last_seen in self._connection.execute(
+                "SELECT id, number, last_given, last_seen FROM clients"
+            )
+        }
+
+    def write(self, batch: Batch) -> None:
+        """Apply `batch` in one transaction: the clear first, then the adds, then client rows."""
+
+        def apply() -> None:
+            c = self._connection
+            if batch.cleared:
+                c.execute("DELETE FROM sorted_values")
+            if batch.counts:
+                c.executemany(_ADD_VALUE, batch.counts.items())
+            if batch.clients:
+                c.executemany(
+                    _PUT_CLIENT,
+                    [(client_id, *row) for client_id, row in batch.clients.items()],
+                )
+
+        self._transaction(apply)
+
+    def close(self) -> None:
+        """Close the file (the write-ahead log is checkpointed into it)."""
+        self._connection.close()
+
+
+# -- the service ----------------------------------------------------------------------
+
+
+class Store(Service):
+    """Keeps a `NumberService` in a SQLite file: loads it at start, writes its changes.
+
+    `reactor` is the clock for the once-a-second flush and the retry delay; if it
+    can take calls from threads, batches are written on one writer thread of the
+    store's own, otherwise (a test's memory reactor) in place. `run` replaces the
+    writer altogether (tests use it to decide when a commit finishes).
+    """
+
+    log = Logger()
+    name = "numd-store"
+
+    def __init__(
+        self,
+        service: NumberService,
+        path: str,
+        reactor: IReactorTime,
+        sync: str = DEFAULT_SYNC,
+        interval: float = 1.0,
+        retry_delay: float = 1.0,
+        run: Runner | None = None,
+    ) -> None:
+        if sync not in SYNC_POLICIES:
+            raise ValueError(f"sync policy must be one of {', '.join(SYNC_POLICIES)}, not {sync!r}")
+        self.service = service
+        self.path = os.path.abspath(path)
+        self.sync = sync
+        self.interval = interval
+        self.retry_delay = retry_delay
+        self._reactor = reactor
+        self._run = run
+        self._pool: ThreadPool | None = None
+        self._shutdown_trigger: Any = None
+        self._db: Database | None = None
+        self._pending = Batch()
+        self._lazy: dict[int, ClientRow] = {}
+        self._inflight: Batch | None = None
+        self._call: IDelayedCall | None = None
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+        self.commits = 0
+        """Batches committed so far."""
+        self.committed_changes = 0
+        """Service changes in those batches."""
+        self.failures = 0
+        """Commits that failed (each is retried after `retry_delay`)."""
+        self.load_seconds = 0.0
+        """How long loading the database took at start-up."""
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Load the database before any listener binds its port."""
+        self.load()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Start the writer, follow the service's changes and guard its answers."""
+        if self._db is None:
+            self.load()
+        super().startService()
+        if self._run is None:
+            if IReactorFromThreads.providedBy(self._reactor):
+                self._pool = ThreadPool(1, 1, name="numd-store")
+                self._pool.start()
+                if IReactorCore.providedBy(self._reactor):
+                    # Should the reactor stop without stopping us, the thread must not keep
+                    # the process alive.
+                    self._shutdown_trigger = self._reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+                        "during", "shutdown", self._pool.stop
+                    )
+                pool, reactor = self._pool, self._reactor
+                self._run = lambda work: deferToThreadPool(reactor, pool, work)  # type: ignore[arg-type]
+            else:
+                self._run = maybeDeferred
+        self.service.add_observer(self._observe)
+        self.service.set_durability(self.when_durable)
+        if self.sync == "everysec":
+            self._ticker.start(self.interval, now=False)
+
+    def load(self) -> None:
+        """Open the database and fill the service with its registry and list.
+
+        Every client is loaded as not connected. A database numd cannot use ends
+        the start-up with a one-line message naming the file (`SystemExit`).
+        """
+        started = time.perf_counter()
+        try:
+            db = Database(self.path)
+            clients = db.load_clients()
+            values = list(db.load_values())
+        except StoreError as e:
+            raise SystemExit(f"numd: {e}") from None
+        except sqlite3.Error as e:
+            raise SystemExit(f"numd: cannot read the database {self.path}: {e}") from None
+        self._db = db
+        service = self.service
+        service.clients.clear()
+        for client_id, (number, last_given, last_seen) in clients.items():
+            service.clients[client_id] = ClientRecord(
+                client_id, number=number, last_given=last_given, last_seen=last_seen
+            )
+        service.values.clear()
+        service.values.update(values)
+        self.load_seconds = time.perf_counter() - started
+        if db.migrated_from is not None:
+            self.log.info(
+                "migrated {path} from schema version {old} to {new}",
+                path=self.path,
+                old=db.migrated_from,
+                new=SCHEMA_VERSION,
+            )
+        self.log.info(
+            "loaded {clients} clients and {values} values from {path} in {seconds:.3f} s",
+            clients=len(clients),
+            values=len(values),
+            path=self.path,
+            seconds=self.load_seconds,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """Write everything still pending, lazy client records included, then close the file."""
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.service.remove_observer(self._observe)
+        self.service.set_durability(lambda: None)
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        try:
+            while self._inflight is not None or self._pending or self._lazy:
+                await self.flush()
+        except Exception:
+            self.log.failure("could not store the last changes in {path}", path=self.path)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        if self._pool is not None:
+            if self._shutdown_trigger is not None:
+                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)  # type: ignore[attr-defined]
+            self._pool.stop()
+            self._pool = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- following the service --------------------------------------------------------
+
+    def _observe(self, kind: str, payload: object) -> None:
+        if kind == "merge":
+            self._pending.merge(payload)  # type: ignore[arg-type]
+            self._schedule()
+        elif kind == "clear":
+            self._pending.clear()
+            self._schedule()
+        elif isinstance(payload, ClientRecord):
+            row = (payload.number, payload.last_given, payload.last_seen)
+            if self.sync == "always":
+                self._pending.client(payload.client_id, row)
+                self._schedule()
+            else:
+                self._lazy[payload.client_id] = row
+
+    def when_durable(self) -> Deferred[None] | None:
+        """A Deferred that fires once every change so far is committed; None if all are.
+
+        Lazily written client records (``sync="everysec"``) are not waited for.
+        """
+        if self._pending:
+            return self._pending.waiter()
+        if self._inflight is not None:
+            return self._inflight.waiter()
+        return None
+
+    def flush(self) -> Deferred[None]:
+        """Hand every change so far (lazy client records too) to the writer now.
+
+        The Deferred fires when they are committed.
+        """
+        self._take_lazy()
+        waiter = self.when_durable()
+        if self._inflight is None and self._pending:
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._commit()
+        return waiter if waiter is not None else succeed(None)
+
+    def _take_lazy(self) -> None:
+        if self._lazy:
+            for client_id, row in self._lazy.items():
+                self._pending.client(client_id, row)
+            self._lazy = {}
+
+    def _tick(self) -> None:
+        """Once a second: the client records changed since the last tick go to the writer."""
+        self._take_lazy()
+        self._schedule()
+
+    # -- group commit ---------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Commit at the next reactor turn, unless a commit or a retry is already under way.
+
+        Waiting for the turn to end lets every change that arrived in one read of
+        the network share the commit.
+        """
+        if self._inflight is None and self._call is None and self._pending:
+            self._call = self._reactor.callLater(0, self._commit)
+
+    def _commit(self) -> None:
+        self._call = None
+        if self._inflight is not None or not self._pending or self._db is None or self._run is None:
+            return
+        batch, self._pending = self._pending, Batch()
+        self._inflight = batch
+        db = self._db
+        self._run(lambda: db.write(batch)).addCallbacks(
+            self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _committed(self, _: None, batch: Batch) -> None:
+        self._inflight = None
+        self.commits += 1
+        self.committed_changes += batch.changes
+        # Start the next batch before telling anyone, so the disk stays busy.
+        if self._pending and self._call is None:
+            self._commit()
+        for waiter in batch.waiters:
+            waiter.callback(None)
+
+    def _failed(self, failure: Failure, batch: Batch) -> None:
+        self._inflight = None
+        self.failures += 1
+        self.log.failure(
+            "storing {changes} changes in {path} failed; retrying in {delay} s",
+            failure,
+            changes=batch.changes,
+            path=self.path,
+            delay=self.retry_delay,
+        )
+        waiters = batch.waiters
+        # The changes are still in memory: keep them, in order, ahead of the newer ones.
+        batch.then(self._pending)
+        self._pending = batch
+        if self._call is None or not self._call.active():
+            self._call = self._reactor.callLater(self.retry_delay, self._commit)
+        for waiter in waiters:
+            waiter.errback(failure)
+
+
+def make_store(
+    service: NumberService, path: str, reactor: IReactorTime, sync: str = DEFAULT_SYNC
+) -> Store | None:
+    """The store for ``--db path --sync sync``, or None for ``--db :memory:`` (nothing kept)."""
+    if path == MEMORY:
+        return None
+    return Store(service, path, reactor, sync=sync)

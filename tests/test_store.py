@@ -1,0 +1,570 @@
+"""The SQLite store: batches, group commit, ordering, reload, the report policy, migration."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python import usage
+
+from numd.protocol import CounterFactory
+from numd.service import NumberService
+from numd.store import CREATE_V1, SCHEMA_VERSION, Batch, Database, Store, make_store
+from numd.tap import Options, makeService
+
+
+class ManualWriter:
+    """Stands in for the writer thread: jobs wait until the test finishes them, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self.fail_next = False
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((work, d))
+        return d
+
+    def finish(self) -> None:
+        """Run the oldest job (or fail it, if `fail_next` is set) and fire its Deferred."""
+        work, d = self.jobs.pop(0)
+        if self.fail_next:
+            self.fail_next = False
+            d.errback(OSError("disk full"))
+        else:
+            maybeDeferred(work).chainDeferred(d)
+
+    def finish_all(self) -> None:
+        """Finish jobs until none is left (finishing one may start the next)."""
+        while self.jobs:
+            self.finish()
+
+
+@pytest.fixture
+def writer() -> ManualWriter:
+    """A writer the test drives by hand."""
+    return ManualWriter()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    """Where the test's database lives."""
+    return str(tmp_path / "numd.db")
+
+
+def started(state: NumberService, path: str, clock: Clock, writer: Any, **kwargs: Any) -> Store:
+    """A store on `path` following `state`, started as twistd would start it."""
+    store = Store(state, path, clock, run=writer, **kwargs)
+    store.privilegedStartService()
+    store.startService()
+    return store
+
+
+@pytest.fixture
+def store(state: NumberService, db_path: str, clock: Clock, writer: ManualWriter) -> Iterator[Store]:
+    """A started store with the default sync policy and a hand-driven writer."""
+    s = started(state, db_path, clock, writer)
+    yield s
+    if s.running:
+        s.stopService()
+        writer.finish_all()
+
+
+def reloaded(path: str) -> NumberService:
+    """A fresh service filled from the database at `path` (the store stopped again)."""
+    fresh = NumberService(Clock())
+    store = Store(fresh, path, Clock(), run=maybeDeferred)
+    store.load()
+    store.startService()
+    store.stopService()
+    return fresh
+
+
+def fired(d: Deferred[Any] | None) -> bool:
+    """Whether `d` has fired (successfully)."""
+    results: list[object] = []
+    assert d is not None
+    d.addBoth(results.append)
+    return bool(results) and results[0] is None
+
+
+# -- acknowledged changes and group commit -----------------------------------------------
+
+
+def test_a_merge_is_durable_only_once_its_batch_is_committed(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """when_durable() fires after the commit, not before; the values are then in the file."""
+    state.merge([3, 1])
+    durable = state.when_durable()
+    assert durable is not None and not fired(state.when_durable())
+    clock.advance(0)
+    assert len(writer.jobs) == 1
+    writer.finish()
+    assert fired(durable)
+    assert state.when_durable() is None
+    assert list(reloaded(db_path).values) == [1, 3]
+
+
+def test_changes_during_a_commit_share_the_next_one(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter
+) -> None:
+    """Group commit: everything that arrives while one batch is written goes into one next batch."""
+    state.merge([1])
+    first = state.when_durable()
+    clock.advance(0)
+    waiters = []
+    for value in range(2, 50):
+        state.merge([value])
+        waiters.append(state.when_durable())
+    clock.advance(0)
+    assert len(writer.jobs) == 1, "no second commit while the first runs"
+    writer.finish()
+    assert fired(first) and not any(fired(w) for w in waiters)
+    assert len(writer.jobs) == 1, "the next batch starts as soon as the first is done"
+    writer.finish()
+    assert all(fired(w) for w in waiters)
+    assert (store.commits, store.committed_changes) == (2, 49)
+
+
+def test_one_turn_of_the_reactor_is_one_batch(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter
+) -> None:
+    """Changes made before the reactor turns (one read of the network) are committed together."""
+    for value in range(10):
+        state.merge([value])
+    clock.advance(0)
+    assert len(writer.jobs) == 1
+    writer.finish()
+    assert store.commits == 1 and not writer.jobs
+
+
+@pytest.mark.parametrize(
+    "changes,expected",
+    [
+        ([None, [7], [7, 8]], [7, 7, 8]),
+        ([[2, 3], None], []),
+        ([[1], None, [2], None, [3]], [3]),
+    ],
+    ids=["clear-then-adds", "adds-then-clear", "interleaved"],
+)
+def test_clears_and_adds_in_one_batch_keep_their_order(
+    state: NumberService,
+    store: Store,
+    clock: Clock,
+    writer: ManualWriter,
+    db_path: str,
+    changes: list[list[int] | None],
+    expected: list[int],
+) -> None:
+    """Within one batch a clear wipes what came before it (older batches too) and keeps what follows."""
+    state.merge([5, 6])
+    clock.advance(0)
+    writer.finish()
+    for change in changes:
+        if change is None:
+            state.clear()
+        else:
+            state.merge(change)
+    clock.advance(0)
+    assert len(writer.jobs) == 1
+    writer.finish_all()
+    assert list(reloaded(db_path).values) == expected == list(state.values)
+
+
+def test_clear_while_a_commit_runs(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """A clear arriving while adds are being written wipes them in the next batch."""
+    state.merge([1, 2])
+    clock.advance(0)
+    state.clear()
+    state.merge([9])
+    writer.finish_all()
+    assert list(reloaded(db_path).values) == [9]
+
+
+def test_duplicates_add_up_across_batches(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """The same value merged in several batches is kept as often as it was added."""
+    state.merge([2, 2, -5])
+    clock.advance(0)
+    writer.finish()
+    state.merge([2])
+    clock.advance(0)
+    writer.finish()
+    assert list(reloaded(db_path).values) == [-5, 2, 2, 2]
+
+
+def test_extreme_values_round_trip(state: NumberService, store: Store, writer: ManualWriter, db_path: str) -> None:
+    """The 64-bit limits are stored and loaded exactly."""
+    state.merge([2**63 - 1, -(2**63), 0])
+    store.flush()
+    writer.finish_all()
+    assert list(reloaded(db_path).values) == [-(2**63), 0, 2**63 - 1]
+
+
+def test_batch_then_keeps_order() -> None:
+    """Appending a later batch applies its clear after this batch's adds."""
+    first, later = Batch(), Batch()
+    first.merge([1, 1])
+    later.merge([2])
+    first.then(later)
+    assert (first.cleared, dict(first.counts), first.changes) == (False, {1: 2, 2: 1}, 2)
+    cleared = Batch()
+    cleared.clear()
+    cleared.merge([3])
+    first.then(cleared)
+    assert (first.cleared, dict(first.counts)) == (True, {3: 1})
+
+
+# -- the registry and the lazy report policy -------------------------------------------------
+
+
+def test_the_registry_is_reloaded_with_every_client_disconnected(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """Numbers, given numbers and last-seen times come back; nobody is connected after a restart."""
+    state.register(7)
+    state.report(7, 1080)
+    state.give(7, "odd")
+    clock.advance(2)
+    state.disconnect(7)
+    state.register(8)
+    state.report(8, -3)
+    store.flush()
+    writer.finish_all()
+    fresh = reloaded(db_path)
+    assert fresh.clients[7].as_dict() == {**state.clients[7].as_dict(), "connected": False}
+    assert fresh.clients[8].as_dict() == {**state.clients[8].as_dict(), "connected": False}
+    assert fresh.register(8) == -3
+
+
+def test_everysec_writes_reports_within_a_second(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """Under the default policy reports wait for the once-a-second tick, and nobody waits for them."""
+    state.register(1)
+    for number in range(1, 6):
+        state.report(1, number)
+    assert state.when_durable() is None
+    clock.advance(0.99)
+    assert not writer.jobs
+    clock.advance(0.01)
+    assert len(writer.jobs) == 1
+    writer.finish()
+    assert reloaded(db_path).clients[1].number == 5
+    clock.advance(1)
+    assert not writer.jobs, "nothing changed, nothing to write"
+
+
+def test_everysec_merges_do_not_wait_for_reports(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """An acknowledged merge is committed at once; the lazy reports stay for the tick."""
+    state.register(1)
+    state.report(1, 42)
+    state.merge([4])
+    clock.advance(0)
+    writer.finish()
+    assert state.when_durable() is None, "the merge is stored; the report is not awaited"
+    assert 1 not in reloaded(db_path).clients
+    clock.advance(1)
+    writer.finish()
+    assert reloaded(db_path).clients[1].number == 42
+
+
+def test_always_puts_each_report_in_the_next_commit(
+    state: NumberService, db_path: str, clock: Clock, writer: ManualWriter
+) -> None:
+    """With sync="always" a report is committed with the next batch, which merges wait for."""
+    store = started(state, db_path, clock, writer, sync="always")
+    state.register(3)
+    state.report(3, 99)
+    durable = state.when_durable()
+    assert durable is not None
+    clock.advance(0)
+    writer.finish()
+    assert fired(durable)
+    assert reloaded(db_path).clients[3].number == 99
+    store.stopService()
+
+
+def test_unknown_sync_policy_is_refused(state: NumberService, db_path: str, clock: Clock) -> None:
+    """Only everysec and always exist."""
+    with pytest.raises(ValueError, match="everysec, always"):
+        Store(state, db_path, clock, sync="sometimes")
+
+
+# -- failures and stopping -----------------------------------------------------------------
+
+
+def test_a_failed_commit_fails_its_waiters_and_is_retried_in_order(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """The failed batch is kept ahead of newer changes and written again after the retry delay."""
+    state.merge([1])
+    failing = state.when_durable()
+    clock.advance(0)
+    state.clear()
+    state.merge([2])
+    later = state.when_durable()
+    writer.fail_next = True
+    writer.finish()
+    errors: list[Any] = []
+    assert failing is not None
+    failing.addErrback(errors.append)
+    assert errors and errors[0].check(OSError)
+    assert store.failures == 1 and not writer.jobs
+    clock.advance(store.retry_delay)
+    writer.finish()
+    assert fired(later)
+    assert list(reloaded(db_path).values) == [2]
+
+
+def test_stop_writes_everything_pending_and_closes(
+    state: NumberService, db_path: str, clock: Clock, writer: ManualWriter
+) -> None:
+    """Stopping flushes the lazy reports and the open batch, waits for them, then closes."""
+    store = started(state, db_path, clock, writer)
+    state.register(5)
+    state.report(5, 12)
+    state.merge([1])
+    clock.advance(0)
+    state.merge([2])
+    stopped = store.stopService()
+    assert not fired(stopped)
+    writer.finish_all()
+    assert fired(stopped)
+    assert state.when_durable() is None, "a stopped store makes nobody wait"
+    fresh = reloaded(db_path)
+    assert list(fresh.values) == [1, 2] and fresh.clients[5].number == 12
+
+
+# -- the counter protocol waits for the store ------------------------------------------------
+
+
+def test_an_array_reply_waits_for_its_commit(
+    factory: CounterFactory, db_path: str, clock: Clock, writer: ManualWriter
+) -> None:
+    """Over the counter protocol the array's reply (its acknowledgement) follows the commit."""
+    store = started(factory.service, db_path, clock, writer)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"[3,1] ")
+    clock.advance(0)
+    assert transport.value() == b""
+    writer.finish()
+    assert transport.value() == b"[1,3] "
+    protocol.connectionLost(None)
+    store.stopService()
+    writer.finish_all()
+
+
+# -- the file: start-up, migration, damage --------------------------------------------------
+
+
+def test_a_missing_database_starts_empty(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """No file: an empty registry and list, and a new file at the current schema version."""
+    path = tmp_path / "new.db"
+    store = Store(state, str(path), clock, run=maybeDeferred)
+    store.load()
+    assert not state.clients and not state.values
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+        assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_migration_from_version_1(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """A version-1 file (a row per value, no last_seen) is migrated in place and loads the same."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as c:
+        c.executescript(CREATE_V1)
+        c.executemany("INSERT INTO sorted_values (value) VALUES (?)", [(5,), (-1,), (5,), (3,), (5,)])
+        c.execute("INSERT INTO clients (id, number, last_given) VALUES (9, 1080, 37)")
+    c.close()
+    store = Store(state, str(path), clock, run=maybeDeferred)
+    store.load()
+    assert list(state.values) == [-1, 3, 5, 5, 5]
+    assert state.clients[9].as_dict() == {
+        "id": 9, "number": 1080, "last_given": 37, "connected": False, "last_seen": 0.0,
+    }  # fmt: skip
+    store.startService()
+    state.merge([5])
+    store.stopService()
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
+        assert c.execute("SELECT value, count FROM sorted_values ORDER BY value").fetchall() == [
+            (-1, 1), (3, 1), (5, 4),
+        ]  # fmt: skip
+    c.close()
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"this is not a database, just garbage\n" * 200, "file is not a database"),
+        (b"SQLite format 3\x00" + bytes(range(256)) * 16, "cannot use the database"),
+    ],
+)
+def test_a_corrupt_database_refuses_to_start(
+    state: NumberService, tmp_path: Path, clock: Clock, content: bytes, reason: str
+) -> None:
+    """A damaged file ends the start-up with one line naming it, and is left as it was."""
+    path = tmp_path / "broken.db"
+    path.write_bytes(content)
+    store = Store(state, str(path), clock, run=maybeDeferred)
+    with pytest.raises(SystemExit) as exited:
+        store.privilegedStartService()
+    message = str(exited.value.code)
+    assert message.startswith(f"numd: cannot use the database {path}") and reason in message
+    assert "\n" not in message
+    assert path.read_bytes() == content
+
+
+def test_a_database_from_a_newer_numd_is_refused(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """A schema version this numd does not know is not touched."""
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+        c.execute("INSERT INTO meta VALUES ('schema_version', 99)")
+    c.close()
+    with pytest.raises(SystemExit, match="schema version 99 was written by a newer numd"):
+        Store(state, str(path), clock).load()
+
+
+def test_another_programs_database_is_refused(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """A SQLite file with someone else's tables is not numd's."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE recipes (name TEXT)")
+    c.close()
+    with pytest.raises(SystemExit, match="it is not a numd database"):
+        Store(state, str(path), clock).load()
+
+
+def test_a_million_values_load_fast(tmp_path: Path, clock: Clock) -> None:
+    """10^6 values (some repeated) load in well under a few seconds."""
+    path = str(tmp_path / "big.db")
+    db = Database(path)
+    batch = Batch()
+    rng = random.Random(6)
+    batch.merge(sorted(rng.randrange(-(2**40), 2**40) for _ in range(999_000)) + [7] * 1000)
+    db.write(batch)
+    db.close()
+    fresh = NumberService(clock)
+    store = Store(fresh, path, clock)
+    started_at = time.perf_counter()
+    store.load()
+    elapsed = time.perf_counter() - started_at
+    assert len(fresh.values) == 1_000_000 and fresh.values.count(7) >= 1000
+    assert elapsed < 2.0, f"loading 10^6 values took {elapsed:.2f} s"
+
+
+# -- wiring: options, makeService, a real writer thread ------------------------------------
+
+
+def test_db_and_sync_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--db defaults to numd.db and --sync to everysec; bad values are usage errors naming the option."""
+    monkeypatch.chdir(tmp_path)
+    options = Options()
+    options.parseOptions([])
+    assert (options["db"], options["sync"]) == ("numd.db", "everysec")
+    options = Options()
+    options.parseOptions(["--db", ":memory:", "--sync", "always"])
+    assert (options["db"], options["sync"]) == (":memory:", "always")
+    with pytest.raises(usage.UsageError, match="--sync: 'never' is not one of everysec, always"):
+        Options().parseOptions(["--sync", "never"])
+    with pytest.raises(usage.UsageError, match="--db: directory /nonexistent/dir"):
+        Options().parseOptions(["--db", "/nonexistent/dir/numd.db"])
+
+
+def test_memory_keeps_nothing(tmp_path: Path) -> None:
+    """--db :memory: builds no store, so nothing waits for a disk."""
+    options = Options()
+    options.parseOptions(["--db", ":memory:", "--message-log", str(tmp_path / "m.log")])
+    daemon = makeService(options, reactor=MemoryReactorClock())
+    assert daemon.store is None and "numd-store" not in [s.name for s in daemon]
+    daemon.state.merge([1])
+    assert daemon.state.when_durable() is None
+    assert make_store(daemon.state, ":memory:", Clock()) is None
+
+
+def test_make_service_loads_the_store_before_the_listeners(tmp_path: Path) -> None:
+    """The store sits after the state and the log and before every listener, so it loads first."""
+    db = tmp_path / "state.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(CREATE_V1)
+        c.execute("INSERT INTO sorted_values (value) VALUES (41)")
+    c.close()
+    reactor = MemoryReactorClock()
+    options = Options()
+    options.parseOptions(["--db", str(db), "--message-log", str(tmp_path / "m.log")])
+    daemon = makeService(options, reactor=reactor)
+    names = [s.name for s in daemon]
+    assert names[:3] == ["numd-state", "numd-message-log", "numd-store"]
+    assert daemon.store is not None and daemon.store.path == str(db)
+    daemon.privilegedStartService()
+    assert list(daemon.state.values) == [41]
+    daemon.startService()
+    daemon.state.merge([1])
+    durable = daemon.state.when_durable()
+    reactor.advance(0)
+    assert fired(durable), "without threads in the reactor the batch is written in place"
+    daemon.stopService()
+    assert list(reloaded(str(db)).values) == [1, 41]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writer_thread_commits_off_the_reactor_thread(tmp_path: Path) -> None:
+    """With the real reactor batches are written on the store's own thread, and stop joins it."""
+    from twisted.internet import reactor
+
+    path = str(tmp_path / "threaded.db")
+    state = NumberService(reactor)
+    store = Store(state, path, reactor)
+    store.privilegedStartService()
+    store.startService()
+    threads: list[str] = []
+    db = store._db
+    assert db is not None
+    original = db.write
+    db.write = lambda batch: (threads.append(threading.current_thread().name), original(batch))[1]  # type: ignore[method-assign]
+    try:
+        for value in range(100):
+            state.merge([value])
+        durable = state.when_durable()
+        assert durable is not None
+        await durable.addTimeout(5, reactor)
+    finally:
+        await store.stopService().addTimeout(5, reactor)
+    assert threads and threading.main_thread().name not in threads
+    assert list(reloaded(path).values) == list(range(100))
+
+
+
+def test_a_damaged_page_refuses_to_start(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """A real numd database with a page overwritten is caught at start-up, not at the next commit."""
+    path = tmp_path / "damaged.db"
+    db = Database(str(path))
+    batch = Batch()
+    batch.merge(list(range(0, 200_000, 3)))
+    db.write(batch)
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[8192 : 8192 + 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"):
+        Store(state, str(path), clock).load()
