@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -236,6 +237,28 @@ class NumdApi:
                 413, "body-too-large", f"the body is larger than {self.max_body} bytes"
             )
 
+    def _when_stored(self, body: bytes) -> bytes | Deferred[bytes]:
+        """`body`, once the change just made is stored (at once without a store).
+
+        If storing fails the answer is 503: the change is in memory but may not
+        survive a restart.
+        """
+        durable = self.service.when_durable()
+        if durable is None:
+            return body
+
+        def failed(failure: Failure) -> bytes | Failure:
+            if failure.check(CancelledError):
+                return failure  # the client went away; Klein drops the answer
+            self.log.failure("storing a change failed", failure)
+            raise ApiError(
+                503,
+                "not-stored",
+                "the change was made but could not be stored; it may be lost on restart",
+            )
+
+        return durable.addCallbacks(lambda _: body, failed)
+
     def _require_legacy(self) -> None:
         if not self.legacy_routes:
             raise NotFound()
@@ -268,7 +291,7 @@ class NumdApi:
         )
 
     @_route(API_PREFIX + "/values", "POST")
-    def add_values(self, request: IRequest) -> bytes:
+    def add_values(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Add the JSON body's integer(s), or one random 1000-10000 with no body."""
         self._check_body_size(request)
         body = request.content.read() if request.content is not None else b""
@@ -276,14 +299,18 @@ class NumdApi:
             added = self.service.merge(parse_values(body))
         else:
             added = [self.service.add_random()]
-        return _json(request, {"added": added, "size": len(self.service.values)})
+        return self._when_stored(
+            _json(request, {"added": added, "size": len(self.service.values)})
+        )
 
     @_route(API_PREFIX + "/values", "DELETE")
-    def clear_values(self, request: IRequest) -> bytes:
+    def clear_values(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Empty the sorted list."""
         removed = len(self.service.values)
         self.service.clear()
-        return _json(request, {"removed": removed, "size": len(self.service.values)})
+        return self._when_stored(
+            _json(request, {"removed": removed, "size": len(self.service.values)})
+        )
 
     # -- the registry ----------------------------------------------------------------
 
@@ -360,28 +387,28 @@ class NumdApi:
         )
 
     @_route("/add_value", "GET", "POST")
-    def legacy_add_value(self, request: IRequest) -> bytes:
+    def legacy_add_value(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Add one random integer in 1000-10000, as the older server did."""
         self._require_legacy()
         value = self.service.add_random()
         values = self.service.values
-        return _legacy(
-            request,
+        text = (
             "REST API Server[EndPoint = add_value] response : "
-            f"Added random integer: {value}, New Size: {len(values)}, New Array: {values!r}",
+            f"Added random integer: {value}, New Size: {len(values)}, New Array: {values!r}"
         )
+        return self._when_stored(_legacy(request, text))
 
     @_route("/clean_array", "GET", "DELETE")
-    def legacy_clean_array(self, request: IRequest) -> bytes:
+    def legacy_clean_array(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Empty the sorted list, as the older server did."""
         self._require_legacy()
         self.service.clear()
         values = self.service.values
-        return _legacy(
-            request,
+        text = (
             "REST API Server [EndPoint = clean_array] : "
-            f"Cleansed int array, New Size: {len(values)}, New Array: {values!r}",
+            f"Cleansed int array, New Size: {len(values)}, New Array: {values!r}"
         )
+        return self._when_stored(_legacy(request, text))
 
     # -- errors ------------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ and call any function. So:
    list of plain 64-bit integers.
 
 The values are merged into the shared sorted list and the reply, the whole list
-as a pickle of protocol 4, goes out in one write. Anything else closes the
-connection with a log line.
+as a pickle of protocol 4, goes out in one write, once the merge is stored when
+the daemon has a store (replies keep request order). Anything else, a failed
+store included, closes the connection with a log line.
 
 The old client reads its reply with one ``recv(1024)``: a reply of protocol 4
 holds at most about 330 values of 1000-65535 (3 bytes each) in 1024 bytes, so
@@ -33,6 +34,8 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from twisted.internet.protocol import Factory, Protocol
@@ -189,6 +192,14 @@ def decode_request(request: bytes) -> list[int]:
     return value
 
 
+@dataclass
+class _HeldReply:
+    """A reply waiting for its merge to be stored (or behind one that is)."""
+
+    reply: bytes
+    ready: bool
+
+
 class LegacyArrayProtocol(Protocol):
     """One old array client: pickled lists in, the pickled sorted list out."""
 
@@ -205,6 +216,7 @@ class LegacyArrayProtocol(Protocol):
         self.peer = f"{host}:{port}" if host is not None else str(address)
         self._buffer = bytearray()
         self._resume = 0
+        self._held: deque[_HeldReply] = deque()
         self.factory.stats.connections["opened"] += 1
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -232,12 +244,39 @@ class LegacyArrayProtocol(Protocol):
             factory.stats.received["array"] += 1
             factory.service.merge(values)
             reply = pickle.dumps(list(factory.service.values), protocol=REPLY_PROTOCOL)
-            factory.stats.sent["array"] += 1
+            self._answer_when_stored(reply)
+
+    def _answer_when_stored(self, reply: bytes) -> None:
+        """Send `reply` once its merge is stored, after the replies before it."""
+        durable = self.factory.service.when_durable()
+        held = _HeldReply(reply, ready=durable is None)
+        self._held.append(held)
+        if durable is not None:
+
+            def stored(_: object) -> None:
+                held.ready = True
+                self._release()
+
+            def failed(failure: Failure) -> None:
+                self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
+                self._refuse(BadRequest("store-failed", "the merge could not be stored"))
+
+            durable.addCallbacks(stored, failed)
+        self._release()
+
+    def _release(self) -> None:
+        """Write the ready replies at the head of the queue, each in one write."""
+        while self._held and self._held[0].ready and not self._closing:
+            reply = self._held.popleft().reply
+            self.factory.stats.sent["array"] += 1
             self.transport.write(reply)
 
     def _refuse(self, error: BadRequest) -> None:
+        if self._closing:
+            return
         self._closing = True
         self._buffer = bytearray()
+        self._held.clear()
         self.factory.stats.errors[error.reason] += 1
         self.log.warn(
             "legacy array listener: closing {peer}: {reason} ({detail})",

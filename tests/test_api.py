@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -609,3 +610,61 @@ async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService)
     finally:
         await pool.closeCachedConnections()
         await port.stopListening()
+
+
+# -- durability: changes are answered once stored ------------------------------------------------------------
+
+
+class Durability:
+    """A fake store hook: each change waits for a Deferred the test fires."""
+
+    def __init__(self, service: NumberService) -> None:
+        self.waiting: list[Deferred[None]] = []
+        service.set_durability(self.when_durable)
+
+    def when_durable(self) -> Deferred[None]:
+        """A new Deferred for the changes so far."""
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+@pytest.mark.parametrize(
+    "method,path,data",
+    [("POST", "/api/v1/values", b"[3]"), ("POST", "/api/v1/values", None),
+     ("DELETE", "/api/v1/values", None), ("GET", "/add_value", None), ("DELETE", "/clean_array", None)],
+)
+def test_changes_are_answered_only_once_stored(
+    make_client: Callable[..., Client], service: NumberService, method: str, path: str, data: bytes | None
+) -> None:
+    """With a store, the answer to a change waits until the store says it is on disk."""
+    durability = Durability(service)
+    client = make_client(legacy_routes=True)
+    results: list[Any] = []
+    kwargs = {} if data is None else {"data": data}
+    client._treq.request(method, BASE + path, **kwargs).addBoth(results.append)
+    client._treq.flush()
+    assert results == [] and len(durability.waiting) == 1
+    durability.waiting[0].callback(None)
+    client._treq.flush()
+    assert results[0].code == 200
+
+
+def test_a_change_that_cannot_be_stored_is_503(
+    client: Client, service: NumberService
+) -> None:
+    """If the store fails, the answer is 503 and says the change may be lost; it is logged."""
+    durability = Durability(service)
+    events: list[dict[str, Any]] = []
+    client.api.log = Logger(observer=events.append)
+    results: list[Any] = []
+    client._treq.post(BASE + "/api/v1/values", data=b"5").addCallback(
+        lambda r: r.json().addCallback(lambda body: (r.code, body))
+    ).addBoth(results.append)
+    client._treq.flush()
+    durability.waiting[0].errback(OSError("disk full"))
+    client._treq.flush()
+    code, body = results[0]
+    assert (code, body["error"]) == (503, "not-stored")
+    assert "disk full" not in body["message"]
+    assert events[0]["log_failure"].check(OSError)

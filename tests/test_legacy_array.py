@@ -335,3 +335,36 @@ def test_arbitrary_bytes_never_crash(data: bytes, start: bytes) -> None:
                 decode_request((start + data)[:end])
             except BadRequest:
                 assert transport.disconnecting
+
+
+# -- durability ------------------------------------------------------------------------------------------
+
+
+def test_replies_wait_for_the_store_and_keep_their_order(
+    factory: LegacyArrayFactory, service: NumberService
+) -> None:
+    """With a store, a reply goes out once its merge is stored, and later replies wait behind it."""
+    from twisted.internet.defer import Deferred
+
+    first: Deferred[None] = Deferred()
+    answers = iter([first, None])
+    service.set_durability(lambda: next(answers))
+    protocol, transport = connect(factory)
+    protocol.dataReceived(pickle.dumps([2], protocol=2) + pickle.dumps([1], protocol=2))
+    assert transport.writes == []
+    first.callback(None)
+    assert [pickle.loads(r) for r in transport.writes] == [[2], [1, 2]]
+
+
+def test_a_merge_that_cannot_be_stored_closes_the_connection(
+    factory: LegacyArrayFactory, service: NumberService
+) -> None:
+    """If the store fails, the old client (which has no way to read an error) is disconnected."""
+    from twisted.internet.defer import Deferred
+
+    durable: Deferred[None] = Deferred()
+    service.set_durability(lambda: durable)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(pickle.dumps([2], protocol=2))
+    durable.errback(OSError("disk full"))
+    assert_refused(factory, transport, "store-failed")
