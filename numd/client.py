@@ -211,6 +211,8 @@ class CounterClientProtocol(TokenReceiver):
 class CounterClientFactory(Factory):
     """Builds a `CounterClientProtocol` for each connection of one `CounterClient`."""
 
+    noisy = False
+
     def __init__(self, client: CounterClient) -> None:
         self.client = client
 

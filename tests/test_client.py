@@ -9,6 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -182,6 +184,22 @@ def test_wrong_parity_answer_is_reported_and_ignored() -> None:
     assert h.events()[-1]["event"] == "error"
 
 
+@given(st.lists(st.binary(max_size=80), max_size=20))
+def test_any_bytes_from_the_server_are_survived(chunks: list[bytes]) -> None:
+    """Whatever bytes the server sends, the client neither raises nor takes a wrong-parity increment."""
+    h = Harness(parity="odd")
+    h.connect(start=0)
+    h.clock.advance(5)
+    for chunk in chunks:
+        h.endpoint.protocol.dataReceived(chunk)
+        h.clock.advance(0.5)
+    assert h.state.increment == 1 or h.state.increment % 2 == 1
+    if h.endpoint.transport.connected:
+        before = h.state.number
+        h.clock.advance(0.5)
+        assert h.state.number == before + h.state.increment
+
+
 def test_unanswered_request_is_given_up_and_its_late_answer_dropped() -> None:
     """A request unanswered after the timeout is abandoned; its late answer is not taken as the next one's."""
     h = Harness(parity="even", request_timeout=2.5)
@@ -297,6 +315,7 @@ def typed(h: Harness) -> CommandPrompt:
 
 
 def messages(h: Harness) -> list[object]:
+    """The texts of the messages (answers to typed commands) printed so far."""
     return [e["text"] for e in h.events() if e["event"] == "message"]
 
 
@@ -465,6 +484,7 @@ class Server:
 def real_client(
     tmp_path: Path, client_id: int = CLIENT_ID
 ) -> tuple[Server, MemoryServerEndpoint, CounterClient, Clock]:
+    """A quiet counter client asking for odd numbers, wired in memory to a real server."""
     clock = Clock()
     server = Server(tmp_path, clock)
     endpoint = MemoryServerEndpoint(server.factory, clock)

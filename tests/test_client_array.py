@@ -99,10 +99,12 @@ class Run:
         )
 
     def events(self) -> list[dict[str, object]]:
+        """JSON events written so far."""
         return [json.loads(line) for line in self.stdout.getvalue().splitlines()]
 
 
 def real_server(tmp_path: Path) -> tuple[NumberService, MemoryServerEndpoint, Clock]:
+    """The real counter protocol and service, reachable through an in-memory endpoint."""
     clock = Clock()
     service = NumberService(clock, random.Random(1))
     factory = CounterFactory(service, MessageLog(str(tmp_path / "m.log"), clock), Stats(), clock)

@@ -22,6 +22,7 @@ from numd.client_tap import Options, build_client, main, makeService
 
 
 def parse(*args: str) -> Options:
+    """The options parsed from `args`."""
     config = Options()
     config.parseOptions(list(args))
     return config
