@@ -1,0 +1,180 @@
+"""Crash test: acknowledged adds and clears survive ``kill -9`` of a real ``twistd -n numd``.
+
+Each round starts the daemon on the same database, checks what it loaded against
+what earlier rounds were told, then adds unique values over the counter protocol
+(one-value arrays ``[v] ``, several in flight; each reply acknowledges the oldest
+unanswered array), sometimes clears the list over HTTP, and kills the daemon with
+SIGKILL at a random moment. bench/crash_rounds.py runs many rounds of the same.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .daemon import free_port, running_numd
+
+pytestmark = pytest.mark.timeout(60)
+
+WINDOW = 16
+"""Arrays in flight at once on the counter connection."""
+
+
+@dataclass
+class Model:
+    """What clients were told about the sorted list, across crashes."""
+
+    acked: set[int] = field(default_factory=set)
+    """Values acknowledged since the last acknowledged clear: each must be stored, once."""
+    maybe: set[int] = field(default_factory=set)
+    """Values sent but not acknowledged before the crash: each may be stored, at most once."""
+    next_value: int = 1
+    rounds: int = 0
+    acked_total: int = 0
+    clears: int = 0
+
+    def check(self, stored: list[int]) -> None:
+        """Raise AssertionError unless `stored` holds every acknowledged value once and nothing unknown."""
+        present = set(stored)
+        assert len(stored) == len(present), f"{len(stored) - len(present)} values stored twice"
+        lost = self.acked - present
+        assert not lost, f"{len(lost)} acknowledged values lost, e.g. {sorted(lost)[:5]}"
+        unknown = present - self.acked - self.maybe
+        assert not unknown, f"{len(unknown)} values stored that should not be, e.g. {sorted(unknown)[:5]}"
+        self.acked, self.maybe = present, set()
+
+
+def stored_values(api_port: int) -> list[int]:
+    """The whole sorted list, page by page over the HTTP API."""
+    values: list[int] = []
+    while True:
+        url = f"http://127.0.0.1:{api_port}/api/v1/values?offset={len(values)}&limit=1000"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            page = json.load(response)
+        values += page["values"]
+        if len(values) >= page["size"] or not page["values"]:
+            return values
+
+
+def clear(api_port: int) -> None:
+    """Clear the list over HTTP; returns once numd answered 200 (the clear is acknowledged)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{api_port}/api/v1/values", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+class Adder:
+    """A counter connection adding unique values, `WINDOW` arrays in flight."""
+
+    def __init__(self, sock: socket.socket, model: Model) -> None:
+        self.sock = sock
+        self.model = model
+        self.in_flight: list[int] = []
+        self.buffer = b""
+
+    def send_more(self) -> None:
+        """Top the window up with new values."""
+        fresh = range(self.model.next_value, self.model.next_value + WINDOW - len(self.in_flight))
+        if fresh:
+            self.model.next_value = fresh.stop
+            self.in_flight += fresh
+            self.sock.sendall(b"".join(b"[%d] " % value for value in fresh))
+
+    def read_acks(self) -> None:
+        """Read at least one reply; each acknowledges the oldest array in flight."""
+        chunk = self.sock.recv(65536)
+        assert chunk, "numd closed the connection"
+        self.buffer += chunk
+        *replies, self.buffer = self.buffer.split(b" ")
+        for reply in replies:
+            assert reply.startswith(b"["), f"numd answered {reply!r}"
+            self.model.acked.add(self.in_flight.pop(0))
+            self.model.acked_total += 1
+
+    def drain(self) -> None:
+        """Wait until every array in flight is acknowledged."""
+        while self.in_flight:
+            self.read_acks()
+
+
+def crash_round(directory: Path, model: Model, rng: random.Random, sync: str = "everysec") -> None:
+    """Start numd on ``directory/numd.db``, check it against `model`, add values, kill -9 it."""
+    api_port = free_port()
+    with running_numd(
+        directory,
+        "--db", str(directory / "numd.db"),
+        "--sync", sync,
+        "--reply-cap", "64",
+        "--api-listen", f"tcp:{api_port}:interface=127.0.0.1",
+    ) as numd:  # fmt: skip
+        model.check(stored_values(api_port))
+        kill_at = time.monotonic() + rng.uniform(0.05, 0.6)
+        clear_at = time.monotonic() + rng.uniform(0.0, 0.6) if rng.random() < 0.4 else None
+        adder = Adder(numd.connect(timeout=5), model)
+        try:
+            while time.monotonic() < kill_at:
+                if clear_at is not None and time.monotonic() >= clear_at:
+                    adder.drain()
+                    clear(api_port)
+                    model.acked.clear()
+                    model.clears += 1
+                    clear_at = None
+                adder.send_more()
+                adder.read_acks()
+            numd.process.send_signal(signal.SIGKILL)
+            numd.process.wait(10)
+            model.maybe = set(adder.in_flight)
+        finally:
+            adder.sock.close()
+    model.rounds += 1
+
+
+def final_check(directory: Path, model: Model) -> None:
+    """Start numd once more and check it holds exactly what the last round left."""
+    api_port = free_port()
+    with running_numd(
+        directory, "--db", str(directory / "numd.db"), "--api-listen", f"tcp:{api_port}:interface=127.0.0.1"
+    ) as numd:
+        model.check(stored_values(api_port))
+        assert numd.stop() == 0
+
+
+def test_acknowledged_adds_and_clears_survive_kill_9(tmp_path: Path) -> None:
+    """Over a few kill -9 rounds nothing acknowledged is lost, nothing is stored twice."""
+    model = Model()
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    for number in range(5):
+        crash_round(tmp_path, model, rng, sync="always" if number % 2 else "everysec")
+    final_check(tmp_path, model)
+    assert model.acked_total > 0, f"seed {seed}: no add was acknowledged"
+
+
+def test_a_clear_survives_kill_9(tmp_path: Path) -> None:
+    """An acknowledged clear right before the crash is still a clear after the restart."""
+    model = Model()
+    api_port = free_port()
+    with running_numd(
+        tmp_path, "--db", str(tmp_path / "numd.db"), "--api-listen", f"tcp:{api_port}:interface=127.0.0.1"
+    ) as numd:
+        adder = Adder(numd.connect(timeout=5), model)
+        try:
+            adder.send_more()
+            adder.drain()
+            clear(api_port)
+            model.acked.clear()
+            numd.process.send_signal(signal.SIGKILL)
+            numd.process.wait(10)
+        finally:
+            adder.sock.close()
+    final_check(tmp_path, model)
+    assert model.acked == set()
