@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -156,6 +156,24 @@ class ApiSite(Site):
     def getContentFile(self, length: int | None) -> io.BytesIO:
         """Twisted's hook for where a request body goes: a capped in-memory file."""
         return _CappedBody(self.max_body)
+
+    def getResourceFor(self, request: IRequest) -> IResource:
+        """The API, or a JSON 400 for a path that is not UTF-8 (Klein would answer in plain text)."""
+        try:
+            for segment in request.postpath:  # type: ignore[attr-defined]
+                segment.decode("utf-8")
+        except UnicodeDecodeError:
+            return _BadPath()
+        return super().getResourceFor(request)  # type: ignore[no-any-return]
+
+
+class _BadPath(Resource):
+    """Answers any request with a JSON 400: the path is not valid UTF-8."""
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return _json(request, {"error": "bad-path", "message": "the path is not valid UTF-8"}, 400)
 
 
 def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:

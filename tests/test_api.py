@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
 from treq.testing import StubTreq
 
 from numd.api import DEFAULT_MAX_BODY, MAX_LIMIT, ApiSite, NumdApi
@@ -76,6 +79,20 @@ class Client:
         if data is not None:
             kwargs["data"] = data
         return self.request("POST", path, **kwargs)
+
+
+@asynccontextmanager
+async def serving(site: ApiSite) -> AsyncIterator[tuple[str, HTTPConnectionPool]]:
+    """`site` listening on a free 127.0.0.1 port: its base URL and a pool; both closed afterwards."""
+    from twisted.internet import reactor
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        yield f"http://127.0.0.1:{port.getHost().port}", pool
+    finally:
+        await pool.closeCachedConnections()
+        await port.stopListening()
 
 
 @pytest.fixture
@@ -574,12 +591,8 @@ def test_legacy_wrong_method_is_405(legacy: Client) -> None:
 async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService) -> None:
     """Over loopback, ApiSite stores at most cap+1 bytes of a body and the route answers 413."""
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ServerEndpoint
-    from twisted.web.client import HTTPConnectionPool
 
-    api = NumdApi(service, max_body=1024)
-    site = api.site()
-    assert isinstance(site, ApiSite)
+    site = NumdApi(service, max_body=1024).site()
     kept: list[int] = []
     real_get_content_file = site.getContentFile
 
@@ -596,10 +609,8 @@ async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService)
         return content
 
     site.getContentFile = spy  # type: ignore[method-assign]
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        url = f"http://127.0.0.1:{port.getHost().port}/api/v1/values"
+    async with serving(site) as (base, pool):
+        url = base + "/api/v1/values"
         response = await treq.post(url, data=b"[1]" + b" " * 200_000, pool=pool).addTimeout(5, reactor)
         body = await treq.json_content(response).addTimeout(5, reactor)
         assert response.code == 413
@@ -607,9 +618,17 @@ async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService)
         assert max(kept) == 1025
         response = await treq.post(url, data=b"[7]", pool=pool).addTimeout(5, reactor)
         assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [7]
-    finally:
-        await pool.closeCachedConnections()
-        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_site_answers_a_non_utf8_path_with_json_400(service: NumberService) -> None:
+    """Over loopback, a path that is not UTF-8 gets a JSON 400 (not Klein's plain text)."""
+    from twisted.internet import reactor
+
+    async with serving(NumdApi(service).site()) as (base, pool):
+        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(5, reactor)
+        body = await treq.json_content(response).addTimeout(5, reactor)
+        assert (response.code, body["error"]) == (400, "bad-path")
 
 
 # -- durability: changes are answered once stored ------------------------------------------------------------
@@ -668,3 +687,4 @@ def test_a_change_that_cannot_be_stored_is_503(
     assert (code, body["error"]) == (503, "not-stored")
     assert "disk full" not in body["message"]
     assert events[0]["log_failure"].check(OSError)
+
