@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,28 +79,42 @@ def started(
         process.wait(10)
 
 
-def other_listeners() -> list[str]:
-    """Options moving the daemon's other listeners (if it has them) to free ports too."""
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def listen_options() -> tuple[int, list[str]]:
+    """A free counter port, and options putting every listener of the daemon on free ports."""
     known = set(NumdOptions().longOpt)
-    return [
-        arg
-        for option in ("api-listen",)
-        if f"{option}=" in known
-        for arg in (f"--{option}", f"tcp:{free_port()}:interface=127.0.0.1")
-    ]
+    others = [option for option in ("api-listen",) if f"{option}=" in known]
+    port, *other_ports = free_ports(1 + len(others))
+    args = ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+    for option, other in zip(others, other_ports, strict=True):
+        args += [f"--{option}", f"tcp:{other}:interface=127.0.0.1"]
+    return port, args
 
 
 @contextmanager
 def numd_server(directory: Path) -> Iterator[int]:
     """`twistd -n numd` on a free 127.0.0.1 port with its own pidfile; yields the port."""
-    port = free_port()
+    port, listen = listen_options()
     command = [
-        *TWISTD, "-n", "--pidfile", str(directory / "server.pid"), "numd",
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--message-log", str(directory / "messages.log"), *other_listeners(),
+        *TWISTD, "-n", "--pidfile", str(directory / "server.pid"), "numd", *listen,
+        "--message-log", str(directory / "messages.log"),
     ]  # fmt: skip
     with started(command, directory, "server") as server:
-        wait_for_port(port, server)
+        try:
+            wait_for_port(port, server)
+        except (RuntimeError, TimeoutError) as e:
+            raise AssertionError((directory / "server.out").read_text()) from e
         yield port
         status = stop(server)
         assert status == 0, (directory / "server.out").read_text()
