@@ -17,14 +17,20 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
+from numd.api import DEFAULT_MAX_BODY, NumdApi
+from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
+from numd.legacy_array import LegacyArrayFactory
 from numd.messagelog import MessageLog
+from numd.metrics import Metrics
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
 from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES, Store, make_store
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
+DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
 
 
 def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = None) -> Any:
@@ -133,6 +139,44 @@ class Options(usage.Options):
             "and the connection is closed.",
             _checked("max-token-length", int, 64),
         ],
+        [
+            "api-listen",
+            None,
+            DEFAULT_API_LISTEN,
+            "HTTP API endpoint (JSON API under /api/v1, /healthz, /readyz, "
+            "/metrics, /openapi.json).",
+        ],
+        [
+            "max-body",
+            None,
+            DEFAULT_MAX_BODY,
+            "Largest HTTP request body in bytes; a larger one gets 413.",
+            _checked("max-body", int, 1),
+        ],
+        [
+            "legacy-array-listen",
+            None,
+            None,
+            "Endpoint for the older server's pickle array clients, e.g. "
+            "tcp:6000:interface=127.0.0.1 (off unless given).",
+        ],
+        [
+            "legacy-array-max-bytes",
+            None,
+            LEGACY_ARRAY_MAX_BYTES,
+            "Largest pickled request accepted on the legacy array listener; a "
+            "larger one closes the connection.",
+            _checked("legacy-array-max-bytes", int, 16),
+        ],
+    ]
+
+    optFlags: list[list[Any]] = [
+        [
+            "legacy-routes",
+            None,
+            "Serve the older server's plain-text routes /get_array, /add_value and "
+            "/clean_array (they change state on GET).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -149,6 +193,9 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
             _check_endpoint(description)
+        _check_endpoint(self["api-listen"])
+        if self["legacy-array-listen"] is not None:
+            _check_endpoint(self["legacy-array-listen"])
         directory = os.path.dirname(os.path.abspath(self["message-log"]))
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise usage.UsageError(
@@ -202,6 +249,11 @@ class _ExitZeroOnSignal(Service):
 class Daemon(MultiService):
     """The numd service tree, with handles on the parts other layers need."""
 
+    metrics: Metrics
+    api: NumdApi
+    site: Site
+    legacy_array_factory: LegacyArrayFactory | None
+
     store: Store | None
 
     def __init__(
@@ -237,6 +289,37 @@ class Daemon(MultiService):
     async def _stop(self) -> None:
         await self.counter_factory.close_all(self._clock, timeout=2.0)
         await super().stopService()
+
+
+def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
+    """Add the HTTP API's site and, if asked for, the legacy array listener to `top`.
+
+    Sets ``top.metrics``, ``top.api``, ``top.site`` and ``top.legacy_array_factory``
+    (None unless ``--legacy-array-listen`` is given).
+    """
+    state, factory = top.state, top.counter_factory
+    metrics = Metrics(state, top.message_log)
+    metrics.add_stats("counter", top.stats)
+    counter_ports = len(config["listen"])
+    ready_checks = {"counter_listeners": lambda: factory.numPorts >= counter_ports}
+    legacy: LegacyArrayFactory | None = None
+    if config["legacy-array-listen"] is not None:
+        legacy = listener = LegacyArrayFactory(state, max_bytes=config["legacy-array-max-bytes"])
+        metrics.add_stats("legacy-array", listener.stats)
+        ready_checks["legacy_array_listener"] = lambda: listener.numPorts >= 1
+        strports.service(config["legacy-array-listen"], listener, reactor=reactor).setServiceParent(top)
+    api = NumdApi(
+        state,
+        message_log=top.message_log,
+        metrics=metrics,
+        legacy_routes=bool(config["legacy-routes"]),
+        max_body=config["max-body"],
+        ready_checks=ready_checks,
+    )
+    site = api.site(reactor)
+    api.ready_checks["api_listener"] = lambda: site.numPorts >= 1
+    strports.service(config["api-listen"], site, reactor=reactor).setServiceParent(top)
+    top.metrics, top.api, top.site, top.legacy_array_factory = metrics, api, site, legacy
 
 
 def makeService(config: Options, reactor: Any = None) -> Daemon:
@@ -277,6 +360,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         top.store.setServiceParent(top)
     for description in config["listen"]:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    _add_http_api(top, config, reactor)
     if IReactorCore.providedBy(reactor):
         _ExitZeroOnSignal(reactor).setServiceParent(top)
     return top
