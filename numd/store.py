@@ -33,6 +33,7 @@ at start-up (see `MIGRATIONS`). ``docs/durability.md`` has the whole story.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -206,20 +207,21 @@ class Database:
         self.path = path
         self.migrated_from: int | None = None
         """The schema version the file had before this open migrated it, if it did."""
+        self._lock = _lock(path)
         try:
             self._connection = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as e:
+            os.close(self._lock)
             raise StoreError(f"cannot open the database {path}: {e}") from None
         try:
             self._prepare()
-        except sqlite3.Error as e:
-            self._connection.close()
+        except (sqlite3.Error, StoreError) as e:
+            self.close()
+            if isinstance(e, StoreError):
+                raise
             raise StoreError(f"cannot use the database {path}: {e}") from None
-        except StoreError:
-            self._connection.close()
-            raise
 
     def _prepare(self) -> None:
         c = self._connection
@@ -319,8 +321,31 @@ class Database:
         self._transaction(apply)
 
     def close(self) -> None:
-        """Close the file (the write-ahead log is checkpointed into it)."""
+        """Close the file (the write-ahead log is checkpointed into it) and release it."""
         self._connection.close()
+        # Only after SQLite let go: closing any descriptor of the file drops SQLite's
+        # own (POSIX) locks on it.
+        os.close(self._lock)
+
+
+def _lock(path: str) -> int:
+    """Open `path` (creating it empty) and take an exclusive flock on it; return the descriptor.
+
+    Two daemons writing one database would each write their own changes into it;
+    the second one is refused instead. The lock dies with the process, kill -9 included.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot open the database {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"cannot use the database {path}: another process (another numd?) is using it"
+        ) from None
+    return fd
 
 
 # -- the service ----------------------------------------------------------------------

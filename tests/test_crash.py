@@ -178,3 +178,29 @@ def test_a_clear_survives_kill_9(tmp_path: Path) -> None:
             adder.sock.close()
     final_check(tmp_path, model)
     assert model.acked == set()
+
+
+def test_a_corrupt_database_stops_twistd_with_one_line(tmp_path: Path) -> None:
+    """`twistd -n numd` on a garbage file exits non-zero naming the file, with no traceback."""
+    import subprocess
+
+    from .daemon import TWISTD
+
+    db = tmp_path / "numd.db"
+    db.write_bytes(b"not a database at all\n" * 100)
+    port, api_port = free_port(), free_port()
+    result = subprocess.run(
+        [
+            *TWISTD, "-n", "--pidfile=", "numd", "--db", str(db),
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--api-listen", f"tcp:{api_port}:interface=127.0.0.1",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=30,
+    )
+    out = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0
+    assert f"numd: cannot use the database {db}: file is not a database" in out
+    assert "Traceback" not in out
+    assert "starting on" not in out, "no listener was started"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -81,9 +83,20 @@ def store(state: NumberService, db_path: str, clock: Clock, writer: ManualWriter
 
 
 def reloaded(path: str) -> NumberService:
-    """A fresh service filled from the database at `path` (the store stopped again)."""
+    """A fresh service filled from a copy of the files at `path` as they are now.
+
+    That is what a restart after kill -9 at this moment would load (the running
+    store keeps the file locked, so the copy is what can be opened).
+    """
+    copy = path + ".copy"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(copy + suffix):
+            os.remove(copy + suffix)
+    for suffix in ("", "-wal"):
+        if os.path.exists(path + suffix):
+            shutil.copyfile(path + suffix, copy + suffix)
     fresh = NumberService(Clock())
-    store = Store(fresh, path, Clock(), run=maybeDeferred)
+    store = Store(fresh, copy, Clock(), run=maybeDeferred)
     store.load()
     store.startService()
     store.stopService()
@@ -568,3 +581,14 @@ def test_a_damaged_page_refuses_to_start(state: NumberService, tmp_path: Path, c
     path.write_bytes(bytes(data))
     with pytest.raises(SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"):
         Store(state, str(path), clock).load()
+
+
+def test_a_database_in_use_by_another_numd_is_refused(state: NumberService, store: Store, db_path: str, clock: Clock) -> None:
+    """A second store on a file that a running one holds refuses to start; the lock goes with the first."""
+    with pytest.raises(SystemExit, match=f"numd: cannot use the database {db_path}: another process"):
+        Store(NumberService(clock), db_path, clock).load()
+    store.stopService()
+    second = Store(NumberService(clock), db_path, clock, run=maybeDeferred)
+    second.load()
+    second.startService()
+    second.stopService()
