@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -140,6 +141,30 @@ class Options(usage.Options):
             _checked("max-token-length", int, 64),
         ],
         [
+            "max-clients",
+            None,
+            12_000,
+            "Most counter connections open at once; the next one gets "
+            "error:too-many-clients and is closed.",
+            _checked("max-clients", int, 1),
+        ],
+        [
+            "idle-timeout",
+            None,
+            120.0,
+            "Seconds of silence after which a counter connection is closed "
+            "(clients report every 0.5 s).",
+            _checked("idle-timeout", float, 1),
+        ],
+        [
+            "write-stall-timeout",
+            None,
+            30.0,
+            "Seconds a client may leave its replies unread (numd stops reading "
+            "from it meanwhile) before it is cut off.",
+            _checked("write-stall-timeout", float, 0.1),
+        ],
+        [
             "api-listen",
             None,
             DEFAULT_API_LISTEN,
@@ -191,6 +216,7 @@ class Options(usage.Options):
         """Fill in defaults and reject values that cannot work, with a clear message."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        self["listen"] = [_with_backlog(d) for d in self["listen"]]
         for description in self["listen"]:
             _check_endpoint(description)
         _check_endpoint(self["api-listen"])
@@ -207,6 +233,19 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--db: directory {directory} does not exist or is not writable"
                 )
+
+
+LISTEN_BACKLOG = 4096
+"""Listen backlog for TCP endpoints that set none (Twisted's default of 50 makes
+thousands of clients connecting at once wait seconds)."""
+
+
+def _with_backlog(description: str) -> str:
+    """`description` with ``backlog=4096`` added if it is a TCP endpoint without one."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 def _check_endpoint(description: str) -> None:
@@ -246,15 +285,43 @@ class _ExitZeroOnSignal(Service):
         self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
 
 
+_log = Logger()
+RESERVED_FILES = 64
+"""Open files numd needs besides its client connections (listeners, logs, store)."""
+
+
+def check_open_files(max_clients: int) -> int:
+    """Raise the open-file soft limit to the hard limit; warn if it cannot fit `max_clients`.
+
+    Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            _log.warn("cannot raise the open-file limit from {soft} to {hard}: {e}", soft=soft, hard=hard, e=e)
+    if soft != resource.RLIM_INFINITY and soft < max_clients + RESERVED_FILES:
+        _log.warn(
+            "--max-clients {max_clients} needs about {needed} open files but the limit is "
+            "{soft}: connections past about {usable} will fail to be accepted",
+            max_clients=max_clients,
+            needed=max_clients + RESERVED_FILES,
+            soft=soft,
+            usable=max(soft - RESERVED_FILES, 0),
+        )
+    return soft
+
+
 class Daemon(MultiService):
     """The numd service tree, with handles on the parts other layers need."""
 
+    store: Store | None
     metrics: Metrics
     api: NumdApi
     site: Site
     legacy_array_factory: LegacyArrayFactory | None
-
-    store: Store | None
 
     def __init__(
         self,
@@ -273,6 +340,7 @@ class Daemon(MultiService):
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port ends start-up with a clear message."""
+        check_open_files(self.counter_factory.max_clients)
         try:
             super().privilegedStartService()
         except CannotListenError as e:
@@ -350,6 +418,9 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         quiet_time=config["quiet-time"],
         reply_cap=config["reply-cap"],
         max_token_length=config["max-token-length"],
+        max_clients=config["max-clients"],
+        idle_timeout=config["idle-timeout"],
+        write_stall_timeout=config["write-stall-timeout"],
     )
     top = Daemon(state, message_log, stats, factory, clock)
     state.setServiceParent(top)

@@ -23,12 +23,15 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no options numd listens on 127.0.0.1:2004 and logs to numd-messages.log."""
     monkeypatch.chdir(tmp_path)
     options = parse()
-    assert options["listen"] == ["tcp:2004:interface=127.0.0.1"]
+    assert options["listen"] == ["tcp:2004:interface=127.0.0.1:backlog=4096"]
     assert options["message-log"] == "numd-messages.log"
     assert options["seed"] is None
     assert options["quiet-time"] == 0.1
     assert options["reply-cap"] == 65536
     assert options["max-token-length"] == 32768
+    assert options["max-clients"] == 12_000
+    assert options["idle-timeout"] == 120.0
+    assert options["write-stall-timeout"] == 30.0
 
 
 def test_listen_is_repeatable(tmp_path: Path) -> None:
@@ -40,7 +43,10 @@ def test_listen_is_repeatable(tmp_path: Path) -> None:
         "--seed", "3",
         "--quiet-time", "0.25",
     )
-    assert options["listen"] == ["tcp:2005:interface=127.0.0.1", "tcp:2006:interface=127.0.0.1"]
+    assert options["listen"] == [
+        "tcp:2005:interface=127.0.0.1:backlog=4096",
+        "tcp:2006:interface=127.0.0.1:backlog=4096",
+    ]
     assert (options["seed"], options["quiet-time"]) == (3, 0.25)
 
 
@@ -66,19 +72,47 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     options = parse(
         "--listen", "tcp:2005:interface=127.0.0.1",
-        "--listen", "tcp:2006:interface=127.0.0.1",
+        "--listen", "tcp:2006:interface=127.0.0.1:backlog=10",
         "--message-log", str(tmp_path / "m.log"),
+        "--max-clients", "7",
+        "--idle-timeout", "9",
     )
     service = makeService(options, reactor=reactor)
     service.privilegedStartService()
     service.startService()
-    assert [(port, iface) for port, _factory, _backlog, iface in reactor.tcpServers] == [
-        (2005, "127.0.0.1"),
-        (2006, "127.0.0.1"),
+    counter = [
+        (port, backlog, iface)
+        for port, factory, backlog, iface in reactor.tcpServers
+        if factory is service.counter_factory
     ]
-    assert reactor.tcpServers[0][1] is service.counter_factory
+    assert counter == [(2005, 4096, "127.0.0.1"), (2006, 10, "127.0.0.1")]
+    assert service.counter_factory.max_clients == 7
+    assert service.counter_factory.idle_timeout == 9
     assert os.path.exists(tmp_path / "m.log")
     service.stopService()
+
+
+def test_open_file_limit_is_raised_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soft open-file limit is raised to the hard one, with a warning when too low."""
+    import resource
+
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from numd.tap import check_open_files
+
+    limits = {"soft": 1024, "hard": 2048}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.update(soft=v[0]))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert check_open_files(100) == 2048
+        assert not [e for e in events if e["log_level"] == LogLevel.warn]
+        assert check_open_files(10_000) == 2048
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert warning["max_clients"] == 10_000 and warning["soft"] == 2048
 
 
 def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
