@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TextIO
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import react
 from twisted.logger import (
     FilteringLogObserver,
@@ -33,6 +34,7 @@ from numd.client_array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
 from numd.client_console import PromptService
 from numd.client_output import ClientOutput, CounterState, Mode
 from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID
+from numd.signals import ExitZeroOnSignal
 
 DEFAULT_SERVER = "tcp:127.0.0.1:2004"
 
@@ -210,7 +212,10 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         if reactor.running:
             reactor.stop()
 
-    return build_client(config, reactor, quit, sys.stdout, sys.stderr)
+    service = build_client(config, reactor, quit, sys.stdout, sys.stderr)
+    if IReactorCore.providedBy(reactor):
+        ExitZeroOnSignal(reactor).setServiceParent(service)
+    return service
 
 
 async def _run(reactor: Any, config: Options) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import resource
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +25,7 @@ from numd.messagelog import MessageLog
 from numd.metrics import Metrics
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
 from numd.service import NumberService
+from numd.signals import ExitZeroOnSignal
 from numd.stats import Stats
 from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES, Store, make_store
 
@@ -257,34 +256,6 @@ def _check_endpoint(description: str) -> None:
         raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
 
 
-class _ExitZeroOnSignal(Service):
-    """Makes SIGTERM and SIGINT stop the reactor cleanly so that twistd exits 0.
-
-    twistd's own handlers re-raise the signal after shutdown (exit status 143 for
-    SIGTERM), which supervisors and scripts read as a failure. These handlers are
-    installed after the reactor's, once it runs, and stop it the same way.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: IReactorCore) -> None:
-        self._reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        self._reactor.callWhenRunning(self._install)
-
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
-        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
-
-
 _log = Logger()
 RESERVED_FILES = 64
 """Open files numd needs besides its client connections (listeners, logs, store)."""
@@ -433,5 +404,5 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
     _add_http_api(top, config, reactor)
     if IReactorCore.providedBy(reactor):
-        _ExitZeroOnSignal(reactor).setServiceParent(top)
+        ExitZeroOnSignal(reactor).setServiceParent(top)
     return top
