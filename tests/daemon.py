@@ -44,6 +44,7 @@ class Daemon:
 
     process: subprocess.Popen
     port: int
+    api_port: int
     directory: Path
     output: Path
 
@@ -71,21 +72,26 @@ class Daemon:
 
 @contextmanager
 def running_numd(directory: Path, *args: str, plugin: str = "numd") -> Iterator[Daemon]:
-    """Start `twistd -n numd --listen tcp:<free>:interface=127.0.0.1 ARGS` in `directory`."""
+    """Start `twistd -n numd` with its counter and HTTP listeners on free 127.0.0.1 ports.
+
+    ARGS come last, so a test may override any option (a later --api-listen wins).
+    """
     port = free_port()
+    api_port = free_port()
     output = directory / "twistd.out"
     with open(output, "wb") as out:
         process = subprocess.Popen(
             [
                 *TWISTD, "-n", "--pidfile=", plugin,
-                "--listen", f"tcp:{port}:interface=127.0.0.1", *args,
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+                "--api-listen", f"tcp:{api_port}:interface=127.0.0.1", *args,
             ],
             cwd=directory,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    daemon = Daemon(process, port, directory, output)
+    daemon = Daemon(process, port, api_port, directory, output)
     try:
         wait_for_port(port, process)
         yield daemon

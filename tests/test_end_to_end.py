@@ -75,7 +75,11 @@ def test_busy_port_fails_clearly(tmp_path: Path) -> None:
         other = tmp_path / "other"
         other.mkdir()
         result = subprocess.run(
-            [*TWISTD, "-n", "--pidfile=", "numd", "--listen", f"tcp:{numd.port}:interface=127.0.0.1"],
+            [
+                *TWISTD, "-n", "--pidfile=", "numd",
+                "--listen", f"tcp:{numd.port}:interface=127.0.0.1",
+                "--api-listen", "tcp:0:interface=127.0.0.1",
+            ],  # fmt: skip
             cwd=other,
             capture_output=True,
             timeout=30,
@@ -99,7 +103,11 @@ def test_tac_file_runs(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "-y", str(tac)],
         cwd=tmp_path,
-        env={**os.environ, "NUMD_OPTIONS": f"--listen tcp:{port}:interface=127.0.0.1"},
+        env={
+            **os.environ,
+            "NUMD_OPTIONS": f"--listen tcp:{port}:interface=127.0.0.1 "
+            "--api-listen tcp:0:interface=127.0.0.1",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
