@@ -113,7 +113,9 @@ def parse_values(body: bytes) -> list[int]:
         raise ApiError(400, "bad-json", "the body is not valid JSON") from None
     items = document if isinstance(document, list) else [document]
     if not items:
-        raise ApiError(400, "bad-value", "the array is empty; send at least one integer")
+        raise ApiError(
+            400, "bad-value", "the array is empty; send at least one integer"
+        )
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             kind = "boolean" if isinstance(item, bool) else type(item).__name__
@@ -127,7 +129,9 @@ def parse_values(body: bytes) -> list[int]:
                 f"expected an integer or an array of integers, got a {kind}",
             )
         if not INT64_MIN <= item <= INT64_MAX:
-            raise ApiError(400, "bad-value", f"{item} is outside the 64-bit signed range")
+            raise ApiError(
+                400, "bad-value", f"{item} is outside the 64-bit signed range"
+            )
     return items
 
 
@@ -149,7 +153,9 @@ class _CappedBody(io.BytesIO):
 class ApiSite(Site):
     """A `Site` whose request bodies are held in memory up to the API's cap only."""
 
-    def __init__(self, resource: IResource, max_body: int = DEFAULT_MAX_BODY, **kwargs: Any) -> None:
+    def __init__(
+        self, resource: IResource, max_body: int = DEFAULT_MAX_BODY, **kwargs: Any
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.max_body = max_body
 
@@ -173,7 +179,11 @@ class _BadPath(Resource):
     isLeaf = True
 
     def render(self, request: IRequest) -> bytes:
-        return _json(request, {"error": "bad-path", "message": "the path is not valid UTF-8"}, 400)
+        return _json(
+            request,
+            {"error": "bad-path", "message": "the path is not valid UTF-8"},
+            400,
+        )
 
 
 def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:
@@ -368,7 +378,9 @@ class NumdApi:
     @_route("/readyz", "GET")
     def readyz(self, request: IRequest) -> bytes:
         """Every listener is up and the message log is writable (else 503)."""
-        checks = {name: bool(check()) for name, check in sorted(self.ready_checks.items())}
+        checks = {
+            name: bool(check()) for name, check in sorted(self.ready_checks.items())
+        }
         if self.message_log is not None:
             checks["message_log_writable"] = self.message_log.writable
         ready = all(checks.values())
@@ -434,7 +446,9 @@ class NumdApi:
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, ApiError)
-        return _json(request, {"error": error.code, "message": error.message}, error.status)
+        return _json(
+            request, {"error": error.code, "message": error.message}, error.status
+        )
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -457,7 +471,9 @@ class NumdApi:
                 405,
             )
         if isinstance(error, (NotFound, MethodNotAllowed)):
-            return _json(request, {"error": "not-found", "message": "no such route"}, 404)
+            return _json(
+                request, {"error": "not-found", "message": "no such route"}, 404
+            )
         status = error.code or 500
         for name, value in error.get_response().headers.items():
             if name.lower() == "location":

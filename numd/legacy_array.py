@@ -83,7 +83,9 @@ class BadRequest(Exception):
         self.detail = detail
 
 
-def find_pickle_end(data: bytes | bytearray, start: int = 0, limit: int = DEFAULT_MAX_BYTES) -> tuple[int | None, int]:
+def find_pickle_end(
+    data: bytes | bytearray, start: int = 0, limit: int = DEFAULT_MAX_BYTES
+) -> tuple[int | None, int]:
     """Walk the opcodes of the pickle at the start of `data`, from offset `start`.
 
     Returns ``(end, resume)``: `end` is the offset just after STOP, or None when
@@ -112,7 +114,9 @@ def find_pickle_end(data: bytes | bytearray, start: int = 0, limit: int = DEFAUL
         if code == _PROTO:
             version = data[pos + 1]
             if pos != 0 or not 2 <= version <= 5:
-                raise BadRequest("not-pickle", f"protocol {version} at {pos}; 2-5 accepted")
+                raise BadRequest(
+                    "not-pickle", f"protocol {version} at {pos}; 2-5 accepted"
+                )
         pos = end
         if code == _STOP:
             return pos, pos
@@ -125,7 +129,9 @@ def _too_large(limit: int) -> NoReturn:
     raise BadRequest("too-large", f"request longer than {limit} bytes")
 
 
-def _argument_end(data: bytes | bytearray, pos: int, op: pickletools.OpcodeInfo, limit: int) -> int | None:
+def _argument_end(
+    data: bytes | bytearray, pos: int, op: pickletools.OpcodeInfo, limit: int
+) -> int | None:
     """Offset after `op`'s argument starting at `pos`, or None if it is incomplete."""
     arg = op.arg
     if arg is None:
@@ -180,7 +186,7 @@ def decode_request(request: bytes) -> list[int]:
     """The list of ints in one framed request; `BadRequest` for anything else."""
     try:
         value = RefusingUnpickler(io.BytesIO(request)).load()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure of untrusted bytes is a bad request
         raise BadRequest("bad-pickle", f"{type(e).__name__}: {e}") from None
     if type(value) is not list:
         raise BadRequest("not-list", f"a {type(value).__name__}, not a list")
@@ -231,7 +237,9 @@ class LegacyArrayProtocol(Protocol):
         factory = self.factory
         while self._buffer:
             try:
-                end, self._resume = find_pickle_end(self._buffer, self._resume, factory.max_bytes)
+                end, self._resume = find_pickle_end(
+                    self._buffer, self._resume, factory.max_bytes
+                )
                 if end is None:
                     return
                 request = bytes(self._buffer[:end])
@@ -258,8 +266,12 @@ class LegacyArrayProtocol(Protocol):
                 self._release()
 
             def failed(failure: Failure) -> None:
-                self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
-                self._refuse(BadRequest("store-failed", "the merge could not be stored"))
+                self.log.failure(
+                    "storing a merge for {peer} failed", failure, peer=self.peer
+                )
+                self._refuse(
+                    BadRequest("store-failed", "the merge could not be stored")
+                )
 
             durable.addCallbacks(stored, failed)
         self._release()
@@ -292,7 +304,9 @@ class LegacyArrayFactory(Factory):
 
     protocol = LegacyArrayProtocol
 
-    def __init__(self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.service = service
         self.max_bytes = max_bytes
         self.stats = Stats()

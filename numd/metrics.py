@@ -34,7 +34,9 @@ class Metrics:
     number of series unbounded).
     """
 
-    def __init__(self, service: NumberService, message_log: MessageLog | None = None) -> None:
+    def __init__(
+        self, service: NumberService, message_log: MessageLog | None = None
+    ) -> None:
         self.service = service
         self.message_log = message_log
         self.http_requests: Counter[tuple[str, int]] = Counter()
@@ -52,9 +54,19 @@ class Metrics:
 
 
 _PROTOCOL_FAMILIES = (
-    ("numd_messages_received", "Messages received, by protocol and kind.", "kind", "received"),
+    (
+        "numd_messages_received",
+        "Messages received, by protocol and kind.",
+        "kind",
+        "received",
+    ),
     ("numd_messages_sent", "Messages sent, by protocol and kind.", "kind", "sent"),
-    ("numd_protocol_errors", "Protocol errors, by protocol and reason.", "reason", "errors"),
+    (
+        "numd_protocol_errors",
+        "Protocol errors, by protocol and reason.",
+        "reason",
+        "errors",
+    ),
     (
         "numd_connection_events",
         "Connection events (opened, closed, ...), by protocol.",
@@ -86,11 +98,15 @@ class _NumdCollector(Collector):
             value=len(service.clients),
         )
         yield GaugeMetricFamily(
-            "numd_list_size", "Values in the shared sorted list.", value=len(service.values)
+            "numd_list_size",
+            "Values in the shared sorted list.",
+            value=len(service.values),
         )
 
         for name, documentation, label, attribute in _PROTOCOL_FAMILIES:
-            family = CounterMetricFamily(name, documentation, labels=["protocol", label])
+            family = CounterMetricFamily(
+                name, documentation, labels=["protocol", label]
+            )
             for protocol, stats in sorted(metrics._stats.items()):
                 counts: Counter[str] = getattr(stats, attribute)
                 for key, count in sorted(counts.items()):

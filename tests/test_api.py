@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
-from treq.testing import StubTreq
 
 from numd.api import DEFAULT_MAX_BODY, MAX_LIMIT, ApiSite, NumdApi
 from numd.messagelog import MessageLog
@@ -110,7 +110,9 @@ def message_log(tmp_path: Path) -> MessageLog:
 
 
 @pytest.fixture
-def make_client(service: NumberService, message_log: MessageLog) -> Callable[..., Client]:
+def make_client(
+    service: NumberService, message_log: MessageLog
+) -> Callable[..., Client]:
     """Builds a `Client` for a `NumdApi` made with the given keyword arguments."""
 
     def make(**kwargs: Any) -> Client:
@@ -132,16 +134,26 @@ def test_get_values_of_an_empty_list(client: Client) -> None:
     """An empty list reads as size 0 and no values, with the default paging echoed."""
     reply = client.get("/api/v1/values")
     assert reply.code == 200
-    assert reply.json() == {"size": 0, "matched": 0, "offset": 0, "limit": 100, "values": []}
+    assert reply.json() == {
+        "size": 0,
+        "matched": 0,
+        "offset": 0,
+        "limit": 100,
+        "values": [],
+    }
 
 
-def test_get_values_are_sorted_with_duplicates(client: Client, service: NumberService) -> None:
+def test_get_values_are_sorted_with_duplicates(
+    client: Client, service: NumberService
+) -> None:
     """Values come back in ascending order, duplicates kept."""
     service.merge([5, -2, 5, 9])
     assert client.get("/api/v1/values").json()["values"] == [-2, 5, 5, 9]
 
 
-def test_get_values_pages_with_offset_and_limit(client: Client, service: NumberService) -> None:
+def test_get_values_pages_with_offset_and_limit(
+    client: Client, service: NumberService
+) -> None:
     """offset skips values and limit bounds the page; size is always the whole list."""
     service.merge(range(10))
     assert client.get("/api/v1/values?offset=3&limit=4").json() == {
@@ -156,17 +168,24 @@ def test_get_values_pages_with_offset_and_limit(client: Client, service: NumberS
     assert client.get("/api/v1/values?limit=0").json()["values"] == []
 
 
-def test_get_values_default_and_maximum_limit(client: Client, service: NumberService) -> None:
+def test_get_values_default_and_maximum_limit(
+    client: Client, service: NumberService
+) -> None:
     """Without limit a page holds 100 values; limit may not exceed 1000."""
     service.merge(range(2000))
     assert len(client.get("/api/v1/values").json()["values"]) == 100
-    assert len(client.get(f"/api/v1/values?limit={MAX_LIMIT}").json()["values"]) == MAX_LIMIT
+    assert (
+        len(client.get(f"/api/v1/values?limit={MAX_LIMIT}").json()["values"])
+        == MAX_LIMIT
+    )
     reply = client.get(f"/api/v1/values?limit={MAX_LIMIT + 1}")
     assert reply.code == 400
     assert reply.json()["error"] == "bad-parameter"
 
 
-def test_get_values_filters_by_min_and_max(client: Client, service: NumberService) -> None:
+def test_get_values_filters_by_min_and_max(
+    client: Client, service: NumberService
+) -> None:
     """min and max are inclusive bounds; matched counts the values within them."""
     service.merge([1, 3, 3, 5, 7, 9])
     body = client.get("/api/v1/values?min=3&max=7").json()
@@ -177,7 +196,9 @@ def test_get_values_filters_by_min_and_max(client: Client, service: NumberServic
     assert (body["size"], body["matched"], body["values"]) == (6, 5, [3, 5])
 
 
-def test_get_values_with_min_above_max_is_empty(client: Client, service: NumberService) -> None:
+def test_get_values_with_min_above_max_is_empty(
+    client: Client, service: NumberService
+) -> None:
     """An empty range is not an error: it matches nothing."""
     service.merge([1, 2, 3])
     body = client.get("/api/v1/values?min=3&max=1").json()
@@ -207,7 +228,9 @@ def test_get_values_rejects_bad_parameters(client: Client, query: str) -> None:
     assert query.split("=")[0] in body["message"]
 
 
-def test_get_values_accepts_the_64_bit_bounds(client: Client, service: NumberService) -> None:
+def test_get_values_accepts_the_64_bit_bounds(
+    client: Client, service: NumberService
+) -> None:
     """min and max may be the extremes of the 64-bit range."""
     service.merge([INT64_MIN, 0, INT64_MAX])
     body = client.get(f"/api/v1/values?min={INT64_MIN}&max={INT64_MAX}").json()
@@ -242,7 +265,9 @@ def test_post_the_64_bit_extremes(client: Client, service: NumberService) -> Non
     assert list(service.values) == [INT64_MIN, INT64_MAX]
 
 
-def test_post_without_body_adds_a_random_value(client: Client, service: NumberService) -> None:
+def test_post_without_body_adds_a_random_value(
+    client: Client, service: NumberService
+) -> None:
     """No body adds one random integer in 1000-10000, like the older server's add_value."""
     expected = random.Random(11).randint(1000, 10000)
     reply = client.post("/api/v1/values")
@@ -366,7 +391,9 @@ def test_unknown_client_is_404(client: Client, path: str) -> None:
     }
 
 
-@pytest.mark.parametrize("path", ["/api/v1/clients/abc", "/api/v1/clients/-1", "/nowhere", "/api/v2/values"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/clients/abc", "/api/v1/clients/-1", "/nowhere", "/api/v2/values"]
+)
 def test_unknown_paths_are_json_404(client: Client, path: str) -> None:
     """A path no route matches gets a JSON 404."""
     reply = client.get(path)
@@ -390,7 +417,9 @@ def test_unknown_paths_are_json_404(client: Client, path: str) -> None:
         ("FROB", "/openapi.json", "GET, HEAD"),
     ],
 )
-def test_wrong_method_is_405_with_allow(client: Client, method: str, path: str, allow: str) -> None:
+def test_wrong_method_is_405_with_allow(
+    client: Client, method: str, path: str, allow: str
+) -> None:
     """A wrong method gets 405 with an Allow header (not Twisted's 501) and a JSON body."""
     reply = client.request(method, path)
     assert reply.code == 405
@@ -401,7 +430,11 @@ def test_wrong_method_is_405_with_allow(client: Client, method: str, path: str, 
 def test_head_answers_like_get_without_a_body(client: Client) -> None:
     """HEAD on a GET route gets the same status and headers and no body."""
     reply = client.request("HEAD", "/healthz")
-    assert (reply.code, reply.header("Content-Type"), reply.body) == (200, "application/json", b"")
+    assert (reply.code, reply.header("Content-Type"), reply.body) == (
+        200,
+        "application/json",
+        b"",
+    )
 
 
 # -- health --------------------------------------------------------------------------------------
@@ -465,7 +498,9 @@ def test_openapi_document_is_served(client: Client) -> None:
     assert "/get_array" not in document["paths"]
 
 
-def test_openapi_document_lists_legacy_paths_when_served(make_client: Callable[..., Client]) -> None:
+def test_openapi_document_lists_legacy_paths_when_served(
+    make_client: Callable[..., Client],
+) -> None:
     """With the legacy routes on, the document describes them too."""
     paths = make_client(legacy_routes=True).get("/openapi.json").json()["paths"]
     assert {"/get_array", "/add_value", "/clean_array"} <= set(paths)
@@ -522,8 +557,14 @@ def legacy(make_client: Callable[..., Client]) -> Client:
 
 @pytest.mark.parametrize(
     "method,path",
-    [("GET", "/get_array"), ("GET", "/add_value"), ("POST", "/add_value"),
-     ("GET", "/clean_array"), ("DELETE", "/clean_array"), ("PUT", "/clean_array")],
+    [
+        ("GET", "/get_array"),
+        ("GET", "/add_value"),
+        ("POST", "/add_value"),
+        ("GET", "/clean_array"),
+        ("DELETE", "/clean_array"),
+        ("PUT", "/clean_array"),
+    ],
 )
 def test_legacy_routes_are_off_by_default(
     client: Client, service: NumberService, method: str, path: str
@@ -565,7 +606,9 @@ def test_legacy_add_value(legacy: Client, service: NumberService, method: str) -
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_legacy_clean_array(legacy: Client, service: NumberService, method: str) -> None:
+def test_legacy_clean_array(
+    legacy: Client, service: NumberService, method: str
+) -> None:
     """GET or DELETE /clean_array empties the list; note the space after "Server"."""
     service.merge([5, 6])
     reply = legacy.request(method, "/clean_array")
@@ -588,7 +631,9 @@ def test_legacy_wrong_method_is_405(legacy: Client) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService) -> None:
+async def test_site_keeps_no_more_than_the_cap_of_a_body(
+    service: NumberService,
+) -> None:
     """Over loopback, ApiSite stores at most cap+1 bytes of a body and the route answers 413."""
     from twisted.internet import reactor
 
@@ -611,22 +656,30 @@ async def test_site_keeps_no_more_than_the_cap_of_a_body(service: NumberService)
     site.getContentFile = spy  # type: ignore[method-assign]
     async with serving(site) as (base, pool):
         url = base + "/api/v1/values"
-        response = await treq.post(url, data=b"[1]" + b" " * 200_000, pool=pool).addTimeout(5, reactor)
+        response = await treq.post(
+            url, data=b"[1]" + b" " * 200_000, pool=pool
+        ).addTimeout(5, reactor)
         body = await treq.json_content(response).addTimeout(5, reactor)
         assert response.code == 413
         assert body["error"] == "body-too-large"
         assert max(kept) == 1025
         response = await treq.post(url, data=b"[7]", pool=pool).addTimeout(5, reactor)
-        assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [7]
+        assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [
+            7
+        ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_site_answers_a_non_utf8_path_with_json_400(service: NumberService) -> None:
+async def test_site_answers_a_non_utf8_path_with_json_400(
+    service: NumberService,
+) -> None:
     """Over loopback, a path that is not UTF-8 gets a JSON 400 (not Klein's plain text)."""
     from twisted.internet import reactor
 
     async with serving(NumdApi(service).site()) as (base, pool):
-        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(5, reactor)
+        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(
+            5, reactor
+        )
         body = await treq.json_content(response).addTimeout(5, reactor)
         assert (response.code, body["error"]) == (400, "bad-path")
 
@@ -650,11 +703,20 @@ class Durability:
 
 @pytest.mark.parametrize(
     "method,path,data",
-    [("POST", "/api/v1/values", b"[3]"), ("POST", "/api/v1/values", None),
-     ("DELETE", "/api/v1/values", None), ("GET", "/add_value", None), ("DELETE", "/clean_array", None)],
+    [
+        ("POST", "/api/v1/values", b"[3]"),
+        ("POST", "/api/v1/values", None),
+        ("DELETE", "/api/v1/values", None),
+        ("GET", "/add_value", None),
+        ("DELETE", "/clean_array", None),
+    ],
 )
 def test_changes_are_answered_only_once_stored(
-    make_client: Callable[..., Client], service: NumberService, method: str, path: str, data: bytes | None
+    make_client: Callable[..., Client],
+    service: NumberService,
+    method: str,
+    path: str,
+    data: bytes | None,
 ) -> None:
     """With a store, the answer to a change waits until the store says it is on disk."""
     durability = Durability(service)
@@ -687,4 +749,3 @@ def test_a_change_that_cannot_be_stored_is_503(
     assert (code, body["error"]) == (503, "not-stored")
     assert "disk full" not in body["message"]
     assert events[0]["log_failure"].check(OSError)
-

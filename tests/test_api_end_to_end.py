@@ -54,8 +54,10 @@ def running_api_daemon(directory: Path, *args: str) -> Iterator[ApiDaemon]:
     try:
         with running_numd(
             directory,
-            "--api-listen", f"tcp:{api_port}:interface=127.0.0.1",
-            "--legacy-array-listen", f"tcp:{legacy_port}:interface=127.0.0.1",
+            "--api-listen",
+            f"tcp:{api_port}:interface=127.0.0.1",
+            "--legacy-array-listen",
+            f"tcp:{legacy_port}:interface=127.0.0.1",
             "--legacy-routes",
             *args,
         ) as daemon:
@@ -86,11 +88,15 @@ def pool() -> Iterator[HTTPConnectionPool]:
     pytest_twisted.blockon(pool.closeCachedConnections())
 
 
-async def http(method: str, url: str, pool: HTTPConnectionPool, **kwargs: Any) -> tuple[int, Any]:
+async def http(
+    method: str, url: str, pool: HTTPConnectionPool, **kwargs: Any
+) -> tuple[int, Any]:
     """Status and decoded body of one request, each wait bounded by 5 s."""
     from twisted.internet import reactor
 
-    response = await treq.request(method, url, pool=pool, **kwargs).addTimeout(5, reactor)
+    response = await treq.request(method, url, pool=pool, **kwargs).addTimeout(
+        5, reactor
+    )
     body = await treq.content(response).addTimeout(5, reactor)
     content_type = response.headers.getRawHeaders("Content-Type", [""])[0]
     if content_type == "application/json":
@@ -140,11 +146,11 @@ async def test_legacy_clients_share_the_list_too(
     assert code == 200
     assert legacy_array(api_daemon.legacy_array_port, [31, 7, 7]) == [7, 7, 20, 31]
     code, text = await http("GET", api_daemon.base + "/get_array", pool)
-    assert (code, text) == (
-        200,
+    expected = (
         "REST API Server[EndPoint = get_array] response : "
-        "Array Size: 4, Array: SortedList([7, 7, 20, 31])",
+        "Array Size: 4, Array: SortedList([7, 7, 20, 31])"
     )
+    assert (code, text) == (200, expected)
     code, text = await http("DELETE", api_daemon.base + "/clean_array", pool)
     assert text.endswith("New Size: 0, New Array: SortedList([])")
     assert legacy_array(api_daemon.legacy_array_port, [3]) == [3]
@@ -155,7 +161,10 @@ async def test_health_readiness_and_metrics(
     api_daemon: ApiDaemon, pool: HTTPConnectionPool
 ) -> None:
     """A started daemon is alive and ready (every listener up), and its metrics show the traffic."""
-    assert await http("GET", api_daemon.base + "/healthz", pool) == (200, {"status": "ok"})
+    assert await http("GET", api_daemon.base + "/healthz", pool) == (
+        200,
+        {"status": "ok"},
+    )
     code, body = await http("GET", api_daemon.base + "/readyz", pool)
     assert (code, body["status"]) == (200, "ready")
     assert set(body["checks"]) == {

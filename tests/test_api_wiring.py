@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
-from treq.testing import StubTreq
 
 from numd.api import ApiSite, NumdApi
 from numd.legacy_array import LegacyArrayFactory
@@ -20,7 +20,13 @@ def parse(tmp_path: Path, *args: str) -> Options:
     """Options as twistd parses them, with the message log and the store kept in `tmp_path`."""
     options = Options()
     options.parseOptions(
-        ["--message-log", str(tmp_path / "m.log"), "--db", str(tmp_path / "numd.db"), *args]
+        [
+            "--message-log",
+            str(tmp_path / "m.log"),
+            "--db",
+            str(tmp_path / "numd.db"),
+            *args,
+        ]
     )
     return options
 
@@ -65,7 +71,9 @@ def test_api_option_defaults(tmp_path: Path) -> None:
         (["--legacy-array-max-bytes", "1"], "legacy-array-max-bytes"),
     ],
 )
-def test_bad_api_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_api_options_are_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     """A bad endpoint or limit is a usage error naming the problem, not a traceback at start."""
     with pytest.raises(usage.UsageError, match=message):
         parse(tmp_path, *args)
@@ -76,15 +84,22 @@ def test_make_service_serves_the_api_and_the_legacy_listener(tmp_path: Path) -> 
     daemon, reactor = started(
         parse(
             tmp_path,
-            "--listen", "tcp:2005:interface=127.0.0.1",
-            "--api-listen", "tcp:8081:interface=127.0.0.1",
-            "--legacy-array-listen", "tcp:6000:interface=127.0.0.1",
-            "--legacy-array-max-bytes", "512",
+            "--listen",
+            "tcp:2005:interface=127.0.0.1",
+            "--api-listen",
+            "tcp:8081:interface=127.0.0.1",
+            "--legacy-array-listen",
+            "tcp:6000:interface=127.0.0.1",
+            "--legacy-array-max-bytes",
+            "512",
             "--legacy-routes",
-            "--max-body", "1000",
+            "--max-body",
+            "1000",
         )
     )
-    listeners = {factory: (port, iface) for port, factory, _backlog, iface in reactor.tcpServers}
+    listeners = {
+        factory: (port, iface) for port, factory, _backlog, iface in reactor.tcpServers
+    }
     assert isinstance(daemon.site, ApiSite)
     assert listeners[daemon.site] == (8081, "127.0.0.1")
     assert isinstance(daemon.legacy_array_factory, LegacyArrayFactory)
@@ -92,14 +107,20 @@ def test_make_service_serves_the_api_and_the_legacy_listener(tmp_path: Path) -> 
     assert isinstance(daemon.api, NumdApi)
     assert daemon.api.service is daemon.state
     assert daemon.legacy_array_factory.service is daemon.state
-    assert (daemon.api.legacy_routes, daemon.api.max_body, daemon.site.max_body) == (True, 1000, 1000)
+    assert (daemon.api.legacy_routes, daemon.api.max_body, daemon.site.max_body) == (
+        True,
+        1000,
+        1000,
+    )
     assert daemon.legacy_array_factory.max_bytes == 512
     daemon.stopService()
 
 
 def test_without_legacy_options_there_is_no_legacy_listener(tmp_path: Path) -> None:
     """Without --legacy-array-listen nothing listens for pickles and the old routes are 404."""
-    daemon, reactor = started(parse(tmp_path, "--listen", "tcp:2005:interface=127.0.0.1"))
+    daemon, reactor = started(
+        parse(tmp_path, "--listen", "tcp:2005:interface=127.0.0.1")
+    )
     assert daemon.legacy_array_factory is None
     assert sorted(port for port, *_ in reactor.tcpServers) == [2005, 8080]
     code, body = get_json(daemon.site.resource, "/get_array")
@@ -112,9 +133,12 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
     daemon, _reactor = started(
         parse(
             tmp_path,
-            "--listen", "tcp:2005:interface=127.0.0.1",
-            "--listen", "tcp:2006:interface=127.0.0.1",
-            "--legacy-array-listen", "tcp:6000:interface=127.0.0.1",
+            "--listen",
+            "tcp:2005:interface=127.0.0.1",
+            "--listen",
+            "tcp:2006:interface=127.0.0.1",
+            "--legacy-array-listen",
+            "tcp:6000:interface=127.0.0.1",
         )
     )
     code, body = get_json(daemon.site.resource, "/readyz")
@@ -129,7 +153,10 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
     assert daemon.legacy_array_factory is not None
     for factory in (daemon.site, daemon.legacy_array_factory, daemon.counter_factory):
         factory.doStart()
-    assert get_json(daemon.site.resource, "/readyz")[1]["checks"]["counter_listeners"] is False
+    assert (
+        get_json(daemon.site.resource, "/readyz")[1]["checks"]["counter_listeners"]
+        is False
+    )
     daemon.counter_factory.doStart()
     assert get_json(daemon.site.resource, "/readyz") == (
         200,
@@ -156,11 +183,16 @@ def test_metrics_cover_both_protocols(tmp_path: Path) -> None:
     daemon.legacy_array_factory.stats.errors["not-list"] += 1
     text = daemon.metrics.render().decode()
     assert 'numd_messages_received_total{kind="odd",protocol="counter"} 2.0' in text
-    assert 'numd_protocol_errors_total{protocol="legacy-array",reason="not-list"} 1.0' in text
+    assert (
+        'numd_protocol_errors_total{protocol="legacy-array",reason="not-list"} 1.0'
+        in text
+    )
     daemon.stopService()
 
 
-def test_tac_builds_the_api_from_numd_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tac_builds_the_api_from_numd_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """numd.tac takes the API options from NUMD_OPTIONS like the plugin does."""
     from twisted.application.service import IService
 

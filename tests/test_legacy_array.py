@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import sys
@@ -54,7 +55,9 @@ def factory(service: NumberService) -> LegacyArrayFactory:
     return LegacyArrayFactory(service)
 
 
-def connect(factory: LegacyArrayFactory) -> tuple[LegacyArrayProtocol, CountingTransport]:
+def connect(
+    factory: LegacyArrayFactory,
+) -> tuple[LegacyArrayProtocol, CountingTransport]:
     """A connected protocol and its transport."""
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     assert isinstance(protocol, LegacyArrayProtocol)
@@ -66,8 +69,14 @@ def connect(factory: LegacyArrayFactory) -> tuple[LegacyArrayProtocol, CountingT
 def global_pickle(module: str, name: str, argument: str = "") -> bytes:
     """A protocol-2 pickle that calls module.name(argument): GLOBAL + REDUCE, hand-made."""
     return (
-        b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n"
-        + b"X" + len(argument).to_bytes(4, "little") + argument.encode()
+        b"\x80\x02c"
+        + module.encode()
+        + b"\n"
+        + name.encode()
+        + b"\n"
+        + b"X"
+        + len(argument).to_bytes(4, "little")
+        + argument.encode()
         + b"\x85R."
     )
 
@@ -82,7 +91,9 @@ def test_each_protocol_version_is_merged_and_answered(
     """A pickled list of any protocol 2-5 is merged; the reply is one write of a protocol-4 pickle."""
     service.merge([50])
     protocol, transport = connect(factory)
-    protocol.dataReceived(pickle.dumps([17, 3, 3, 90, -1, 2**40], protocol=protocol_version))
+    protocol.dataReceived(
+        pickle.dumps([17, 3, 3, 90, -1, 2**40], protocol=protocol_version)
+    )
     (reply,) = transport.writes
     assert reply[:2] == b"\x80\x04"
     assert pickle.loads(reply) == [-1, 3, 3, 17, 50, 90, 2**40]
@@ -91,7 +102,9 @@ def test_each_protocol_version_is_merged_and_answered(
     assert (factory.stats.received["array"], factory.stats.sent["array"]) == (1, 1)
 
 
-def test_request_split_across_reads(factory: LegacyArrayFactory, service: NumberService) -> None:
+def test_request_split_across_reads(
+    factory: LegacyArrayFactory, service: NumberService
+) -> None:
     """A request arriving one byte at a time is answered once, after its last byte."""
     protocol, transport = connect(factory)
     data = pickle.dumps(list(range(20)), protocol=2)
@@ -122,7 +135,9 @@ def test_many_requests_on_one_connection(factory: LegacyArrayFactory) -> None:
     assert pickle.loads(transport.writes[-1]) == sorted(list(range(5)) * 10)
 
 
-def test_an_empty_list_is_answered(factory: LegacyArrayFactory, service: NumberService) -> None:
+def test_an_empty_list_is_answered(
+    factory: LegacyArrayFactory, service: NumberService
+) -> None:
     """An empty list adds nothing and still gets the whole list back."""
     service.merge([8])
     protocol, transport = connect(factory)
@@ -143,7 +158,10 @@ def assert_refused(
 
 
 def test_global_is_refused_nothing_imported_or_called(
-    factory: LegacyArrayFactory, service: NumberService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    factory: LegacyArrayFactory,
+    service: NumberService,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """A pickle naming a global closes the connection; no module is imported, nothing is called."""
     assert CANARY not in sys.modules
@@ -161,7 +179,9 @@ def test_global_is_refused_nothing_imported_or_called(
 
 
 @pytest.mark.parametrize("protocol_version", PROTOCOLS)
-def test_objects_of_classes_are_refused(factory: LegacyArrayFactory, protocol_version: int) -> None:
+def test_objects_of_classes_are_refused(
+    factory: LegacyArrayFactory, protocol_version: int
+) -> None:
     """A pickle of an instance (STACK_GLOBAL/GLOBAL, NEWOBJ, REDUCE, BUILD) is refused."""
     from collections import OrderedDict
 
@@ -170,15 +190,20 @@ def test_objects_of_classes_are_refused(factory: LegacyArrayFactory, protocol_ve
     assert_refused(factory, transport, "refused-opcode")
 
 
-def test_the_unpickler_itself_refuses_every_global(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_unpickler_itself_refuses_every_global(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Even without the opcode check, RefusingUnpickler never imports or calls a global."""
     import io
 
     assert CANARY not in sys.modules
     calls: list[object] = []
     monkeypatch.setattr(os, "system", lambda command: calls.append(command))
-    for data in (global_pickle("os", "system", "true"), global_pickle(CANARY, "x"),
-                 pickle.dumps(os.getcwd, protocol=4)):
+    for data in (
+        global_pickle("os", "system", "true"),
+        global_pickle(CANARY, "x"),
+        pickle.dumps(os.getcwd, protocol=4),
+    ):
         with pytest.raises(pickle.UnpicklingError, match="refused"):
             RefusingUnpickler(io.BytesIO(data)).load()
     assert calls == [] and CANARY not in sys.modules
@@ -203,7 +228,9 @@ def test_the_unpickler_itself_refuses_every_global(monkeypatch: pytest.MonkeyPat
         (b"\x80\x02K\x01K\x02.", "not-list"),
     ],
 )
-def test_garbage_closes_the_connection(factory: LegacyArrayFactory, data: bytes, reason: str) -> None:
+def test_garbage_closes_the_connection(
+    factory: LegacyArrayFactory, data: bytes, reason: str
+) -> None:
     """Bytes that are not a pickle of protocol 2-5 (or a broken one) close the connection."""
     protocol, transport = connect(factory)
     protocol.dataReceived(data)
@@ -248,7 +275,9 @@ def test_oversized_request_is_refused(service: NumberService) -> None:
     assert transport.writes == []
 
 
-def test_declared_length_over_the_cap_is_refused_at_once(service: NumberService) -> None:
+def test_declared_length_over_the_cap_is_refused_at_once(
+    service: NumberService,
+) -> None:
     """A length field promising more than the cap is refused before the bytes come."""
     factory = LegacyArrayFactory(service, max_bytes=1000)
     protocol, transport = connect(factory)
@@ -308,7 +337,7 @@ def test_any_split_gives_the_same_replies(
     protocol, transport = connect(factory)
     stream = b"".join(pickle.dumps(v, protocol=protocol_version) for v in values)
     points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
-    for start, end in zip(points, points[1:]):
+    for start, end in itertools.pairwise(points):
         protocol.dataReceived(stream[start:end])
     assert not transport.disconnecting
     merged: list[int] = []

@@ -61,14 +61,65 @@ def test_protocol_counters_by_protocol_and_kind(service: NumberService) -> None:
     metrics.add_stats("counter", counter)
     metrics.add_stats("legacy-array", legacy)
     got = samples(metrics)
-    assert got[("numd_messages_received_total", (("kind", "even"), ("protocol", "counter")))] == 3
-    assert got[("numd_messages_sent_total", (("kind", "even"), ("protocol", "counter")))] == 3
-    assert got[("numd_protocol_errors_total", (("protocol", "counter"), ("reason", "bad-token")))] == 2
-    assert got[("numd_connection_events_total", (("event", "opened"), ("protocol", "counter")))] == 1
-    assert got[("numd_messages_received_total", (("kind", "array"), ("protocol", "legacy-array")))] == 5
-    assert got[("numd_protocol_errors_total", (("protocol", "legacy-array"), ("reason", "not-list")))] == 1
+    assert (
+        got[
+            (
+                "numd_messages_received_total",
+                (("kind", "even"), ("protocol", "counter")),
+            )
+        ]
+        == 3
+    )
+    assert (
+        got[("numd_messages_sent_total", (("kind", "even"), ("protocol", "counter")))]
+        == 3
+    )
+    assert (
+        got[
+            (
+                "numd_protocol_errors_total",
+                (("protocol", "counter"), ("reason", "bad-token")),
+            )
+        ]
+        == 2
+    )
+    assert (
+        got[
+            (
+                "numd_connection_events_total",
+                (("event", "opened"), ("protocol", "counter")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "numd_messages_received_total",
+                (("kind", "array"), ("protocol", "legacy-array")),
+            )
+        ]
+        == 5
+    )
+    assert (
+        got[
+            (
+                "numd_protocol_errors_total",
+                (("protocol", "legacy-array"), ("reason", "not-list")),
+            )
+        ]
+        == 1
+    )
     counter.received["even"] += 1
-    assert samples(metrics)[("numd_messages_received_total", (("kind", "even"), ("protocol", "counter")))] == 4
+    assert (
+        samples(metrics)[
+            (
+                "numd_messages_received_total",
+                (("kind", "even"), ("protocol", "counter")),
+            )
+        ]
+        == 4
+    )
 
 
 def test_http_requests_by_route_and_status(service: NumberService) -> None:
@@ -77,8 +128,24 @@ def test_http_requests_by_route_and_status(service: NumberService) -> None:
     metrics.http_requests[("/api/v1/values", 200)] += 7
     metrics.http_requests[("/api/v1/clients/{client_id}", 404)] += 1
     got = samples(metrics)
-    assert got[("numd_http_requests_total", (("route", "/api/v1/values"), ("status", "200")))] == 7
-    assert got[("numd_http_requests_total", (("route", "/api/v1/clients/{client_id}"), ("status", "404")))] == 1
+    assert (
+        got[
+            (
+                "numd_http_requests_total",
+                (("route", "/api/v1/values"), ("status", "200")),
+            )
+        ]
+        == 7
+    )
+    assert (
+        got[
+            (
+                "numd_http_requests_total",
+                (("route", "/api/v1/clients/{client_id}"), ("status", "404")),
+            )
+        ]
+        == 1
+    )
 
 
 def test_message_log_metrics(service: NumberService, tmp_path: Path) -> None:
@@ -102,7 +169,9 @@ def test_registry_is_private(service: NumberService) -> None:
     assert REGISTRY.get_sample_value("numd_list_size") is None
 
 
-def test_render_reads_on_the_calling_thread(service: NumberService, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_reads_on_the_calling_thread(
+    service: NumberService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """State is read in the thread that calls render (the reactor thread for the route), no other."""
     readers: list[threading.Thread] = []
     real = NumberService.connected_count
