@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import pytest
 import pytest_twisted
 import treq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -21,7 +25,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from numd.api import DEFAULT_MAX_BODY, MAX_LIMIT, ApiSite, NumdApi
+from numd.api import (
+    DEFAULT_MAX_BODY,
+    MAX_LIMIT,
+    ApiError,
+    ApiSite,
+    NumdApi,
+    parse_values,
+)
 from numd.messagelog import MessageLog
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 
@@ -749,3 +760,59 @@ def test_a_change_that_cannot_be_stored_is_503(
     assert (code, body["error"]) == (503, "not-stored")
     assert "disk full" not in body["message"]
     assert events[0]["log_failure"].check(OSError)
+
+
+# -- properties of the body and query parsers -------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=json_values)
+def test_parse_values_accepts_exactly_integers_and_arrays_of_them(
+    document: object,
+) -> None:
+    """Any JSON document is either a (non-empty array of) 64-bit integer(s) or a 400."""
+    items = document if isinstance(document, list) else [document]
+    valid = bool(items) and all(
+        type(item) is int and INT64_MIN <= item <= INT64_MAX for item in items
+    )
+    body = json.dumps(document).encode()
+    if valid:
+        assert parse_values(body) == items
+    else:
+        with pytest.raises(ApiError) as caught:
+            parse_values(body)
+        assert caught.value.status == 400
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=64))
+def test_parse_values_never_fails_otherwise_on_bytes(body: bytes) -> None:
+    """Arbitrary bytes give a list of integers or a 400, never another exception."""
+    try:
+        values = parse_values(body)
+    except ApiError as e:
+        assert e.status == 400
+    else:
+        assert values and all(type(v) is int for v in values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=24))
+def test_query_integers_are_strict(raw: bytes) -> None:
+    """A query value is accepted only as a plain decimal integer within its range (empty is a 400)."""
+    client = Client(NumdApi(NumberService(Clock())))
+    reply = client.get("/api/v1/values?limit=" + quote_from_bytes(raw))
+    text = raw.decode("latin-1")
+    if re.fullmatch(r"-?[0-9]{1,20}", text) and 0 <= int(text) <= MAX_LIMIT:
+        assert reply.code == 200 and reply.json()["limit"] == int(text)
+    else:
+        assert reply.code == 400 and reply.json()["error"] == "bad-parameter"
