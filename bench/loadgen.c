@@ -104,6 +104,8 @@ static uint64_t t0;
 static uint64_t end_send_ns;
 static int sending = 1;
 static int connecting_now = 0;
+static int *waiting; /* clients whose connect time passed while too many connects were in progress */
+static long long wait_head = 0, wait_tail = 0;
 static int is_flood = 0;
 
 static uint64_t last_rx_ns = 0;
@@ -125,7 +127,7 @@ typedef struct {
     uint32_t *v;
     size_t n, cap;
 } samples_t;
-static samples_t lat_req, lat_array, lat_register, lat_connect, lat_steady, send_lag;
+static samples_t lat_req, lat_array, lat_register, lat_connect, lat_steady, send_lag, send_lag_steady;
 
 static void add_sample(samples_t *s, uint64_t ns) {
     if (s->n == s->cap) {
@@ -311,6 +313,7 @@ static void send_request(conn_t *c, int kind, uint64_t sched) {
     }
     uint64_t t = now_ns();
     add_sample(&send_lag, t > sched ? t - sched : 0);
+    if (all_up_ns && sched >= all_up_ns) add_sample(&send_lag_steady, t > sched ? t - sched : 0);
     q_push(c, sched, t, kind);
     n_requests++;
     n_sent_tokens++;
@@ -323,6 +326,7 @@ static void send_report(conn_t *c, uint64_t sched) {
     int len = sprintf(buf, "%lld ", (long long)c->number);
     uint64_t t = now_ns();
     add_sample(&send_lag, t > sched ? t - sched : 0);
+    if (all_up_ns && sched >= all_up_ns) add_sample(&send_lag_steady, t > sched ? t - sched : 0);
     n_reports++;
     n_sent_tokens++;
     send_bytes(c, buf, len);
@@ -583,13 +587,22 @@ static void on_connected(conn_t *c, uint64_t t) {
     }
 }
 
+/* Start the connects that waited for a free slot. */
+static void drain_waiting(uint64_t t) {
+    while (wait_head < wait_tail && connecting_now < max_connecting && sending) {
+        conn_t *c = &conns[waiting[wait_head++ % n_clients]];
+        if (c->state == ST_INIT) start_connect(c, t);
+    }
+}
+
 /* A timer of `c` is due. */
 static void on_due(conn_t *c, uint64_t t) {
     switch (c->state) {
     case ST_INIT:
         if (connecting_now >= max_connecting) {
-            c->due_ns = t + 1000000; /* wait 1 ms: the ramp respects the listen backlog */
-            heap_update(c->idx);
+            /* Too many connects in progress: wait in line (the ramp respects the backlog). */
+            heap_remove(c->idx);
+            waiting[wait_tail++ % n_clients] = c->idx;
             return;
         }
         start_connect(c, t);
@@ -710,6 +723,7 @@ int main(int argc, char **argv) {
 
     conns = calloc(n_clients, sizeof(conn_t));
     heap = calloc(n_clients, sizeof(int));
+    waiting = calloc(n_clients, sizeof(int));
     epfd = epoll_create1(EPOLL_CLOEXEC);
     t0 = now_ns();
     for (int i = 0; i < n_clients; i++) {
@@ -743,6 +757,13 @@ int main(int argc, char **argv) {
             win_sent1 = n_sent_tokens;
             win_replies1 = n_replies;
             stop_ns = t + (uint64_t)(grace * 1e9);
+            for (; wait_head < wait_tail; wait_head++) {
+                conn_t *c = &conns[waiting[wait_head % n_clients]];
+                if (c->state == ST_INIT) {
+                    n_connect_fail++;
+                    c->state = ST_CLOSED;
+                }
+            }
             while (heap_n) {
                 conn_t *c = &conns[heap[0]];
                 heap_remove(c->idx);
@@ -758,6 +779,7 @@ int main(int argc, char **argv) {
             if (!out || t >= stop_ns) break;
         }
         while (heap_n && conns[heap[0]].due_ns <= t) on_due(&conns[heap[0]], t);
+        drain_waiting(t);
         uint64_t next = sending ? t + 100000000ull : stop_ns;
         if (heap_n && conns[heap[0]].due_ns < next) next = conns[heap[0]].due_ns;
         if (!all_up_ns && up_deadline < next) next = up_deadline;
@@ -822,7 +844,8 @@ int main(int argc, char **argv) {
     print_stats("steady", &lat_steady, 0);
     print_stats("register", &lat_register, 0);
     print_stats("connect", &lat_connect, 0);
-    print_stats("send_lag", &send_lag, 1);
+    print_stats("send_lag", &send_lag, 0);
+    print_stats("send_lag_steady", &send_lag_steady, 1);
     printf("  }\n}\n");
     return 0;
 }

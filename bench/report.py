@@ -83,8 +83,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     if not runs:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, style in (("baseline", "s--"), ("numd", "o-")):
+    for kind, style in (("baseline", "s--"), ("numd", "o-"), ("numd --db :memory:", "^:")):
         points = sorted((r["clients"], r) for r in runs if r["server_kind"] == kind)
+        if not points:
+            continue
         xs = [n for n, _ in points]
         left.plot(xs, [r["latency"]["steady"].get("p99_ms") for _, r in points], style, label=kind)
         right.plot(xs, [100 * (cpu(r) or 0) for _, r in points], style, label=kind)
@@ -120,13 +122,14 @@ def schedule_section(results: dict[str, Any]) -> tuple[str, list[Row]]:
             fmt(steady.get("p99_9_ms")), fmt(steady.get("max_ms")),
             fmt(run["max_reply_gap_ms"]),
             fmt(100 * (cpu(run) or 0), 1),
-            ratio(cpu(run), cpu(base)) if run["server_kind"] == "numd" else "",
+            ratio(cpu(run), cpu(base)) if run["server_kind"] != "baseline" else "",
             fmt(srv.get("rss_per_connection_kb")), fmt(run["ramp_s"]),
             fmt(run["latency"]["connect"].get("max_ms")),
+            fmt(run["latency"].get("send_lag_steady", {}).get("p99_ms")),
         ])
     header = ["clients", "server", "window s", "connected", "connect fail", "drops", "unanswered",
               "errors", "msgs/s in", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "max gap ms",
-              "CPU %", "CPU vs base", "RSS KiB/conn", "ramp s", "connect max ms"]
+              "CPU %", "CPU vs base", "RSS KiB/conn", "ramp s", "connect max ms", "gen lag p99 ms"]
     text = table(header, rows)
     return text, rows
 
@@ -187,6 +190,14 @@ def targets(results: dict[str, Any]) -> list[Row]:
              ratio(rpc, base["server"].get("rss_per_connection_kb")),
              verdict(rpc is not None and rpc < 4 if big == 10000 else None)],
         ]
+    mem = pair.get("numd --db :memory:")
+    if mem and base:
+        ms = mem["latency"]["steady"]
+        rows.append([f"1. for comparison: numd with its store off (`--db :memory:`){note}",
+                     f"p99 {fmt(ms.get('p99_ms'))} ms, p99.9 {fmt(ms.get('p99_9_ms'))} ms, "
+                     f"CPU {fmt(100 * (cpu(mem) or 0), 1)} %, {fmt(mem['server'].get('rss_per_connection_kb'))} KiB/conn, "
+                     f"{mem['drops']} drops, {mem['unanswered']} unanswered, {mem['error_replies']} errors",
+                     f"p99 {fmt(bs.get('p99_ms'))} ms", ratio(cpu(mem), cpu(base)) + " CPU", "informative"])
     pair19 = by_kind(runs, clients=19000)
     if pair19.get("numd") and pair19.get("baseline"):
         n19, b19 = pair19["numd"], pair19["baseline"]
@@ -343,7 +354,9 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
         add("## Counter clients on the real schedule\n")
         add(text + "\n")
         add("Latency columns are the steady window's requests and arrays (ms); CPU is the server's average "
-            "over that window.\n")
+            "over that window. \"gen lag\" is how late the load generator itself sent (p99, steady window): "
+            "when it is large the machine, not the server, was short of CPU. \"numd --db :memory:\" is "
+            "numd with its SQLite store off, to show what the store costs.\n")
         if has_plot:
             add("![p99 latency and CPU against the number of clients](performance.png)\n")
     frows = flood_rows(results)
@@ -396,6 +409,16 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
         rows = [[k, fmt(v.get("stored_values", 0)), ", ".join(f"{t:.2f}" for t in v["runs"])]
                 for k, v in start.items()]
         add(table(["server", "stored values", "seconds to accepting (each start)"], rows) + "\n")
+    micro = results.get("micro") or {}
+    if micro.get("results"):
+        add("## Per-message cost in process (no sockets)\n")
+        add("`bench/microbench.py` feeds the same reads to numd's protocol (built by its own `makeService`, "
+            "store off) and to the baseline's through a `StringTransport`, so only Python work is timed: "
+            "no kernel, no reactor, no other process. Best of 3, microseconds per token.\n")
+        labels = list(next(iter(micro["results"].values())).keys())
+        rows = [[name] + [fmt(row.get(label), 3) if not isinstance(row.get(label), str) else row[label]
+                          for label in labels] for name, row in micro["results"].items()]
+        add(table(["server"] + labels, rows) + "\n")
     profiles = [(r["server_kind"], r["profile"]) for r in results.get("flood") or [] if r.get("profile")]
     if profiles:
         add("## Where the time goes (py-spy, W=64 flood)\n")
@@ -403,6 +426,8 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
             add(f"**{kind}** ({prof['samples']:,} samples), share of samples by function, self time:\n")
             add(table(["function (file:line)", "% self"], [[f"`{n}`", f"{p}"] for n, p in prof["self"][:12]])
                 + "\n")
+            add(table(["function (file:line)", "% inclusive"],
+                      [[f"`{n}`", f"{p}"] for n, p in prof["inclusive"] if p < 95][:12]) + "\n")
     return "\n".join(out)
 
 
