@@ -377,7 +377,7 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         total += count
@@ -668,13 +668,21 @@ def main() -> None:
                                           (1, True, ("baseline", "numd"))):
                 for kind in kinds:
                     log(f"flood {kind} W={window} log={'on' if log_on else 'off'}")
-                    prof = None
-                    if cfg.profile and window == 64 and log_on:
-                        prof = profile_dir / f"profile-{kind}-w64.txt"
                     r = run_flood(kind, window, 100, cfg.flood_seconds, workdir, numd_help,
-                                  log_on=log_on, profile=prof)
+                                  log_on=log_on)
                     r["server_kind"] = kind
                     results["flood"].append(r)
+                    save()
+            if cfg.profile:
+                # Separate runs, so that the sampling never touches the figures above.
+                results["profiles"] = {}
+                for kind in ("baseline", "numd"):
+                    log(f"flood {kind} W=64 under py-spy")
+                    prof = out_path.parent / f"profile-{kind}-w64.txt"
+                    r = run_flood(kind, 64, 100, max(cfg.flood_seconds, 10), workdir, numd_help,
+                                  profile=prof)
+                    results["profiles"][kind] = {"profile": r.get("profile"),
+                                                 "replies_per_s": r["replies_per_s"]}
                     save()
         if want("arrays"):
             results["arrays"] = {}

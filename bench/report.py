@@ -419,9 +419,12 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
         rows = [[name] + [fmt(row.get(label), 3) if not isinstance(row.get(label), str) else row[label]
                           for label in labels] for name, row in micro["results"].items()]
         add(table(["server"] + labels, rows) + "\n")
-    profiles = [(r["server_kind"], r["profile"]) for r in results.get("flood") or [] if r.get("profile")]
+    profiles = [(k, v["profile"]) for k, v in (results.get("profiles") or {}).items() if v.get("profile")]
     if profiles:
         add("## Where the time goes (py-spy, W=64 flood)\n")
+        add("Separate W=64 flood runs under `py-spy record --nonblocking -r 250` (not the runs above). "
+            "Without `--native`, time in C code is charged to the Python line that called it, and "
+            "non-blocking sampling can misplace a sample by a line, so read these at the function level.\n")
         for kind, prof in profiles:
             add(f"**{kind}** ({prof['samples']:,} samples), share of samples by function, self time:\n")
             add(table(["function (file:line)", "% self"], [[f"`{n}`", f"{p}"] for n, p in prof["self"][:12]])
