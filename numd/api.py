@@ -99,6 +99,17 @@ def _query_int(
     return value
 
 
+_JSON_KINDS = {
+    bool: "boolean",
+    float: "float",
+    str: "string",
+    type(None): "null",
+    list: "nested array",
+    dict: "object",
+}
+"""How `parse_values` names what it got instead of an integer."""
+
+
 def parse_values(body: bytes) -> list[int]:
     """The integers of a JSON body: one integer, or an array of one or more.
 
@@ -118,11 +129,7 @@ def parse_values(body: bytes) -> list[int]:
         )
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            kind = "boolean" if isinstance(item, bool) else type(item).__name__
-            if isinstance(item, float):
-                kind = "float"
-            elif item is None:
-                kind = "null"
+            kind = _JSON_KINDS.get(type(item), type(item).__name__)
             raise ApiError(
                 400,
                 "bad-value",
