@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pytest_twisted
 import treq
 from twisted.web.client import HTTPConnectionPool
 
-from .daemon import Daemon, free_port, recv_tokens, running_numd, wait_for_port
+from .daemon import TWISTD, Daemon, free_port, recv_tokens, running_numd, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,3 +191,41 @@ async def test_health_readiness_and_metrics(
 def test_sigterm_still_exits_cleanly_with_the_api(api_daemon: ApiDaemon) -> None:
     """SIGTERM stops the daemon with its HTTP and legacy listeners, exit code 0."""
     assert api_daemon.daemon.stop() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_tac_file_serves_the_api(
+    tmp_path: Path, pool: HTTPConnectionPool
+) -> None:
+    """`twistd -ny numd.tac` serves the HTTP API too, with the options from NUMD_OPTIONS."""
+    counter_port, api_port = free_port(), free_port()
+    options = (
+        f"--listen tcp:{counter_port}:interface=127.0.0.1 "
+        f"--api-listen tcp:{api_port}:interface=127.0.0.1 --legacy-routes"
+    )
+    env = {
+        **os.environ,
+        "NUMD_OPTIONS": options,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    process = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "-y", str(ROOT / "numd.tac")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(api_port, process)
+        base = f"http://127.0.0.1:{api_port}"
+        assert await http("GET", base + "/healthz", pool) == (200, {"status": "ok"})
+        code, text = await http("GET", base + "/get_array", pool)
+        assert (code, text.endswith("Array Size: 0, Array: SortedList([])")) == (
+            200,
+            True,
+        )
+    finally:
+        process.kill()
+        process.wait(10)
