@@ -57,11 +57,30 @@ def boost() -> None:
         pass
 
 
+_taken: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port of 127.0.0.1 that is free now, below the ephemeral range.
+
+    Ports the kernel hands out to client sockets (32768-60999 here) are avoided:
+    the load generator's tens of thousands of connections use them, and a server
+    told to listen on one of them can find it taken.
+    """
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def wait_listening(port: int, deadline: float, proc: subprocess.Popen[bytes]) -> bool:
@@ -109,6 +128,7 @@ class Server:
             if "--api-listen" in numd_help:
                 http = self.http_port or free_port()
                 self.http_port = http if api else 0
+                self.api_port = http
                 self.argv += ["--api-listen", f"tcp:{http}:interface=127.0.0.1"]
             if max_clients and "--max-clients" in numd_help:
                 self.argv += ["--max-clients", str(max_clients)]
@@ -124,7 +144,25 @@ class Server:
         self.startup_s: float | None = None
 
     def start(self) -> None:
-        """Start and wait until the counter port accepts (at most 30 s)."""
+        """Start and wait until the counter port accepts (at most 30 s); retry once on new ports."""
+        try:
+            self._start()
+        except RuntimeError as e:
+            log(f"{self.kind} failed to start, retrying on other ports: {str(e)[-300:]}")
+            old = (self.port, self.http_port)
+            self.port, self.http_port = free_port(), free_port() if self.http_port else 0
+            api_old = getattr(self, "api_port", 0)
+            api_new = self.http_port or (free_port() if api_old else 0)
+            self.argv = [a.replace(f"tcp:{old[0]}:", f"tcp:{self.port}:") for a in self.argv]
+            if api_old:
+                self.argv = [a.replace(f"tcp:{api_old}:", f"tcp:{api_new}:") for a in self.argv]
+                self.api_port = api_new
+            if self.kind == "baseline":
+                self.argv = [str(self.port) if a == str(old[0]) else
+                             (str(self.http_port) if old[1] and a == str(old[1]) else a) for a in self.argv]
+            self._start()
+
+    def _start(self) -> None:
         started = time.monotonic()
         self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=self.stdout,
                                      stderr=subprocess.STDOUT, preexec_fn=boost)
