@@ -440,12 +440,14 @@ class Store(Service):
         started = time.perf_counter()
         try:
             db = Database(self.path)
-            clients = db.load_clients()
-            values = list(db.load_values())
         except StoreError as e:
             raise SystemExit(f"numd: {e}") from None
+        try:
+            clients = db.load_clients()
+            values = list(db.load_values())
         except sqlite3.Error as e:
-            raise SystemExit(f"numd: cannot read the database {self.path}: {e}") from None
+            db.close()
+            raise SystemExit(f"numd: cannot use the database {self.path}: {e}") from None
         self._db = db
         service = self.service
         service.clients.clear()

@@ -204,3 +204,19 @@ def test_a_corrupt_database_stops_twistd_with_one_line(tmp_path: Path) -> None:
     assert f"numd: cannot use the database {db}: file is not a database" in out
     assert "Traceback" not in out
     assert "starting on" not in out, "no listener was started"
+
+
+def test_sigterm_keeps_the_last_reports(tmp_path: Path) -> None:
+    """A report made just before SIGTERM (inside the once-a-second window) is the start number after a restart."""
+    from .daemon import recv_tokens
+
+    db = str(tmp_path / "numd.db")
+    for expected_start, report in ((b"0", b"1080"), (b"1080", b"1081")):
+        api_port = free_port()
+        with running_numd(tmp_path, "--db", db, "--api-listen", f"tcp:{api_port}:interface=127.0.0.1") as numd:
+            with numd.connect(timeout=5) as sock:
+                sock.sendall(b"7 ")
+                assert recv_tokens(sock, 1) == [expected_start]
+                sock.sendall(report + b" even ")
+                assert recv_tokens(sock, 1)[0].isdigit()
+            assert numd.stop() == 0
