@@ -12,6 +12,7 @@ random moment. Stops at the first violation and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The daemons import numd from this checkout too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 from tests.test_crash import Model, crash_round, final_check  # noqa: E402
 

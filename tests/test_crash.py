@@ -10,19 +10,30 @@ SIGKILL at a random moment. bench/crash_rounds.py runs many rounds of the same.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .daemon import free_port, running_numd
+from .daemon import Daemon, free_port, running_numd, wait_for_port
 
 pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def checkout_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons started here import numd from this checkout, new modules included."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 WINDOW = 16
 """Arrays in flight at once on the counter connection."""
@@ -50,6 +61,30 @@ class Model:
         unknown = present - self.acked - self.maybe
         assert not unknown, f"{len(unknown)} values stored that should not be, e.g. {sorted(unknown)[:5]}"
         self.acked, self.maybe = present, set()
+
+
+@contextmanager
+def numd_with_api(directory: Path, *args: str) -> Iterator[tuple[Daemon, int]]:
+    """`running_numd` with its HTTP API on a free port too; yields the daemon and the API port.
+
+    Both ports are picked free but bound later, so another process (or the two picks
+    landing on one port) can take one first: numd then exits at start-up, and this
+    tries again with new ports, up to three times.
+    """
+    for attempt in range(3):
+        with ExitStack() as stack:
+            api_port = free_port()
+            try:
+                numd = stack.enter_context(
+                    running_numd(directory, *args, "--api-listen", f"tcp:{api_port}:interface=127.0.0.1")
+                )
+                wait_for_port(api_port, numd.process)
+            except RuntimeError:
+                if attempt == 2 or "cannot listen" not in (directory / "twistd.out").read_text():
+                    raise
+                continue
+            yield numd, api_port
+            return
 
 
 def stored_values(api_port: int) -> list[int]:
@@ -107,14 +142,9 @@ class Adder:
 
 def crash_round(directory: Path, model: Model, rng: random.Random, sync: str = "everysec") -> None:
     """Start numd on ``directory/numd.db``, check it against `model`, add values, kill -9 it."""
-    api_port = free_port()
-    with running_numd(
-        directory,
-        "--db", str(directory / "numd.db"),
-        "--sync", sync,
-        "--reply-cap", "64",
-        "--api-listen", f"tcp:{api_port}:interface=127.0.0.1",
-    ) as numd:  # fmt: skip
+    with numd_with_api(
+        directory, "--db", str(directory / "numd.db"), "--sync", sync, "--reply-cap", "64"
+    ) as (numd, api_port):
         model.check(stored_values(api_port))
         kill_at = time.monotonic() + rng.uniform(0.05, 0.6)
         clear_at = time.monotonic() + rng.uniform(0.0, 0.6) if rng.random() < 0.4 else None
@@ -139,10 +169,7 @@ def crash_round(directory: Path, model: Model, rng: random.Random, sync: str = "
 
 def final_check(directory: Path, model: Model) -> None:
     """Start numd once more and check it holds exactly what the last round left."""
-    api_port = free_port()
-    with running_numd(
-        directory, "--db", str(directory / "numd.db"), "--api-listen", f"tcp:{api_port}:interface=127.0.0.1"
-    ) as numd:
+    with numd_with_api(directory, "--db", str(directory / "numd.db")) as (numd, api_port):
         model.check(stored_values(api_port))
         assert numd.stop() == 0
 
@@ -162,10 +189,7 @@ def test_acknowledged_adds_and_clears_survive_kill_9(tmp_path: Path) -> None:
 def test_a_clear_survives_kill_9(tmp_path: Path) -> None:
     """An acknowledged clear right before the crash is still a clear after the restart."""
     model = Model()
-    api_port = free_port()
-    with running_numd(
-        tmp_path, "--db", str(tmp_path / "numd.db"), "--api-listen", f"tcp:{api_port}:interface=127.0.0.1"
-    ) as numd:
+    with numd_with_api(tmp_path, "--db", str(tmp_path / "numd.db")) as (numd, api_port):
         adder = Adder(numd.connect(timeout=5), model)
         try:
             adder.send_more()
@@ -212,8 +236,7 @@ def test_sigterm_keeps_the_last_reports(tmp_path: Path) -> None:
 
     db = str(tmp_path / "numd.db")
     for expected_start, report in ((b"0", b"1080"), (b"1080", b"1081")):
-        api_port = free_port()
-        with running_numd(tmp_path, "--db", db, "--api-listen", f"tcp:{api_port}:interface=127.0.0.1") as numd:
+        with numd_with_api(tmp_path, "--db", db) as (numd, _):
             with numd.connect(timeout=5) as sock:
                 sock.sendall(b"7 ")
                 assert recv_tokens(sock, 1) == [expected_start]
