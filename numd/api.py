@@ -26,7 +26,7 @@ import functools
 import io
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from numd.http_guard import Guard, GuardedRequest, json_response
 from numd.messagelog import MessageLog
 from numd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from numd.metrics import Metrics
@@ -52,6 +53,10 @@ MAX_LIMIT = 1000
 """The largest ``limit`` accepted, so a huge list is never sent whole by accident."""
 DEFAULT_MAX_BODY = 64 * 1024
 """Largest request body accepted, in bytes; a larger one gets 413."""
+DEFAULT_REQUEST_TIMEOUT = 10.0
+"""Seconds a request's line, headers and body may take to arrive; then 408."""
+DEFAULT_IDLE_TIMEOUT = 60.0
+"""Seconds an HTTP connection may sit idle between requests before it is closed."""
 
 JSON_TYPE = b"application/json"
 LEGACY_TYPE = b"text/html; charset=utf-8"
@@ -66,6 +71,18 @@ ReadyCheck = Callable[[], bool]
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
+STATE_CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+LEGACY_STATE_CHANGING_PATHS = frozenset({b"/add_value", b"/clean_array"})
+
+
+def changes_state(request: IRequest) -> bool:
+    """Whether a request may change state: a write method, or a legacy GET that writes."""
+    if request.method in STATE_CHANGING_METHODS:
+        return True
+    path = request.path.split(b"?", 1)[0].rstrip(b"/")  # type: ignore[attr-defined]
+    return path in LEGACY_STATE_CHANGING_PATHS
+
+
 class ApiError(Exception):
     """An error answered as ``{"error": code, "message": message}`` with `status`."""
 
@@ -76,11 +93,7 @@ class ApiError(Exception):
         self.message = message
 
 
-def _json(request: IRequest, body: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_TYPE)
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+_json = json_response
 
 
 def _query_int(
@@ -158,13 +171,26 @@ class _CappedBody(io.BytesIO):
 
 
 class ApiSite(Site):
-    """A `Site` whose request bodies are held in memory up to the API's cap only."""
+    """A `Site` that refuses big bodies and slow requests early (see `numd.http_guard`).
+
+    Request bodies are held in memory up to the API's cap only; a connection idle
+    for `idle_timeout` seconds between requests is closed.
+    """
+
+    requestFactory = GuardedRequest
+
 
     def __init__(
-        self, resource: IResource, max_body: int = DEFAULT_MAX_BODY, **kwargs: Any
+        self,
+        resource: IResource,
+        max_body: int = DEFAULT_MAX_BODY,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, timeout=idle_timeout, **kwargs)
         self.max_body = max_body
+        self.request_timeout = request_timeout
 
     def getContentFile(self, length: int | None) -> io.BytesIO:
         """Twisted's hook for where a request body goes: a capped in-memory file."""
@@ -229,6 +255,10 @@ class NumdApi:
         legacy_routes: bool = False,
         max_body: int = DEFAULT_MAX_BODY,
         ready_checks: Mapping[str, ReadyCheck] | None = None,
+        token: str | None = None,
+        allowed_hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] = (),
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self.service = service
         self.message_log = message_log
@@ -236,16 +266,35 @@ class NumdApi:
         self.legacy_routes = legacy_routes
         self.max_body = max_body
         self.ready_checks = dict(ready_checks or {})
+        self.token = token
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.cors_origins = tuple(cors_origins)
+        self.request_timeout = request_timeout
         self._openapi = _openapi_document(legacy_routes)
 
     def resource(self) -> IResource:
         """The Klein resource serving every route."""
         return self.app.resource()
 
+    def guarded_resource(self) -> IResource:
+        """The routes behind the Host allowlist, the token check and CORS."""
+        return Guard(
+            self.resource(),
+            changes_state=changes_state,
+            token=self.token,
+            allowed_hosts=self.allowed_hosts,
+            cors_origins=self.cors_origins,
+        )
+
     def site(self, reactor: IReactorTime | None = None) -> ApiSite:
-        """A `Site` for this API, with request bodies capped at `max_body`."""
+        """A `Site` for this API: guarded routes, bodies capped at `max_body`, deadlines."""
         kwargs: dict[str, Any] = {} if reactor is None else {"reactor": reactor}
-        return ApiSite(self.resource(), max_body=self.max_body, **kwargs)
+        return ApiSite(
+            self.guarded_resource(),
+            max_body=self.max_body,
+            request_timeout=self.request_timeout,
+            **kwargs,
+        )
 
     # -- plumbing ------------------------------------------------------------------
 

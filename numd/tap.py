@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -21,6 +22,7 @@ from twisted.web.server import Site
 from numd.api import DEFAULT_MAX_BODY, NumdApi
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
 from numd.legacy_array import LegacyArrayFactory
+from numd.http_guard import is_loopback_name
 from numd.messagelog import MessageLog
 from numd.metrics import Metrics
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
@@ -31,6 +33,8 @@ from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES, Store, make_store
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
+API_TOKEN_ENV = "NUMD_API_TOKEN"
+"""Environment variable that may hold the API token (never a command-line value)."""
 
 
 def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = None) -> Any:
@@ -178,6 +182,21 @@ class Options(usage.Options):
             _checked("max-body", int, 1),
         ],
         [
+            "request-timeout",
+            None,
+            10.0,
+            "Seconds an HTTP request's line, headers and body may take to arrive; "
+            "a slower one gets 408 and is closed.",
+            _checked("request-timeout", float, 0.1),
+        ],
+        [
+            "api-token-file",
+            None,
+            None,
+            f"File holding the API token (or set ${API_TOKEN_ENV}). With a token, "
+            "every HTTP request that changes state needs Authorization: Bearer <token>.",
+        ],
+        [
             "legacy-array-listen",
             None,
             None,
@@ -196,6 +215,12 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         [
+            "allow-remote",
+            None,
+            "Allow listening on non-loopback interfaces without an API token "
+            "(the counter protocol never has authentication).",
+        ],
+        [
             "legacy-routes",
             None,
             "Serve the older server's plain-text routes /get_array, /add_value and "
@@ -206,10 +231,21 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["allowed-host"] = []
+        self["cors-origin"] = []
+        self["api-token"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """Counter protocol endpoint (repeatable) [default: tcp:2004:interface=127.0.0.1]"""
         self["listen"].append(endpoint)
+
+    def opt_allowed_host(self, name: str) -> None:
+        """Host name the HTTP API answers besides the loopback names (repeatable; * for any)"""
+        self["allowed-host"].append(name.lower())
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin allowed to call the HTTP API from a browser (repeatable) [default: none]"""
+        self["cors-origin"].append(origin)
 
     def postOptions(self) -> None:
         """Fill in defaults and reject values that cannot work, with a clear message."""
@@ -226,12 +262,67 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--message-log: directory {directory} does not exist or is not writable"
             )
+        self["api-token"] = _read_api_token(self["api-token-file"])
+        _check_exposure(self)
         if self["db"] != MEMORY:
             directory = os.path.dirname(os.path.abspath(self["db"]))
             if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
                 raise usage.UsageError(
                     f"--db: directory {directory} does not exist or is not writable"
                 )
+
+
+def _read_api_token(path: str | None) -> str | None:
+    """The API token from --api-token-file, else from $NUMD_API_TOKEN, else None."""
+    if path is None:
+        token = os.environ.get(API_TOKEN_ENV, "").strip()
+        return token or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--api-token-file: cannot read {path}: {e}") from None
+    if not token or any(c.isspace() for c in token):
+        raise usage.UsageError(
+            f"--api-token-file: {path} must hold one token (no spaces), not be empty"
+        )
+    return token
+
+
+def endpoint_is_loopback(description: str) -> bool:
+    """Whether a server endpoint string listens on loopback (or a local socket) only."""
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = ""
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface=") :].replace("\\:", ":")
+    return bool(interface) and is_loopback_name(interface.lower())
+
+
+def _check_exposure(config: Options) -> None:
+    """Refuse to listen beyond loopback without protection, with a message that says what to do."""
+    if config["allow-remote"]:
+        return
+    counter = list(config["listen"])
+    if config["legacy-array-listen"] is not None:
+        counter.append(config["legacy-array-listen"])
+    for description in counter:
+        if not endpoint_is_loopback(description):
+            raise usage.UsageError(
+                f"refusing to listen on {description}: it is not a loopback interface and "
+                "the counter protocol has no authentication; pass --allow-remote to do it anyway"
+            )
+    if not endpoint_is_loopback(config["api-listen"]) and config["api-token"] is None:
+        raise usage.UsageError(
+            f"refusing to serve the HTTP API on {config['api-listen']}: it is not a loopback "
+            f"interface; set an API token (--api-token-file or ${API_TOKEN_ENV}) or pass "
+            "--allow-remote"
+        )
 
 
 LISTEN_BACKLOG = 4096
@@ -354,6 +445,10 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         legacy_routes=bool(config["legacy-routes"]),
         max_body=config["max-body"],
         ready_checks=ready_checks,
+        token=config["api-token"],
+        allowed_hosts=config["allowed-host"],
+        cors_origins=config["cors-origin"],
+        request_timeout=config["request-timeout"],
     )
     site = api.site(reactor)
     api.ready_checks["api_listener"] = lambda: site.numPorts >= 1

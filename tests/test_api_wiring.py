@@ -44,7 +44,7 @@ def get_json(resource: Any, path: str) -> tuple[int, Any]:
     """Status and JSON body of one GET through StubTreq."""
     stub = StubTreq(resource)
     results: list[Any] = []
-    stub.get("http://numd.test" + path).addCallback(
+    stub.get("http://127.0.0.1:8080" + path).addCallback(
         lambda r: r.json().addCallback(lambda body: (r.code, body))
     ).addBoth(results.append)
     stub.flush()
