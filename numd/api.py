@@ -433,17 +433,21 @@ class NumdApi:
 
     @_route("/readyz", "GET")
     def readyz(self, request: IRequest) -> bytes:
-        """Every listener is up and the message log is writable (else 503)."""
+        """Every listener is up and the message log is writable (else 503).
+
+        The status is ``ready``, ``not-ready`` (a listener is down) or
+        ``degraded`` (serving, but the message log is dropping records).
+        """
         checks = {
             name: bool(check()) for name, check in sorted(self.ready_checks.items())
         }
+        status = "ready" if all(checks.values()) else "not-ready"
         if self.message_log is not None:
             checks["message_log_writable"] = self.message_log.writable
-        ready = all(checks.values())
+            if status == "ready" and not self.message_log.writable:
+                status = "degraded"
         return _json(
-            request,
-            {"status": "ready" if ready else "not-ready", "checks": checks},
-            200 if ready else 503,
+            request, {"status": status, "checks": checks}, 200 if status == "ready" else 503
         )
 
     @_route("/metrics", "GET")

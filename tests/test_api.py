@@ -480,11 +480,11 @@ def test_readyz_when_a_listener_is_down(make_client: Callable[..., Client]) -> N
 def test_readyz_when_the_message_log_is_not_writable(
     client: Client, message_log: MessageLog
 ) -> None:
-    """/readyz is 503 while the message log cannot be written."""
+    """/readyz is 503 "degraded" while the message log cannot be written."""
     message_log.writable = False
     reply = client.get("/readyz")
     assert reply.code == 503
-    assert reply.json()["checks"] == {"message_log_writable": False}
+    assert reply.json() == {"status": "degraded", "checks": {"message_log_writable": False}}
 
 
 # -- metrics and the document ----------------------------------------------------------------------

@@ -305,3 +305,42 @@ async def test_request_in_time_is_served_and_its_deadline_cancelled(service: Num
     assert answer.startswith(b"HTTP/1.1 200 ")
     pending = [c for c in clock.getDelayedCalls() if "_too_slow" in repr(c.func)]
     assert not pending
+
+
+# 15. An unwritable message log: numd keeps serving, /readyz says degraded, a metric counts drops
+
+
+def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
+    """When the log cannot be written, clients are still answered, /readyz is degraded, drops are counted."""
+    from numd.messagelog import MessageLog
+    from numd.metrics import Metrics
+    from numd.protocol import CounterFactory
+    from numd.stats import Stats
+
+    from .counter_client import FakeClient
+
+    clock = Clock()
+    service = NumberService(clock, random.Random(1))
+    log = MessageLog(str(tmp_path / "m.log"), clock)
+    log.startService()
+    stats = Stats()
+    factory = CounterFactory(service, log, stats, clock)
+    metrics = Metrics(service, log)
+    metrics.add_stats("counter", stats)
+    api = NumdApi(service, message_log=log, metrics=metrics)
+
+    def disk_full(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    log._file.write = disk_full  # type: ignore[union-attr,method-assign]
+    client = FakeClient(factory)
+    assert client.send(b"1 odd ")[0] == b"0"
+    log.flush()
+    assert len(client.send(b"even [3] ")) == 2
+    log.flush()
+    code, _, body = call(api.guarded_resource(), "GET", "http://127.0.0.1/readyz")
+    assert code == 503 and '"degraded"' in body
+    _, _, text = call(api.guarded_resource(), "GET", "http://127.0.0.1/metrics")
+    dropped = [line for line in text.splitlines() if line.startswith("numd_message_log_records_dropped_total")]
+    assert dropped and float(dropped[0].split()[-1]) >= 6
+    log.stopService()
