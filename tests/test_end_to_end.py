@@ -49,21 +49,24 @@ def test_old_client_session_is_served_and_logged(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-def test_sigterm_closes_live_clients_and_flushes(tmp_path: Path) -> None:
-    """SIGTERM with clients connected: they see the connection close, the log is complete, exit 0."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_closes_live_clients_and_flushes(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM or SIGINT with clients connected: they see the connection close, the log is
+    complete, exit 0 within 5 s, no traceback."""
     with running_numd(tmp_path) as numd:
         socks = [numd.connect() for _ in range(3)]
         for i, sock in enumerate(socks):
             sock.sendall(b"%d 7 " % i)
             assert recv_tokens(sock, 1) == [b"0"]
         started = time.monotonic()
-        assert numd.stop(signal.SIGTERM) == 0
+        assert numd.stop(sig) == 0
         assert time.monotonic() - started < 5
         for sock in socks:
             assert sock.recv(10) == b""
             sock.close()
     log = records(numd.message_log)
     assert sum(1 for r in log if r.get("event") == "disconnect" and r["id"] is not None) == 3
+    assert "Traceback" not in numd.output.read_text()
     assert sum(1 for r in log if r.get("msg") == "7") == 3
 
 
