@@ -17,6 +17,23 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 """The twistd command line, run by the interpreter running the tests."""
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for numd subprocesses: this checkout's `numd` first on the path.
+
+    A strict editable install links only the modules that existed when it was
+    made; putting the checkout first makes subprocesses run the code under test.
+    """
+    path = os.environ.get("PYTHONPATH")
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT) if not path else f"{ROOT}{os.pathsep}{path}",
+    }
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -89,7 +106,7 @@ def running_numd(directory: Path, *args: str, plugin: str = "numd") -> Iterator[
             cwd=directory,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=subprocess_env(),
         )
     daemon = Daemon(process, port, api_port, directory, output)
     try:

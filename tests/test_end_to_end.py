@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import free_port, recv_tokens, running_numd, TWISTD
+from .daemon import TWISTD, free_port, recv_tokens, running_numd, subprocess_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,6 +84,7 @@ def test_busy_port_fails_clearly(tmp_path: Path) -> None:
                 "--api-listen", "tcp:0:interface=127.0.0.1",
             ],  # fmt: skip
             cwd=other,
+            env=subprocess_env(),
             capture_output=True,
             timeout=30,
         )
@@ -107,7 +108,7 @@ def test_tac_file_runs(tmp_path: Path) -> None:
         [*TWISTD, "-n", "--pidfile=", "-y", str(tac)],
         cwd=tmp_path,
         env={
-            **os.environ,
+            **subprocess_env(),
             "NUMD_OPTIONS": f"--listen tcp:{port}:interface=127.0.0.1 "
             "--api-listen tcp:0:interface=127.0.0.1",
         },
