@@ -612,6 +612,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(BENCH / "results" / "results.json"))
     parser.add_argument("--only", default="", help="comma list: micro,startup,schedule,flood,arrays,http")
     parser.add_argument("--profile", action="store_true", help="py-spy the W=64 floods")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the 10,000-client point this many times (interleaved); the report "
+                        "uses the median")
+    parser.add_argument("--merge", action="store_true",
+                        help="update the --out file: replace only the parts run now (schedule points "
+                        "by number of clients)")
     parser.add_argument("--numd-args", default="", help="extra numd options, e.g. '--db :memory:'")
     parser.add_argument("--sweep", default="", help="clients:seconds list for the schedule runs, "
                         "e.g. 5000:15,19000:15 (default 1000:30,5000:30,10000:60,19000:60)")
@@ -645,7 +651,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="numd-bench-"))
     out_path = Path(cfg.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
+    previous: dict[str, Any] = {}
+    if cfg.merge and out_path.exists():
+        previous = json.loads(out_path.read_text())
+    results: dict[str, Any] = dict(previous)
+    results.update({
         "quick": cfg.quick,
         "machine": machine(),
         "settings": {"ramp_per_s": cfg.ramp, "array_share": cfg.array_share,
@@ -658,7 +668,9 @@ def main() -> None:
             "max_clients": "--max-clients" in numd_help,
             "store": "--db" in numd_help,
         },
-    }
+    })
+    if previous:
+        results["machine_first_run"] = previous.get("machine_first_run", previous.get("machine"))
 
     def save() -> None:
         out_path.write_text(json.dumps(results, indent=1))
@@ -683,22 +695,24 @@ def main() -> None:
                                                                 stored=cfg.list_values)
             save()
         if want("schedule"):
-            results["schedule"] = []
+            sizes = {clients for clients, _ in cfg.sweep}
+            results["schedule"] = [r for r in previous.get("schedule", []) if r["clients"] not in sizes]
+            target = 10000 if 10000 in sizes else cfg.sweep[-2 if len(cfg.sweep) > 1 else -1][0]
             for clients, seconds in cfg.sweep:
-                for kind in ("baseline", "numd"):
-                    log(f"schedule {kind} {clients} clients {seconds} s")
-                    r = run_schedule(cfg, kind, clients, seconds, workdir, numd_help)
-                    r["server_kind"] = kind
-                    results["schedule"].append(r)
-                    save()
-                if clients == cfg.sweep[-2 if len(cfg.sweep) > 1 else -1][0] and "--db" in numd_help:
-                    # The same load with numd's SQLite store off, to show what the store costs.
-                    log(f"schedule numd --db :memory: {clients} clients {seconds} s")
-                    r = run_schedule(cfg, "numd", clients, seconds, workdir, numd_help,
-                                     extra=["--db", ":memory:"])
-                    r["server_kind"] = "numd --db :memory:"
-                    results["schedule"].append(r)
-                    save()
+                reps = cfg.repeat if clients == target else 1
+                for rep in range(reps):
+                    kinds = [("baseline", None), ("numd", None)]
+                    if clients == target and "--db" in numd_help:
+                        # The same load with numd's SQLite store off, to show what the store costs.
+                        kinds.append(("numd --db :memory:", ["--db", ":memory:"]))
+                    for label, extra in kinds:
+                        log(f"schedule {label} {clients} clients {seconds} s (run {rep + 1}/{reps})")
+                        kind = "baseline" if label == "baseline" else "numd"
+                        r = run_schedule(cfg, kind, clients, seconds, workdir, numd_help, extra=extra)
+                        r["server_kind"] = label
+                        r["rep"] = rep + 1
+                        results["schedule"].append(r)
+                        save()
         if want("flood"):
             results["flood"] = []
             profile_dir = out_path.parent
@@ -735,7 +749,7 @@ def main() -> None:
                 results["http"][kind] = run_http(cfg, kind, workdir, numd_help)
                 save()
     finally:
-        results["bench_seconds"] = time.monotonic() - started
+        results["bench_seconds"] = previous.get("bench_seconds", 0) + time.monotonic() - started
         save()
         shutil.rmtree(workdir, ignore_errors=True)
         for path in Path("/dev/shm").glob(f"numd-bench-{os.getpid()}.log*"):

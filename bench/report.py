@@ -54,12 +54,25 @@ def verdict(ok: bool | None) -> str:
 
 
 def by_kind(runs: list[dict[str, Any]], **match: Any) -> dict[str, dict[str, Any]]:
-    """The runs matching every key, indexed by server kind."""
-    out = {}
+    """The runs matching every key, indexed by server kind.
+
+    Where a point was run several times, the run with the median steady p99 stands
+    for it (all its figures come from that one run).
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         if all(run.get(k) == v for k, v in match.items()):
-            out[run["server_kind"]] = run
+            groups.setdefault(run["server_kind"], []).append(run)
+    out = {}
+    for kind, group in groups.items():
+        group = sorted(group, key=lambda r: r["latency"]["steady"].get("p99_ms", float("inf")))
+        out[kind] = group[(len(group) - 1) // 2]
     return out
+
+
+def reps(runs: list[dict[str, Any]], clients: int, kind: str) -> int:
+    """How many times a point was run."""
+    return sum(1 for r in runs if r["clients"] == clients and r["server_kind"] == kind)
 
 
 def cpu(run: dict[str, Any] | None) -> float | None:
@@ -84,7 +97,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for kind, style in (("baseline", "s--"), ("numd", "o-"), ("numd --db :memory:", "^:")):
-        points = sorted((r["clients"], r) for r in runs if r["server_kind"] == kind)
+        sizes = sorted({r["clients"] for r in runs if r["server_kind"] == kind})
+        points = [(n, by_kind(runs, clients=n)[kind]) for n in sizes]
         if not points:
             continue
         xs = [n for n, _ in points]
@@ -110,12 +124,12 @@ def schedule_section(results: dict[str, Any]) -> tuple[str, list[Row]]:
     if not runs:
         return "", []
     rows = []
-    for run in sorted(runs, key=lambda r: (r["clients"], r["server_kind"])):
+    for run in sorted(runs, key=lambda r: (r["clients"], r.get("rep", 1), r["server_kind"])):
         steady = run["latency"]["steady"]
         base = by_kind(runs, clients=run["clients"]).get("baseline")
         srv = run["server"]
         rows.append([
-            fmt(run["clients"]), run["server_kind"], fmt(run["window_s"], 0),
+            fmt(run["clients"]), run["server_kind"], str(run.get("rep", 1)), fmt(run["window_s"], 0),
             fmt(run["connected"]), fmt(run["connect_failures"]), fmt(run["drops"]),
             fmt(run["unanswered"]), fmt(run["error_replies"] + run["bad_replies"]),
             fmt(run["sent_per_s"], 0), fmt(steady.get("p50_ms")), fmt(steady.get("p99_ms")),
@@ -127,7 +141,7 @@ def schedule_section(results: dict[str, Any]) -> tuple[str, list[Row]]:
             fmt(run["latency"]["connect"].get("max_ms")),
             fmt(run["latency"].get("send_lag_steady", {}).get("p99_ms")),
         ])
-    header = ["clients", "server", "window s", "connected", "connect fail", "drops", "unanswered",
+    header = ["clients", "server", "run", "window s", "connected", "connect fail", "drops", "unanswered",
               "errors", "msgs/s in", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "max gap ms",
               "CPU %", "CPU vs base", "RSS KiB/conn", "ramp s", "connect max ms", "gen lag p99 ms"]
     text = table(header, rows)
@@ -166,6 +180,9 @@ def targets(results: dict[str, Any]) -> list[Row]:
     pair = by_kind(runs, clients=big) if big else {}
     numd, base = pair.get("numd"), pair.get("baseline")
     note = "" if big == 10000 else f" (quick run: {big} clients, not 10,000)"
+    n_reps = reps(runs, big, "numd") if big else 0
+    if n_reps > 1:
+        note += f" (median of {n_reps} runs)"
     if numd and base:
         clean = all(numd[k] == 0 for k in ("connect_failures", "drops", "unanswered", "error_replies",
                                            "bad_replies")) and numd["connected"] == numd["clients"]
