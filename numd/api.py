@@ -11,6 +11,9 @@ and ``numd/openapi.json`` the exact schema, served at ``/openapi.json``):
 - ``GET /api/v1/clients/<id>``: one client, 404 if unknown
 - ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text),
   ``GET /openapi.json``
+- ``GET /`` (with ``/static/dashboard.css`` and ``/static/dashboard.js``): the live
+  dashboard page; ``GET /api/v1/snapshot`` (JSON) and ``GET /api/v1/events``
+  (Server-Sent Events) carry what it shows (see `numd.dashboard`)
 - with ``legacy_routes``, the older server's plain-text ``/get_array``,
   ``/add_value`` and ``/clean_array``
 
@@ -40,6 +43,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from numd.dashboard import Dashboard
 from numd.http_guard import Guard, GuardedRequest, json_response
 from numd.messagelog import MessageLog
 from numd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -259,6 +263,7 @@ class NumdApi:
         allowed_hosts: Iterable[str] = (),
         cors_origins: Iterable[str] = (),
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.service = service
         self.message_log = message_log
@@ -270,6 +275,7 @@ class NumdApi:
         self.allowed_hosts = tuple(allowed_hosts)
         self.cors_origins = tuple(cors_origins)
         self.request_timeout = request_timeout
+        self.dashboard = dashboard
         self._openapi = _openapi_document(legacy_routes)
 
     def resource(self) -> IResource:
@@ -462,6 +468,47 @@ class NumdApi:
         """The OpenAPI 3 document of the routes this daemon serves."""
         request.setHeader(b"Content-Type", JSON_TYPE)
         return self._openapi
+
+    # -- the dashboard (numd.dashboard) -----------------------------------------------------
+
+    def _dashboard(self) -> Dashboard:
+        if self.dashboard is None:
+            raise NotFound()
+        return self.dashboard
+
+    @_route("/", "GET")
+    def dashboard_page(self, request: IRequest) -> bytes:
+        """The live dashboard page."""
+        return self._dashboard().static(request, "index.html")
+
+    @_route("/static/dashboard.css", "GET")
+    def dashboard_css(self, request: IRequest) -> bytes:
+        """The dashboard's style sheet."""
+        return self._dashboard().static(request, "dashboard.css")
+
+    @_route("/static/dashboard.js", "GET")
+    def dashboard_js(self, request: IRequest) -> bytes:
+        """The dashboard's script."""
+        return self._dashboard().static(request, "dashboard.js")
+
+    @_route(API_PREFIX + "/snapshot", "GET")
+    def snapshot(self, request: IRequest) -> bytes:
+        """Clients, totals and the list's histogram, as the event stream starts with."""
+        return _json(request, self._dashboard().snapshot())
+
+    @_route(API_PREFIX + "/events", "GET")
+    def events(self, request: IRequest) -> Deferred[bytes] | bytes:
+        """Server-Sent Events: a snapshot, then the coalesced changes; 503 past the stream cap."""
+        dashboard = self._dashboard()
+        stream = dashboard.open_stream(request)
+        if stream is None:
+            request.setHeader(b"Retry-After", b"5")
+            raise ApiError(
+                503,
+                "too-many-streams",
+                f"{dashboard.max_streams} event streams are open already; try again later",
+            )
+        return stream
 
     # -- the older server's routes -------------------------------------------------------
 

@@ -20,6 +20,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from numd.api import DEFAULT_MAX_BODY, NumdApi
+from numd.dashboard import Dashboard
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
 from numd.legacy_array import LegacyArrayFactory
 from numd.http_guard import is_loopback_name
@@ -449,6 +450,9 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         allowed_hosts=config["allowed-host"],
         cors_origins=config["cors-origin"],
         request_timeout=config["request-timeout"],
+        dashboard=Dashboard(
+            state, reactor, stats=[top.stats] + ([legacy.stats] if legacy is not None else [])
+        ),
     )
     site = api.site(reactor)
     api.ready_checks["api_listener"] = lambda: site.numPorts >= 1
