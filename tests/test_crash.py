@@ -243,3 +243,35 @@ def test_sigterm_keeps_the_last_reports(tmp_path: Path) -> None:
                 sock.sendall(report + b" even ")
                 assert recv_tokens(sock, 1)[0].isdigit()
             assert numd.stop() == 0
+
+
+@pytest.mark.parametrize("sync,window", [("everysec", 2.0), ("always", 1.0)])
+def test_kill_9_loses_at_most_the_sync_window_of_reports(tmp_path: Path, sync: str, window: float) -> None:
+    """After kill -9 a returning client resumes from a number it reported within the policy's window of the crash.
+
+    Under everysec that is about one second (plus a commit); the bounds leave room for a busy machine.
+    """
+    from .daemon import recv_tokens
+
+    db = str(tmp_path / "numd.db")
+    sent_at: dict[int, float] = {0: 0.0}
+    with numd_with_api(tmp_path, "--db", db, "--sync", sync) as (numd, _):
+        with numd.connect(timeout=5) as sock:
+            sock.sendall(b"7 ")
+            assert recv_tokens(sock, 1) == [b"0"]
+            number, ends = 0, time.monotonic() + 3.5
+            while time.monotonic() < ends:
+                number += 1
+                sock.sendall(b"%d " % number)
+                sent_at[number] = time.monotonic()
+                time.sleep(0.02)
+            numd.process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            numd.process.wait(10)
+    with numd_with_api(tmp_path, "--db", db) as (numd, _):
+        with numd.connect(timeout=5) as sock:
+            sock.sendall(b"7 ")
+            (start,) = recv_tokens(sock, 1)
+        assert numd.stop() == 0
+    assert int(start) in sent_at
+    assert killed - sent_at[int(start)] < window, f"resumed at {start} of {number}"
