@@ -493,14 +493,18 @@ class Store(Service):
             self.log.failure("could not store the last changes in {path}", path=self.path)
         if self._call is not None and self._call.active():
             self._call.cancel()
+        db, self._db = self._db, None
+        if db is not None and self._run is not None:
+            try:
+                # Closing checkpoints the write-ahead log into the file: disk work, so on the writer.
+                await self._run(db.close)
+            except Exception:
+                self.log.failure("could not close {path}", path=self.path)
         if self._pool is not None:
             if self._shutdown_trigger is not None:
                 self._reactor.removeSystemEventTrigger(self._shutdown_trigger)  # type: ignore[attr-defined]
             self._pool.stop()
             self._pool = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     # -- following the service --------------------------------------------------------
 

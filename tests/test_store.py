@@ -312,6 +312,7 @@ def test_always_puts_each_report_in_the_next_commit(
     assert fired(durable)
     assert reloaded(db_path).clients[3].number == 99
     store.stopService()
+    writer.finish_all()
 
 
 def test_unknown_sync_policy_is_refused(state: NumberService, db_path: str, clock: Clock) -> None:
@@ -360,6 +361,7 @@ def test_stop_writes_everything_pending_and_closes(
     assert not fired(stopped)
     writer.finish_all()
     assert fired(stopped)
+    assert store._db is None, "the file is closed (on the writer)"
     assert state.when_durable() is None, "a stopped store makes nobody wait"
     fresh = reloaded(db_path)
     assert list(fresh.values) == [1, 2] and fresh.clients[5].number == 12
@@ -583,11 +585,15 @@ def test_a_damaged_page_refuses_to_start(state: NumberService, tmp_path: Path, c
         Store(state, str(path), clock).load()
 
 
-def test_a_database_in_use_by_another_numd_is_refused(state: NumberService, store: Store, db_path: str, clock: Clock) -> None:
-    """A second store on a file that a running one holds refuses to start; the lock goes with the first."""
+def test_a_database_in_use_by_another_numd_is_refused(
+    state: NumberService, store: Store, db_path: str, clock: Clock, writer: ManualWriter
+) -> None:
+    """A second store on a file that a running one holds refuses to start; the lock goes when the first closes it."""
     with pytest.raises(SystemExit, match=f"numd: cannot use the database {db_path}: another process"):
         Store(NumberService(clock), db_path, clock).load()
-    store.stopService()
+    stopped = store.stopService()
+    writer.finish_all()
+    assert fired(stopped)
     second = Store(NumberService(clock), db_path, clock, run=maybeDeferred)
     second.load()
     second.startService()
