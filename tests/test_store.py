@@ -598,3 +598,34 @@ def test_a_database_in_use_by_another_numd_is_refused(
     second.load()
     second.startService()
     second.stopService()
+
+
+def test_http_and_legacy_array_answers_wait_for_the_real_store(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """POST/DELETE over HTTP and a legacy pickled array are answered only after the store commits them."""
+    import pickle
+
+    from treq.testing import StubTreq
+    from twisted.internet.address import IPv4Address
+
+    from numd.api import NumdApi
+    from numd.legacy_array import LegacyArrayFactory
+
+    http = StubTreq(NumdApi(state).resource())
+    answers: list[int] = []
+    http.delete("http://numd/api/v1/values").addCallback(lambda r: answers.append(r.code))
+    http.post("http://numd/api/v1/values", data=b"[4,2]").addCallback(lambda r: answers.append(r.code))
+    http.flush()
+    legacy = LegacyArrayFactory(state).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    legacy.makeConnection(transport)
+    legacy.dataReceived(pickle.dumps([3], protocol=2))
+    clock.advance(0)
+    assert answers == [] and transport.value() == b""
+    writer.finish_all()
+    http.flush()
+    assert answers == [200, 200]
+    assert pickle.loads(transport.value()) == [2, 3, 4]
+    assert list(reloaded(db_path).values) == [2, 3, 4]
+    legacy.connectionLost(None)
