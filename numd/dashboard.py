@@ -172,6 +172,8 @@ class Dashboard:
         self.stall_timeout = stall_timeout
         self.bins = bins
         self.streams: set[_Stream] = set()
+        self.streams_cut_off = 0
+        """How many streams were cut off because their reader stopped reading."""
         self._dirty_clients: set[int] = set()
         self._list_dirty = False
         self._last_totals: dict[str, Any] | None = None
@@ -266,18 +268,19 @@ class Dashboard:
         request.setHeader(b"X-Accel-Buffering", b"no")
         if request.method == b"HEAD":  # type: ignore[attr-defined]
             return b""
+        stream = _Stream(self, request)
+        request.registerProducer(stream, True)  # type: ignore[attr-defined]
+        stream.write(b"retry: %d\n\n" % RECONNECT_MS)
+        snapshot = stream.send_snapshot()
         if not self.streams:
+            # The first stream: changes count from this snapshot on.
             self._dirty_clients.clear()
             self._list_dirty = False
-            self._last_totals = None
+            self._last_totals = snapshot["totals"]
             self._timer = LoopingCall(self._tick)
             self._timer.clock = self.clock
             self._timer.start(self.interval, now=False)
-        stream = _Stream(self, request)
         self.streams.add(stream)
-        request.registerProducer(stream, True)  # type: ignore[attr-defined]
-        stream.write(b"retry: %d\n\n" % RECONNECT_MS)
-        stream.send_snapshot()
         return stream.done
 
     def _drop(self, stream: _Stream) -> None:
@@ -331,9 +334,11 @@ class _Stream:
         self.last_write = self.dashboard.clock.seconds()
         self.request.write(data)
 
-    def send_snapshot(self) -> None:
+    def send_snapshot(self) -> dict[str, Any]:
         self.behind = False
-        self.write(_event("snapshot", self.dashboard.snapshot()))
+        snapshot = self.dashboard.snapshot()
+        self.write(_event("snapshot", snapshot))
+        return snapshot
 
     def cut_off(self, stalled: float) -> None:
         """End a stream whose reader stopped reading, dropping what its connection holds."""
@@ -342,6 +347,7 @@ class _Stream:
             peer=str(self.request.getClientAddress()),  # type: ignore[attr-defined]
             stalled=stalled,
         )
+        self.dashboard.streams_cut_off += 1
         self._close()
         transport = self.request.transport  # type: ignore[attr-defined]
         if transport is not None:
@@ -350,7 +356,8 @@ class _Stream:
     def _close(self) -> None:
         if self in self.dashboard.streams:
             self.dashboard._drop(self)
-            self.request.unregisterProducer()  # type: ignore[attr-defined]
+            if getattr(self.request, "channel", None) is not None:  # still connected
+                self.request.unregisterProducer()  # type: ignore[attr-defined]
 
     # IPushProducer: called by the connection.
 
