@@ -140,15 +140,17 @@ def main() -> None:
 
 
 def report(summary: dict, million: float, args: argparse.Namespace) -> str:
-    """The Markdown section for docs/performance.md."""
+    """A Markdown section with the figures (for docs/durability.md or docs/performance.md)."""
     lines = [
         "## Durable store",
         "",
-        f"`python bench/store_bench.py --duration {args.duration:g} --rounds {args.rounds}` "
-        f"({time.strftime('%Y-%m-%d')}): the same daemon with the SQLite store "
-        "(`--db numd.db`, WAL, `synchronous=FULL`) and with `--db :memory:`, alternately, "
-        "under bench/loadgen's flood of one-value arrays (each reply acknowledges one add, "
-        "sent only after its commit); `--reply-cap 64`; medians of the rounds.",
+        (
+            f"`python bench/store_bench.py --duration {args.duration:g} --rounds {args.rounds}` "
+            f"({time.strftime('%Y-%m-%d')}): the same daemon with the SQLite store "
+            "(`--db numd.db`, WAL, `synchronous=FULL`) and with `--db :memory:`, alternately, "
+            "under bench/loadgen's flood of one-value arrays (each reply acknowledges one add, "
+            "sent only after its commit); `--reply-cap 64`; medians of the rounds."
+        ),
         "",
         "| load | store: acked adds/s | memory: acked adds/s | store / memory | store p50 / p99 ms | memory p50 / p99 ms |",
         "|---|---:|---:|---:|---:|---:|",

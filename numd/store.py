@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -58,8 +58,6 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from numd.service import ClientRecord, NumberService
-
-T = TypeVar("T")
 
 MEMORY = ":memory:"
 """The ``--db`` value that keeps nothing: numd runs without a store."""
