@@ -312,15 +312,16 @@ def measured(server: Server, *args: str) -> dict[str, Any]:
 
 
 def run_schedule(cfg: argparse.Namespace, kind: str, clients: int, duration: float,
-                 workdir: Path, numd_help: str, extra: list[str] | None = None) -> dict[str, Any]:
+                 workdir: Path, numd_help: str, extra: list[str] | None = None,
+                 array_share: float | None = None) -> dict[str, Any]:
     """N counter clients on the real schedule for `duration` s after the ramp."""
     server = Server(kind, workdir, numd_help, max_clients=clients + 100)
     if extra:
         server.argv += extra
     with server:
+        share = cfg.array_share if array_share is None else array_share
         result = measured(server, "--clients", str(clients), "--duration", str(duration),
-                          "--ramp", str(cfg.ramp), "--array-share", str(cfg.array_share),
-                          "--seed", "7")
+                          "--ramp", str(cfg.ramp), "--array-share", str(share), "--seed", "7")
         result["startup_s"] = server.startup_s
         return result
 
@@ -641,7 +642,8 @@ def main() -> None:
     if sweep:
         cfg.sweep = [tuple(int(x) for x in item.split(":")) for item in sweep.split(",")]
     cfg.ramp = 5000.0
-    cfg.array_share = 0.02
+    cfg.array_share = 0.0
+    cfg.mixed_share = 0.02
     only = set(filter(None, cfg.only.split(",")))
     want = (lambda name: not only or name in only)
 
@@ -659,6 +661,7 @@ def main() -> None:
         "quick": cfg.quick,
         "machine": machine(),
         "settings": {"ramp_per_s": cfg.ramp, "array_share": cfg.array_share,
+                     "mixed_array_share": cfg.mixed_share,
                      "sweep": cfg.sweep, "flood_seconds": cfg.flood_seconds,
                      "list_values": cfg.list_values, "probes": cfg.probes,
                      "http_seconds": cfg.http_seconds, "http_clients": cfg.http_clients},
@@ -701,14 +704,20 @@ def main() -> None:
             for clients, seconds in cfg.sweep:
                 reps = cfg.repeat if clients == target else 1
                 for rep in range(reps):
-                    kinds = [("baseline", None), ("numd", None)]
+                    kinds: list[tuple[str, list[str] | None, float | None]] = [
+                        ("baseline", None, None), ("numd", None, None)]
                     if clients == target and "--db" in numd_help:
                         # The same load with numd's SQLite store off, to show what the store costs.
-                        kinds.append(("numd --db :memory:", ["--db", ":memory:"]))
-                    for label, extra in kinds:
+                        kinds.append(("numd --db :memory:", ["--db", ":memory:"], None))
+                    if clients == target and rep == 0 and cfg.mixed_share > 0:
+                        # The same clients, a share of whose requests are arrays.
+                        kinds += [("baseline +arrays", None, cfg.mixed_share),
+                                  ("numd +arrays", None, cfg.mixed_share)]
+                    for label, extra, share in kinds:
                         log(f"schedule {label} {clients} clients {seconds} s (run {rep + 1}/{reps})")
-                        kind = "baseline" if label == "baseline" else "numd"
-                        r = run_schedule(cfg, kind, clients, seconds, workdir, numd_help, extra=extra)
+                        kind = "baseline" if label.startswith("baseline") else "numd"
+                        r = run_schedule(cfg, kind, clients, seconds, workdir, numd_help, extra=extra,
+                                         array_share=share)
                         r["server_kind"] = label
                         r["rep"] = rep + 1
                         results["schedule"].append(r)
