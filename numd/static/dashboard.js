@@ -111,6 +111,7 @@
     const width = 600;
     const height = 180;
     svg.replaceChildren();
+    $("axis-top").textContent = l.size ? `tallest bar: ${fmt.format(Math.max(...l.bins))} values` : "";
     for (const f of [0.25, 0.5, 0.75]) {
       const line = document.createElementNS(SVG, "line");
       line.setAttribute("class", "grid");
