@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -38,6 +39,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -178,11 +180,14 @@ class ApiSite(Site):
     """A `Site` that refuses big bodies and slow requests early (see `numd.http_guard`).
 
     Request bodies are held in memory up to the API's cap only; a connection idle
-    for `idle_timeout` seconds between requests is closed.
+    for `idle_timeout` seconds between requests is closed. Requests are written to
+    an access log (combined log format, rotated by size) only when `access_log`
+    names a file: by default they are only counted in ``/metrics``, since
+    twisted.web's default of one line per request in the daemon's own log costs
+    more than serving a small GET.
     """
 
     requestFactory = GuardedRequest
-
 
     def __init__(
         self,
@@ -190,11 +195,23 @@ class ApiSite(Site):
         max_body: int = DEFAULT_MAX_BODY,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        access_log: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, timeout=idle_timeout, **kwargs)
+        super().__init__(resource, timeout=idle_timeout, logPath=access_log, **kwargs)
         self.max_body = max_body
         self.request_timeout = request_timeout
+
+    def startFactory(self) -> None:
+        """Open the access log if one is configured; else log no requests."""
+        super().startFactory()
+        if not self.logPath:
+            self._logFile = None
+
+    def _openLogFile(self, path: str | bytes) -> LogFile:
+        return LogFile.fromFullPath(
+            os.fsdecode(path), rotateLength=10 * 1024 * 1024, maxRotatedFiles=5
+        )
 
     def getContentFile(self, length: int | None) -> io.BytesIO:
         """Twisted's hook for where a request body goes: a capped in-memory file."""
@@ -264,6 +281,7 @@ class NumdApi:
         cors_origins: Iterable[str] = (),
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         dashboard: Dashboard | None = None,
+        access_log: str | None = None,
     ) -> None:
         self.service = service
         self.message_log = message_log
@@ -276,6 +294,7 @@ class NumdApi:
         self.cors_origins = tuple(cors_origins)
         self.request_timeout = request_timeout
         self.dashboard = dashboard
+        self.access_log = access_log
         self._openapi = _openapi_document(legacy_routes)
 
     def resource(self) -> IResource:
@@ -299,6 +318,7 @@ class NumdApi:
             self.guarded_resource(),
             max_body=self.max_body,
             request_timeout=self.request_timeout,
+            access_log=self.access_log,
             **kwargs,
         )
 

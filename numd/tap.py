@@ -191,6 +191,13 @@ class Options(usage.Options):
             _checked("request-timeout", float, 0.1),
         ],
         [
+            "access-log",
+            None,
+            None,
+            "File for an HTTP access log (combined format, rotated at 10 MiB, 5 kept); "
+            "by default requests are only counted in /metrics.",
+        ],
+        [
             "api-token-file",
             None,
             None,
@@ -450,6 +457,7 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         allowed_hosts=config["allowed-host"],
         cors_origins=config["cors-origin"],
         request_timeout=config["request-timeout"],
+        access_log=config["access-log"],
         dashboard=Dashboard(
             state, reactor, stats=[top.stats] + ([legacy.stats] if legacy is not None else [])
         ),

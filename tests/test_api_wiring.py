@@ -209,3 +209,28 @@ def test_tac_builds_the_api_from_numd_options(
     assert daemon.api.service is daemon.state
     document = json.loads(daemon.api._openapi)
     assert "/get_array" in document["paths"]
+
+
+def test_access_log_only_when_asked(tmp_path: Path) -> None:
+    """No request is written to an access log by default; --access-log writes combined-format lines."""
+    from twisted.internet.testing import StringTransport
+
+    def one_request(site: Any) -> Any:
+        """Serve one GET; return where the site was writing its access log meanwhile."""
+        site.startFactory()
+        channel = site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        access_log = site._logFile
+        site.stopFactory()
+        return access_log
+
+    daemon, _ = started(parse(tmp_path))
+    assert one_request(daemon.site) is None
+    daemon.stopService()
+    log_path = tmp_path / "access.log"
+    daemon, _ = started(parse(tmp_path, "--access-log", str(log_path)))
+    one_request(daemon.site)
+    daemon.stopService()
+    (line,) = log_path.read_text().splitlines()
+    assert '"GET /healthz HTTP/1.1" 200' in line
