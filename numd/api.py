@@ -262,6 +262,8 @@ class NumdApi:
     `legacy_routes` turns on the older server's plain-text routes (they change
     state on GET, so they are off by default). `ready_checks` names the checks
     that ``/readyz`` runs besides the message log, e.g. one per listener.
+    `dashboard` serves the live page and its data (`numd.dashboard`); without
+    one, its routes answer 404.
     """
 
     app = _app

@@ -311,6 +311,24 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
         if os.environ.get("NUMD_UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
 
+        # "Clear" asks first; cancelling keeps the list, confirming empties it.
+        driver.find_element(By.ID, "clear").click()
+        assert driver.find_element(By.ID, "confirm").is_displayed()
+        assert "3,002" in text(driver, "confirm-text")
+        driver.find_element(By.ID, "confirm-no").click()
+        assert not driver.find_element(By.ID, "confirm").is_displayed()
+        driver.find_element(By.ID, "clear").click()
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_for(
+            driver, lambda: text(driver, "t-size") == "0", "the list to be cleared"
+        )
+        wait_for(
+            driver,
+            lambda: "the list is empty" in driver.find_element(By.ID, "histogram").text,
+            "an empty histogram",
+        )
+        assert text(driver, "status") == "Cleared 3,002 values."
+
         # A narrow window: everything stacks, nothing scrolls sideways.
         driver.set_window_size(400, 900)
         wait_for(
@@ -333,4 +351,4 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
     snapshot = json.loads(
         urllib.request.urlopen(base + "/api/v1/snapshot", timeout=5).read()
     )
-    assert snapshot["totals"]["list_size"] == size + 2
+    assert snapshot["totals"]["list_size"] == 0
