@@ -111,7 +111,8 @@
     const width = 600;
     const height = 180;
     svg.replaceChildren();
-    $("axis-top").textContent = l.size ? `tallest bar: ${fmt.format(Math.max(...l.bins))} values` : "";
+    const tallest = l.size ? Math.max(...l.bins) : 0;
+    $("axis-top").textContent = l.size ? `tallest bar: ${fmt.format(tallest)} value${tallest === 1 ? "" : "s"}` : "";
     for (const f of [0.25, 0.5, 0.75]) {
       const line = document.createElementNS(SVG, "line");
       line.setAttribute("class", "grid");
