@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from hypothesis import given
 from hypothesis import strategies as st
 from sortedcontainers import SortedList
@@ -23,12 +24,14 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
 )
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
 
 from numd.api import ApiSite, NumdApi
 from numd.dashboard import (
@@ -545,6 +548,60 @@ def test_a_stream_that_catches_up_gets_a_fresh_snapshot(
     clock.advance(10)
     assert len(dashboard.streams) == 1  # not cut off: it drained
     connection.close()
+
+
+class _Collector(Protocol):
+    """Keeps every byte of a response body as it arrives."""
+
+    def __init__(self, into: bytearray) -> None:
+        self.into = into
+
+    def dataReceived(self, data: bytes) -> None:
+        self.into.extend(data)
+
+
+@pytest.mark.timeout(30)
+@pytest_twisted.ensureDeferred
+async def test_a_report_reaches_a_reader_over_loopback() -> None:
+    """Over a real socket the snapshot arrives at once and a report follows within an interval."""
+    from twisted.internet import reactor
+
+    service = NumberService(reactor)
+    service.register(7)
+    dashboard = Dashboard(service, reactor, interval=0.05)
+    site = NumdApi(service, dashboard=dashboard).site(reactor)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    received = bytearray()
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/api/v1/events"
+        response = await treq.get(url, pool=pool, unbuffered=True).addTimeout(
+            5, reactor
+        )
+        assert response.code == 200
+        assert response.headers.getRawHeaders("Content-Type") == ["text/event-stream"]
+        reader = _Collector(received)
+        response.deliverBody(reader)
+
+        async def until(needle: bytes) -> None:
+            deadline = reactor.seconds() + 5
+            while needle not in received and reactor.seconds() < deadline:
+                await deferLater(reactor, 0.01)
+            assert needle in received, bytes(received)
+
+        await until(b"event: snapshot")
+        service.report(7, 1234)
+        await until(b"event: update")
+        update = parse_event(bytes(received).split(b"\n\n")[2])[1]
+        assert rows_by_id(update["clients"])[7]["number"] == 1234
+        reader.transport.stopProducing()  # the browser goes away
+    finally:
+        await pool.closeCachedConnections()
+        await port.stopListening()
+    deadline = reactor.seconds() + 5
+    while dashboard.streams and reactor.seconds() < deadline:
+        await deferLater(reactor, 0.01)
+    assert dashboard.streams == set()
 
 
 @pytest.mark.timeout(30)
