@@ -215,6 +215,10 @@
     const first = Math.max(0, Math.floor(scroller.scrollTop / ROW_HEIGHT) - OVERSCAN);
     const count = Math.ceil(scroller.clientHeight / ROW_HEIGHT) + 2 * OVERSCAN;
     const last = Math.min(view.length, first + count);
+    // Keep the header's columns over the rows' when the scroller shows a scroll bar.
+    const gutter = `${scroller.offsetWidth - scroller.clientWidth}px`;
+    const head = document.querySelector(".table-head");
+    if (head.style.paddingRight !== gutter) head.style.paddingRight = gutter;
     box.style.transform = `translateY(${first * ROW_HEIGHT}px)`;
     while (box.children.length < last - first) box.appendChild(makeRow());
     while (box.children.length > last - first) box.lastChild.remove();
