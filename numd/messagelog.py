@@ -6,7 +6,8 @@ Record format (one JSON object per line, UTF-8, keys in this order)::
     {"t":1732245600.123,"dir":"out","peer":"127.0.0.1:51234","id":5287,"msg":"37"}
     {"t":1732245599.020,"dir":"event","peer":"127.0.0.1:51234","id":null,"event":"connect"}
 
-``t`` is the Unix time, ``dir`` is ``in`` (received), ``out`` (sent) or ``event``;
+``t`` is the Unix time (of the read that carried the message, for ``in`` and
+``out``), ``dir`` is ``in`` (received), ``out`` (sent) or ``event``;
 ``id`` is the client ID, or null before registration. ``msg`` holds the token's
 bytes one character per byte (latin-1), JSON-escaped, so
 ``record["msg"].encode("latin-1")`` gives back exactly the bytes on the wire,
@@ -15,7 +16,8 @@ whatever they were. Client bytes are never used as a format string.
 Records are buffered and written in batches (at least every ``flush_interval``
 seconds, sooner when the buffer is large), so a crash can lose the last fraction
 of a second of log. The file rotates by size and keeps a bounded number of old
-files. If writing fails the daemon keeps serving: records are counted as dropped
+files (unless it is not a regular file: ``--message-log /dev/null`` turns the
+log off and is never rotated). If writing fails the daemon keeps serving: records are counted as dropped
 and `writable` turns false until a write succeeds again.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,16 +35,72 @@ from twisted.python.logfile import LogFile
 
 _PLAIN = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
 """Bytes that need no JSON escaping: printable ASCII except ``"`` and ``\\``."""
+_PLAIN_READ = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+"""A read whose tokens (all its bytes but spaces) need no escaping."""
 
 
-def _json_token(token: bytes) -> str:
+def _json_token(token: bytes) -> bytes:
     if _PLAIN.fullmatch(token):
-        return '"' + token.decode("ascii") + '"'
-    return json.dumps(token.decode("latin-1"))
+        return b'"' + token + b'"'
+    return json.dumps(token.decode("latin-1")).encode("ascii")
 
 
-def _json_id(client_id: int | None) -> str:
-    return "null" if client_id is None else str(client_id)
+class ConnectionLog:
+    """One connection's records, with its peer and client ID formatted once.
+
+    The protocol calls `new_read` once per read (one timestamp, one check that
+    the read needs no escaping), then `received`/`sent` per token: each record
+    is a few byte concatenations, cheap enough for every message.
+    """
+
+    __slots__ = ("_log", "peer", "client_id", "_who", "_stamp", "_plain")
+
+    def __init__(self, log: MessageLog, peer: str) -> None:
+        self._log = log
+        self.peer = peer
+        self.identify(None)
+        self.new_read(b"")
+
+    def identify(self, client_id: int | None) -> None:
+        """Stamp the following records with `client_id` (None before registration)."""
+        self.client_id = client_id
+        self._who = b'","peer":%s,"id":%s,' % (
+            json.dumps(self.peer).encode("ascii"),
+            b"null" if client_id is None else b"%d" % client_id,
+        )
+
+    def new_read(self, data: bytes) -> None:
+        """Start the records of one read of `data` (its time; whether it needs escaping)."""
+        self._stamp = b'{"t":%.3f,"dir":"' % self._log.now()
+        self._plain = _PLAIN_READ.fullmatch(data) is not None
+
+    def received(self, token: bytes) -> None:
+        """Record a token the server received (in this read)."""
+        msg = b'"' + token + b'"' if self._plain else _json_token(token)
+        self._log.add(self._stamp + b"in" + self._who + b'"msg":' + msg + b"}\n")
+
+    def sent(self, token: bytes) -> None:
+        """Record a token the server sent."""
+        self._log.add(self._stamp + b"out" + self._who + b'"msg":' + _json_token(token) + b"}\n")
+
+    def event(self, event: str) -> None:
+        """Record a connection event (connect, register, disconnect, ...), timed now."""
+        self._log.add(
+            b'{"t":%.3f,"dir":"event%s"event":%s}\n'
+            % (self._log.now(), self._who, json.dumps(event).encode("ascii"))
+        )
+
+
+def _rotatable(path: str) -> bool:
+    """Whether `path` is (or will be) a regular file, which rotation may rename.
+
+    ``--message-log /dev/null`` (or a FIFO) must never be renamed: as root,
+    rotating it would replace the system's /dev/null with a plain file.
+    """
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 class MessageLog(Service):
@@ -65,7 +124,7 @@ class MessageLog(Service):
         self.max_files = max_files
         self.flush_interval = flush_interval
         self.flush_bytes = flush_bytes
-        self._buffer: list[str] = []
+        self._buffer: list[bytes] = []
         self._buffered = 0
         self._timer: IDelayedCall | None = None
         self._file: LogFile | None = None
@@ -96,7 +155,7 @@ class MessageLog(Service):
             self._file = LogFile(
                 os.path.basename(self.path),
                 os.path.dirname(self.path),
-                rotateLength=self.max_bytes,
+                rotateLength=self.max_bytes if _rotatable(self.path) else None,
                 maxRotatedFiles=self.max_files,
             )
         except OSError as e:
@@ -107,28 +166,16 @@ class MessageLog(Service):
 
     # -- records -----------------------------------------------------------------
 
-    def received(self, peer: str, client_id: int | None, token: bytes) -> None:
-        """Record a token the server received."""
-        self._add(
-            f'{{"t":{self._clock.seconds():.3f},"dir":"in","peer":"{peer}",'
-            f'"id":{_json_id(client_id)},"msg":{_json_token(token)}}}\n'
-        )
+    def connection(self, peer: str) -> ConnectionLog:
+        """A writer of records for one connection from `peer`."""
+        return ConnectionLog(self, peer)
 
-    def sent(self, peer: str, client_id: int | None, token: bytes) -> None:
-        """Record a token the server sent."""
-        self._add(
-            f'{{"t":{self._clock.seconds():.3f},"dir":"out","peer":"{peer}",'
-            f'"id":{_json_id(client_id)},"msg":{_json_token(token)}}}\n'
-        )
+    def now(self) -> float:
+        """The time stamped on records."""
+        return self._clock.seconds()
 
-    def event(self, peer: str, client_id: int | None, event: str) -> None:
-        """Record a connection event (connect, register, disconnect, ...)."""
-        self._add(
-            f'{{"t":{self._clock.seconds():.3f},"dir":"event","peer":"{peer}",'
-            f'"id":{_json_id(client_id)},"event":{json.dumps(event)}}}\n'
-        )
-
-    def _add(self, line: str) -> None:
+    def add(self, line: bytes) -> None:
+        """Buffer one formatted record; flush when the buffer is large or on the timer."""
         self._buffer.append(line)
         self._buffered += len(line)
         if self._buffered >= self.flush_bytes:
@@ -152,7 +199,7 @@ class MessageLog(Service):
             self.dropped += len(lines)
             return
         assert self._file is not None
-        data = "".join(lines).encode("utf-8")
+        data = b"".join(lines)
         try:
             self._file.write(data)
         except (OSError, ValueError) as e:

@@ -151,6 +151,7 @@ class CounterProtocol(TokenReceiver):
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         self.peer = f"{host}:{port}" if host is not None else str(address)
         self.MAX_LENGTH = self.factory.max_token_length
+        self._log = self.factory.message_log.connection(self.peer)
         self._out: list[bytes] = []
         self._held: deque[_HeldReply] = deque()
         self.last_activity = self.factory.clock.seconds()
@@ -162,7 +163,7 @@ class CounterProtocol(TokenReceiver):
         # its buffer size, and we then stop reading from this client.
         self.transport.registerProducer(self, True)
         self.factory.connection_made(self)
-        self.factory.message_log.event(self.peer, None, "connect")
+        self._log.event("connect")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Cancel timers, mark the client disconnected, log it."""
@@ -172,7 +173,7 @@ class CounterProtocol(TokenReceiver):
         self._cancel_stall_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
-        self.factory.message_log.event(self.peer, self.client_id, "disconnect")
+        self._log.event("disconnect")
         self.factory.connection_lost(self)
 
     # -- framing hooks -----------------------------------------------------------
@@ -181,6 +182,8 @@ class CounterProtocol(TokenReceiver):
         """Any new bytes end the quiet time of an old client's bare ID."""
         self.last_activity = self.factory.clock.seconds()
         self._cancel_quiet_timer()
+        pending = self.pending
+        self._log.new_read(pending + data if pending else data)
         super().dataReceived(data)
 
     # -- backpressure (IPushProducer, driven by the transport) ---------------------
@@ -215,7 +218,7 @@ class CounterProtocol(TokenReceiver):
             client_id=self.client_id,
             seconds=self.factory.write_stall_timeout,
         )
-        self.factory.message_log.event(self.peer, self.client_id, "write-stalled")
+        self._log.event("write-stalled")
         self.stop_reading_tokens()
         self.transport.abortConnection()
 
@@ -228,7 +231,7 @@ class CounterProtocol(TokenReceiver):
     def idle_timeout(self) -> None:
         """Nothing came from this client for the idle timeout: close it."""
         self.factory.stats.connections["idle-timeout"] += 1
-        self.factory.message_log.event(self.peer, self.client_id, "idle-timeout")
+        self._log.event("idle-timeout")
         self.stop_reading_tokens()
         self.transport.abortConnection()
 
@@ -247,9 +250,7 @@ class CounterProtocol(TokenReceiver):
     def lineLengthExceeded(self, token: bytes) -> None:
         """Answer ``error:too-long`` and close the connection."""
         self.factory.stats.received["too-long"] += 1
-        self.factory.message_log.received(
-            self.peer, self.client_id, token[:64] + b"..."
-        )
+        self._log.received(token[:64] + b"...")
         self._error("too-long")
         self._flush()
         self.transport.loseConnection()
@@ -257,7 +258,9 @@ class CounterProtocol(TokenReceiver):
     def _quiet_time_passed(self) -> None:
         self._quiet_timer = None
         if self.client_id is None and _OLD_CLIENT_ID.fullmatch(self.pending):
-            self.tokenReceived(self.take_pending())
+            token = self.take_pending()
+            self._log.new_read(token)
+            self.tokenReceived(token)
             self._flush()
 
     def _cancel_quiet_timer(self) -> None:
@@ -271,7 +274,7 @@ class CounterProtocol(TokenReceiver):
     def tokenReceived(self, token: bytes) -> None:
         """Handle one token: exactly one reply for a request, none for a report."""
         factory = self.factory
-        factory.message_log.received(self.peer, self.client_id, token)
+        self._log.received(token)
         first = not self._seen_token
         self._seen_token = True
         if token == b"even" or token == b"odd":
@@ -311,7 +314,8 @@ class CounterProtocol(TokenReceiver):
             self.transport.loseConnection()
             return
         self.client_id = client_id
-        self.factory.message_log.event(self.peer, client_id, "register")
+        self._log.identify(client_id)
+        self._log.event("register")
         self._reply("start", b"%d" % start)
 
     def _request(self, token: bytes) -> None:
@@ -345,7 +349,7 @@ class CounterProtocol(TokenReceiver):
             peer=self.peer,
             method=token[:16],
         )
-        self.factory.message_log.event(self.peer, None, "http-refused")
+        self._log.event("http-refused")
         self.stop_reading_tokens()
         self.transport.loseConnection()
 
@@ -357,7 +361,7 @@ class CounterProtocol(TokenReceiver):
             self._release_held()
             return
         self.factory.stats.sent[kind] += 1
-        self.factory.message_log.sent(self.peer, self.client_id, token)
+        self._log.sent(token)
         self._out.append(token + b" ")
 
     def _reply_when(self, durable: Deferred[None], kind: str, token: bytes) -> None:
@@ -387,7 +391,7 @@ class CounterProtocol(TokenReceiver):
         while self._held and self._held[0].ready:
             held = self._held.popleft()
             factory.stats.sent[held.kind] += 1
-            factory.message_log.sent(self.peer, self.client_id, held.token)
+            self._log.sent(held.token)
             self._out.append(held.token + b" ")
         self._flush()
 
@@ -410,8 +414,9 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        self.factory.message_log.event(where, None, "refused-too-many-clients")
-        self.factory.message_log.sent(where, None, b"error:too-many-clients")
+        log = self.factory.message_log.connection(where)
+        log.event("refused-too-many-clients")
+        log.sent(b"error:too-many-clients")
         self.transport.write(b"error:too-many-clients ")
         self.transport.loseConnection()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -22,9 +23,11 @@ def test_records_are_batched_then_flushed(tmp_path: Path) -> None:
     clock = Clock()
     log = MessageLog(str(tmp_path / "m.log"), clock, flush_interval=0.2)
     log.startService()
-    log.event("1.2.3.4:5", None, "connect")
-    log.received("1.2.3.4:5", None, b"7")
-    log.sent("1.2.3.4:5", 7, b"0")
+    connection = log.connection("1.2.3.4:5")
+    connection.event("connect")
+    connection.received(b"7")
+    connection.identify(7)
+    connection.sent(b"0")
     assert read(log.path) == []
     clock.advance(0.2)
     records = read(log.path)
@@ -39,7 +42,7 @@ def test_large_buffer_flushes_at_once(tmp_path: Path) -> None:
     log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_bytes=1000)
     log.startService()
     for _ in range(20):
-        log.received("p", 1, b"x" * 100)
+        log.connection("p").received(b"x" * 100)
     assert len(read(log.path)) >= 5
     log.stopService()
 
@@ -48,7 +51,7 @@ def test_stop_flushes_everything(tmp_path: Path) -> None:
     """Stopping the service writes what is buffered."""
     log = MessageLog(str(tmp_path / "m.log"), Clock())
     log.startService()
-    log.received("p", None, b"abc")
+    log.connection("p").received(b"abc")
     log.stopService()
     assert read(log.path)[0]["msg"] == "abc"
     assert log.written == 1
@@ -59,8 +62,10 @@ def test_every_byte_value_round_trips(tmp_path: Path) -> None:
     log = MessageLog(str(tmp_path / "m.log"), Clock())
     log.startService()
     tokens = [bytes([b]) for b in range(256)] + [b'{}%s%(x)s{0}"\\', b"\xff\xfe"]
+    connection = log.connection("p")
     for token in tokens:
-        log.received("p", 1, token)
+        connection.new_read(token + b" ")
+        connection.received(token)
     log.stopService()
     assert [r["msg"].encode("latin-1") for r in read(log.path)] == tokens
 
@@ -70,8 +75,9 @@ def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
     clock = Clock()
     log = MessageLog(str(tmp_path / "m.log"), clock, max_bytes=2000, max_files=3, flush_bytes=500)
     log.startService()
+    connection = log.connection("127.0.0.1:1")
     for i in range(400):
-        log.received("127.0.0.1:1", 1, b"%d" % i)
+        connection.received(b"%d" % i)
     log.stopService()
     names = sorted(os.listdir(tmp_path))
     assert names == ["m.log", "m.log.1", "m.log.2", "m.log.3"]
@@ -91,11 +97,11 @@ def test_unwritable_log_drops_and_recovers(tmp_path: Path) -> None:
         raise OSError(28, "No space left on device")
 
     log._file.write = failing_write  # type: ignore[method-assign]
-    log.received("p", 1, b"lost")
+    log.connection("p").received(b"lost")
     log.flush()
     assert (log.dropped, log.writable) == (1, False)
     log._file.write = real_write  # type: ignore[method-assign]
-    log.received("p", 1, b"kept")
+    log.connection("p").received(b"kept")
     log.flush()
     assert (log.dropped, log.writable, log.written) == (1, True, 1)
     log.stopService()
@@ -106,7 +112,22 @@ def test_missing_directory_at_start_drops(tmp_path: Path) -> None:
     """A log that cannot be opened does not crash: records are dropped and counted."""
     log = MessageLog(str(tmp_path / "gone" / "m.log"), Clock())
     log.startService()
-    log.received("p", 1, b"x")
+    log.connection("p").received(b"x")
     log.flush()
     assert (log.writable, log.dropped) == (False, 1)
     log.stopService()
+
+
+def test_dev_null_is_never_rotated(tmp_path: Path) -> None:
+    """A message log that is not a regular file (e.g. /dev/null) is written but never renamed."""
+    fifo_like = tmp_path / "null"
+    os.symlink(os.devnull, fifo_like)
+    log = MessageLog(str(fifo_like), Clock(), max_bytes=100, flush_bytes=50)
+    log.startService()
+    connection = log.connection("p")
+    for i in range(100):
+        connection.received(b"%d" % i)
+    log.stopService()
+    assert sorted(os.listdir(tmp_path)) == ["null"]
+    assert os.path.islink(fifo_like)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

@@ -109,6 +109,37 @@ def test_one_reply_per_request_in_order(tokens: list[bytes], data: st.DataObject
         assert reply_matches(reply, kind), (reply, kind)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
+def test_log_keeps_every_token_exactly(stream: bytes, cuts: list[int]) -> None:
+    """Whatever bytes arrive, split however, the "in" records give back exactly the tokens."""
+    import json
+    import tempfile
+
+    from .reference_model import complete_tokens
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as directory:
+        log = MessageLog(directory + "/m.log", clock)
+        log.startService()
+        factory = CounterFactory(
+            NumberService(clock, random.Random(0)), log, Stats(), clock, max_token_length=10_000
+        )
+        client = FakeClient(factory)
+        data = b"5 " + stream
+        points = sorted(c for c in cuts if c < len(data))
+        for start, end in zip([0, *points], [*points, len(data)]):
+            client.send(data[start:end])
+        log.stopService()
+        with open(log.path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+    logged = [r["msg"].encode("latin-1") for r in records if r["dir"] == "in"]
+    if factory.stats.errors["http"]:
+        return  # the connection was closed at its first token
+    assert logged == complete_tokens(data)[: len(logged)]
+    assert len(logged) == len(complete_tokens(data)) or client.transport.disconnecting
+
+
 # 1. Token length cap
 
 
