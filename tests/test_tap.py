@@ -74,6 +74,7 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
         "--listen", "tcp:2005:interface=127.0.0.1",
         "--listen", "tcp:2006:interface=127.0.0.1:backlog=10",
         "--message-log", str(tmp_path / "m.log"),
+        "--db", str(tmp_path / "numd.db"),
         "--max-clients", "7",
         "--idle-timeout", "9",
     )
@@ -117,7 +118,10 @@ def test_open_file_limit_is_raised_and_checked(monkeypatch: pytest.MonkeyPatch) 
 
 def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
     """The state service is started first, so it is stopped last."""
-    service = makeService(parse("--message-log", str(tmp_path / "m.log")), reactor=MemoryReactorClock())
+    service = makeService(
+        parse("--message-log", str(tmp_path / "m.log"), "--db", ":memory:"),
+        reactor=MemoryReactorClock(),
+    )
     names = [s.name for s in service]
     assert names[0] == "numd-state"
     assert names[1] == "numd-message-log"
@@ -127,7 +131,7 @@ def test_tac_builds_the_same_service(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """numd.tac builds an application from NUMD_OPTIONS with the same service tree."""
     from twisted.application.service import IService
 
-    monkeypatch.setenv("NUMD_OPTIONS", f"--message-log {tmp_path / 'm.log'} --seed 5")
+    monkeypatch.setenv("NUMD_OPTIONS", f"--message-log {tmp_path / 'm.log'} --db :memory: --seed 5")
     tac = Path(__file__).parent.parent / "numd.tac"
     namespace: dict = {}
     exec(compile(tac.read_text(), str(tac), "exec"), namespace)
