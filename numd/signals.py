@@ -1,4 +1,4 @@
-"""Clean exits under twistd: SIGTERM and SIGINT stop the reactor and the process exits 0."""
+"""Clean starts and exits under twistd: start-up failures as one line, exit 0 on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -39,3 +39,18 @@ class ExitZeroOnSignal(Service):
     def _handle(self, signum: int, frame: object) -> None:
         self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
         self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
+
+
+class StartupError(SystemExit, Exception):
+    """numd cannot start (busy port, unusable database): a one-line reason, exit status 1.
+
+    A `SystemExit`, so ``twistd -n`` prints just the message, no traceback; and an
+    `Exception`, so a daemonizing twistd reports it to the waiting parent process
+    (which then exits 1 with the message) instead of leaving it waiting forever.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.code)

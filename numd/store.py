@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from numd.service import ClientRecord, NumberService
+from numd.signals import StartupError
 
 MEMORY = ":memory:"
 """The ``--db`` value that keeps nothing: numd runs without a store."""
@@ -433,19 +434,19 @@ class Store(Service):
         """Open the database and fill the service with its registry and list.
 
         Every client is loaded as not connected. A database numd cannot use ends
-        the start-up with a one-line message naming the file (`SystemExit`).
+        the start-up with a one-line message naming the file (`StartupError`).
         """
         started = time.perf_counter()
         try:
             db = Database(self.path)
         except StoreError as e:
-            raise SystemExit(f"numd: {e}") from None
+            raise StartupError(f"numd: {e}") from None
         try:
             clients = db.load_clients()
             values = list(db.load_values())
         except sqlite3.Error as e:
             db.close()
-            raise SystemExit(f"numd: cannot use the database {self.path}: {e}") from None
+            raise StartupError(f"numd: cannot use the database {self.path}: {e}") from None
         self._db = db
         service = self.service
         service.clients.clear()

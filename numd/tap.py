@@ -28,7 +28,7 @@ from numd.messagelog import MessageLog
 from numd.metrics import Metrics
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
 from numd.service import NumberService
-from numd.signals import ExitZeroOnSignal
+from numd.signals import ExitZeroOnSignal, StartupError
 from numd.stats import Stats
 from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES, Store, make_store
 
@@ -415,7 +415,7 @@ class Daemon(MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             where = f"{e.interface or '*'}:{e.port}"
-            raise SystemExit(f"numd: cannot listen on {where}: {e.socketError}") from None
+            raise StartupError(f"numd: cannot listen on {where}: {e.socketError}") from None
 
     def stopService(self) -> defer.Deferred[None]:
         """Close live connections first (at most 2 s), then stop the services in reverse order.

@@ -94,6 +94,29 @@ def test_busy_port_fails_clearly(tmp_path: Path) -> None:
         assert "Traceback" not in out
 
 
+def test_busy_port_fails_clearly_when_daemonizing(tmp_path: Path) -> None:
+    """Daemonizing twistd (no -n) on a busy port exits 1 at once with the reason, never hangs."""
+    import subprocess
+
+    with running_numd(tmp_path) as numd:
+        other = tmp_path / "other"
+        other.mkdir()
+        result = subprocess.run(
+            [
+                *TWISTD, "--pidfile", str(other / "numd.pid"), "--logfile", str(other / "twistd.log"),
+                "numd", "--listen", f"tcp:{numd.port}:interface=127.0.0.1",
+                "--api-listen", "tcp:0:interface=127.0.0.1", "--db", ":memory:",
+            ],  # fmt: skip
+            cwd=other,
+            env=subprocess_env(),
+            capture_output=True,
+            timeout=30,
+        )
+        assert result.returncode == 1
+        assert b"numd: cannot listen on 127.0.0.1" in result.stdout + result.stderr
+        assert not (other / "numd.pid").exists()
+
+
 def test_tac_file_runs(tmp_path: Path) -> None:
     """`twistd -ny numd.tac` serves the counter protocol with options from NUMD_OPTIONS."""
     import os
