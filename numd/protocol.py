@@ -142,6 +142,7 @@ class CounterProtocol(TokenReceiver):
     client_id: int | None = None
     peer = "?"
     _lost = False
+    _release_call: IDelayedCall | None = None
     _seen_token = False
     _quiet_timer: IDelayedCall | None = None
 
@@ -170,6 +171,8 @@ class CounterProtocol(TokenReceiver):
         self._lost = True
         self.stop_reading_tokens()
         self._cancel_quiet_timer()
+        if self._release_call is not None and self._release_call.active():
+            self._release_call.cancel()
         self._cancel_stall_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
@@ -237,7 +240,7 @@ class CounterProtocol(TokenReceiver):
 
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
-        self._flush()
+        self._send_replies()
         if (
             self.client_id is None
             and not self._stopped
@@ -252,7 +255,7 @@ class CounterProtocol(TokenReceiver):
         self.factory.stats.received["too-long"] += 1
         self._log.received(token[:64] + b"...")
         self._error("too-long")
-        self._flush()
+        self._send_replies()
         self.transport.loseConnection()
 
     def _quiet_time_passed(self) -> None:
@@ -261,7 +264,7 @@ class CounterProtocol(TokenReceiver):
             token = self.take_pending()
             self._log.new_read(token)
             self.tokenReceived(token)
-            self._flush()
+            self._send_replies()
 
     def _cancel_quiet_timer(self) -> None:
         if self._quiet_timer is not None:
@@ -309,7 +312,7 @@ class CounterProtocol(TokenReceiver):
             start = self.factory.service.register(client_id)
         except IdInUse:
             self._error("id-in-use")
-            self._flush()
+            self._send_replies()
             self.stop_reading_tokens()
             self.transport.loseConnection()
             return
@@ -358,7 +361,6 @@ class CounterProtocol(TokenReceiver):
     def _reply(self, kind: str, token: bytes) -> None:
         if self._held:
             self._held.append(_HeldReply(kind, token))
-            self._release_held()
             return
         self.factory.stats.sent[kind] += 1
         self._log.sent(token)
@@ -374,19 +376,38 @@ class CounterProtocol(TokenReceiver):
 
         def stored(_: None) -> None:
             held.ready = True
-            self._release_held()
+            self._release_soon()
 
         def failed(failure: Failure) -> None:
             self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
             self.factory.stats.errors["store-failed"] += 1
             held.kind, held.token, held.ready = "error", b"error:store-failed", True
-            self._release_held()
+            self._release_soon()
 
         durable.addCallbacks(stored, failed)
 
+    def _send_replies(self) -> None:
+        """Write the replies that may go out now, in one write."""
+        if self._held:
+            self._release_held()
+        else:
+            self._flush()
+
+    def _release_soon(self) -> None:
+        """Release held replies once this reactor turn is over.
+
+        A commit acknowledges many changes at once; waiting for the end of the
+        turn sends all of this connection's replies in one write.
+        """
+        if self._release_call is None and not self._lost:
+            self._release_call = self.factory.clock.callLater(0, self._release_held)
+
     def _release_held(self) -> None:
-        """Write the replies at the head of the held queue that are ready, in order."""
-        self._flush()
+        """Write what is queued and the ready replies at the head of the held queue, in order."""
+        if self._release_call is not None:
+            if self._release_call.active():
+                self._release_call.cancel()
+            self._release_call = None
         factory = self.factory
         while self._held and self._held[0].ready:
             held = self._held.popleft()

@@ -481,7 +481,9 @@ def test_parsers() -> None:
 # Durability: an array is answered only once its merge is stored
 
 
-def test_array_reply_waits_for_the_store_and_keeps_order(factory: CounterFactory) -> None:
+def test_array_reply_waits_for_the_store_and_keeps_order(
+    factory: CounterFactory, clock: Clock
+) -> None:
     """With a store, the array reply (and every reply behind it) waits until the merge is stored."""
     from twisted.internet.defer import Deferred
 
@@ -497,20 +499,43 @@ def test_array_reply_waits_for_the_store_and_keeps_order(factory: CounterFactory
     assert client.send(b"[5] odd [6] even ") == []
     assert list(factory.service.values) == [5, 6]  # visible to readers at once
     pending[0].callback(None)
-    first = client.send(b"")
+    assert client.replies() == []  # released at the end of the reactor turn
+    clock.advance(0)
+    first = client.replies()
     assert first[0] == b"[5]" and int(first[1]) % 2 == 1 and len(first) == 2
     pending[1].callback(None)
-    second = client.send(b"")
+    clock.advance(0)
+    second = client.replies()
     assert second[0] == b"[5,6]" and int(second[1]) % 2 == 0
 
 
-def test_failed_store_is_an_error_not_an_ack(factory: CounterFactory) -> None:
+def test_one_commit_releases_a_connections_replies_in_one_write(
+    factory: CounterFactory, clock: Clock
+) -> None:
+    """When one commit acknowledges several arrays of a connection, their replies go in one write."""
+    from twisted.internet.defer import Deferred
+
+    pending: list[Deferred[None]] = []
+    factory.service.set_durability(lambda: pending.append(Deferred()) or pending[-1])
+    client = FakeClient(factory)
+    client.send(b"[1] [2] [3] ")
+    writes: list[bytes] = []
+    client.transport.write = writes.append  # type: ignore[method-assign]
+    for d in pending:
+        d.callback(None)
+    clock.advance(0)
+    assert writes == [b"[1] [1,2] [1,2,3] "]
+
+
+def test_failed_store_is_an_error_not_an_ack(factory: CounterFactory, clock: Clock) -> None:
     """If storing fails, the client gets error:store-failed instead of the list."""
     from twisted.internet.defer import fail
 
     factory.service.set_durability(lambda: fail(OSError("disk full")))
     client = FakeClient(factory)
     assert client.send(b"[5] ") == [b"error:store-failed"]
+    clock.advance(0)
+    assert client.replies() == []
     assert factory.stats.errors["store-failed"] == 1
 
 

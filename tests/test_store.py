@@ -382,6 +382,7 @@ def test_an_array_reply_waits_for_its_commit(
     clock.advance(0)
     assert transport.value() == b""
     writer.finish()
+    clock.advance(0)  # replies are released at the end of the reactor turn
     assert transport.value() == b"[1,3] "
     protocol.connectionLost(None)
     store.stopService()
