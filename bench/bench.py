@@ -619,6 +619,9 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="update the --out file: replace only the parts run now (schedule points "
                         "by number of clients)")
+    parser.add_argument("--kinds", default="",
+                        help="schedule: only these server labels (separated by ;), e.g. 'numd, log on tmpfs' "
+                        "(with --merge the other runs stay)")
     parser.add_argument("--numd-args", default="", help="extra numd options, e.g. '--db :memory:'")
     parser.add_argument("--sweep", default="", help="clients:seconds list for the schedule runs, "
                         "e.g. 5000:15,19000:15 (default 1000:30,5000:30,10000:60,19000:60)")
@@ -639,6 +642,7 @@ def main() -> None:
         cfg.http_seconds = 15
         cfg.http_clients = 10000
     NUMD_EXTRA.extend(cfg.numd_args.split())
+    cfg.kinds = [k.strip() for k in cfg.kinds.split(";") if k.strip()]
     if sweep:
         cfg.sweep = [tuple(int(x) for x in item.split(":")) for item in sweep.split(",")]
     cfg.ramp = 5000.0
@@ -699,7 +703,12 @@ def main() -> None:
             save()
         if want("schedule"):
             sizes = {clients for clients, _ in cfg.sweep}
-            results["schedule"] = [r for r in previous.get("schedule", []) if r["clients"] not in sizes]
+            if cfg.kinds:
+                results["schedule"] = [r for r in previous.get("schedule", [])
+                                       if r["clients"] not in sizes or r["server_kind"] not in cfg.kinds]
+            else:
+                results["schedule"] = [r for r in previous.get("schedule", [])
+                                       if r["clients"] not in sizes]
             target = 10000 if 10000 in sizes else cfg.sweep[-2 if len(cfg.sweep) > 1 else -1][0]
             for clients, seconds in cfg.sweep:
                 reps = cfg.repeat if clients == target else 1
@@ -713,6 +722,15 @@ def main() -> None:
                         # The same clients, a share of whose requests are arrays.
                         kinds += [("baseline +arrays", None, cfg.mixed_share),
                                   ("numd +arrays", None, cfg.mixed_share)]
+                    if clients == target and rep == 0:
+                        # The message log on tmpfs: what writing it to the disk costs the tail.
+                        tmpfs = ["--message-log", str(Path("/dev/shm") / f"numd-bench-{os.getpid()}.log"),
+                                 "--message-log-max-bytes", str(1 << 30)]
+                        kinds += [("numd, log on tmpfs", tmpfs, None)]
+                        if "--db" in numd_help:
+                            kinds += [("numd --db :memory:, log on tmpfs", tmpfs + ["--db", ":memory:"], None)]
+                    if cfg.kinds:
+                        kinds = [k for k in kinds if k[0] in cfg.kinds]
                     for label, extra, share in kinds:
                         log(f"schedule {label} {clients} clients {seconds} s (run {rep + 1}/{reps})")
                         kind = "baseline" if label.startswith("baseline") else "numd"

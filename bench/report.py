@@ -216,6 +216,16 @@ def targets(results: dict[str, Any]) -> list[Row]:
                      f"CPU {fmt(100 * (cpu(mem) or 0), 1)} %, {fmt(mem['server'].get('rss_per_connection_kb'))} KiB/conn, "
                      f"{mem['drops']} drops, {mem['unanswered']} unanswered, {mem['error_replies']} errors",
                      f"p99 {fmt(bs.get('p99_ms'))} ms", ratio(cpu(mem), cpu(base)) + " CPU", "informative"])
+    for label in ("numd, log on tmpfs", "numd --db :memory:, log on tmpfs"):
+        var = pair.get(label)
+        if var and base:
+            vs = var["latency"]["steady"]
+            rows.append([f"1. for comparison: {label}{note.split(' (median')[0]}",
+                         f"p99 {fmt(vs.get('p99_ms'))} ms, p99.9 {fmt(vs.get('p99_9_ms'))} ms, "
+                         f"CPU {fmt(100 * (cpu(var) or 0), 1)} %, {var['drops']} drops, "
+                         f"{var['unanswered']} unanswered, {var['error_replies']} errors",
+                         f"p99 {fmt(bs.get('p99_ms'))} ms, p99.9 {fmt(bs.get('p99_9_ms'))} ms",
+                         ratio(cpu(var), cpu(base)) + " CPU", "informative"])
     mixed = pair.get("numd +arrays"), pair.get("baseline +arrays")
     if mixed[0] and mixed[1]:
         ma, mb = mixed[0]["latency"]["steady"], mixed[1]["latency"]["steady"]
@@ -336,14 +346,31 @@ def findings(results: dict[str, Any]) -> list[str]:
                 f"{fmt(b['max_reply_gap_ms'])} ms at {fmt(100 * (cpu(b) or 0), 1)} % CPU.")
             if pa and pb and pa > 3 * pb:
                 out.append(
-                    "**The store makes the tail latency.** " + figures + " Latency far above what the CPU "
-                    "figure explains points at waiting rather than work. A likely cause (not measured "
+                    "**The store adds to the tail latency.** " + figures + " Latency far above what the "
+                    "CPU figure explains points at waiting rather than work. A likely cause (not measured "
                     "here): the store's writer thread runs Python, building and binding every dirty client "
                     "record, about one per client per second, while holding the GIL, and the reactor "
                     "thread, which gives the GIL up on every system call, waits up to the switch interval "
                     "(5 ms) to get it back.")
             else:
                 out.append(figures)
+    for n in sorted({r["clients"] for r in runs if r["server_kind"] == "numd, log on tmpfs"}):
+        pair = by_kind(runs, clients=n)
+        a, t, mt = pair.get("numd"), pair.get("numd, log on tmpfs"), pair.get("numd --db :memory:, log on tmpfs")
+        if a and t:
+            pa, pt = a["latency"]["steady"].get("p99_ms"), t["latency"]["steady"].get("p99_ms")
+            text = (f"At {n:,} clients, numd with its message log on tmpfs instead of the disk had p99 "
+                    f"{fmt(pt)} ms and p99.9 {fmt(t['latency']['steady'].get('p99_9_ms'))} ms, against "
+                    f"{fmt(pa)} ms and {fmt(a['latency']['steady'].get('p99_9_ms'))} ms with the log on disk")
+            if mt:
+                text += (f"; with the store off as well, p99 {fmt(mt['latency']['steady'].get('p99_ms'))} ms and "
+                         f"p99.9 {fmt(mt['latency']['steady'].get('p99_9_ms'))} ms")
+            text += "."
+            if pa and pt and pa > 3 * pt:
+                text = ("**The message log's writes to disk make the tail latency.** " + text +
+                        " The log is written by the reactor thread; a `write()` that the kernel holds "
+                        "(dirty-page throttling on a disk shared with other work) stalls every client.")
+            out.append(text)
     for n in sorted({r["clients"] for r in runs if r["server_kind"] == "numd +arrays"}):
         pair = by_kind(runs, clients=n)
         ma, mb, pa, pb = (pair.get(k) for k in ("numd +arrays", "baseline +arrays", "numd", "baseline"))
