@@ -143,9 +143,7 @@ def parse_values(body: bytes) -> list[int]:
         raise ApiError(400, "bad-json", "the body is not valid JSON") from None
     items = document if isinstance(document, list) else [document]
     if not items:
-        raise ApiError(
-            400, "bad-value", "the array is empty; send at least one integer"
-        )
+        raise ApiError(400, "bad-value", "the array is empty; send at least one integer")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             kind = _JSON_KINDS.get(type(item), type(item).__name__)
@@ -155,9 +153,7 @@ def parse_values(body: bytes) -> list[int]:
                 f"expected an integer or an array of integers, got a {kind}",
             )
         if not INT64_MIN <= item <= INT64_MAX:
-            raise ApiError(
-                400, "bad-value", f"{item} is outside the 64-bit signed range"
-            )
+            raise ApiError(400, "bad-value", f"{item} is outside the 64-bit signed range")
     return items
 
 
@@ -345,9 +341,7 @@ class NumdApi:
         size = content.seek(0, io.SEEK_END)
         content.seek(position)
         if size > self.max_body:
-            raise ApiError(
-                413, "body-too-large", f"the body is larger than {self.max_body} bytes"
-            )
+            raise ApiError(413, "body-too-large", f"the body is larger than {self.max_body} bytes")
 
     def _when_stored(self, body: bytes) -> bytes | Deferred[bytes]:
         """`body`, once the change just made is stored (at once without a store).
@@ -411,9 +405,7 @@ class NumdApi:
             added = self.service.merge(parse_values(body))
         else:
             added = [self.service.add_random()]
-        return self._when_stored(
-            _json(request, {"added": added, "size": len(self.service.values)})
-        )
+        return self._when_stored(_json(request, {"added": added, "size": len(self.service.values)}))
 
     @_route(API_PREFIX + "/values", "DELETE")
     def clear_values(self, request: IRequest) -> bytes | Deferred[bytes]:
@@ -466,9 +458,7 @@ class NumdApi:
         The status is ``ready``, ``not-ready`` (a listener is down) or
         ``degraded`` (serving, but the message log is dropping records).
         """
-        checks = {
-            name: bool(check()) for name, check in sorted(self.ready_checks.items())
-        }
+        checks = {name: bool(check()) for name, check in sorted(self.ready_checks.items())}
         status = "ready" if all(checks.values()) else "not-ready"
         if self.message_log is not None:
             checks["message_log_writable"] = self.message_log.writable
@@ -575,9 +565,7 @@ class NumdApi:
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, ApiError)
-        return _json(
-            request, {"error": error.code, "message": error.message}, error.status
-        )
+        return _json(request, {"error": error.code, "message": error.message}, error.status)
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -600,9 +588,7 @@ class NumdApi:
                 405,
             )
         if isinstance(error, (NotFound, MethodNotAllowed)):
-            return _json(
-                request, {"error": "not-found", "message": "no such route"}, 404
-            )
+            return _json(request, {"error": "not-found", "message": "no such route"}, 404)
         status = error.code or 500
         for name, value in error.get_response().headers.items():
             if name.lower() == "location":
@@ -622,9 +608,7 @@ class NumdApi:
             method=request.method,  # type: ignore[attr-defined]
             path=request.path,  # type: ignore[attr-defined]
         )
-        return _json(
-            request, {"error": "internal", "message": "internal server error"}, 500
-        )
+        return _json(request, {"error": "internal", "message": "internal server error"}, 500)
 
 
 def _legacy(request: IRequest, text: str) -> bytes:

@@ -233,11 +233,7 @@ class Dashboard:
     def _update(self) -> bytes | None:
         """The coalesced changes since the last tick as one event, or None if nothing changed."""
         totals = self.totals()
-        if (
-            not self._dirty_clients
-            and not self._list_dirty
-            and totals == self._last_totals
-        ):
+        if not self._dirty_clients and not self._list_dirty and totals == self._last_totals:
             return None
         clients = self.service.clients
         update: dict[str, Any] = {

@@ -205,9 +205,7 @@ class Guard(Resource):
             assert origin is not None
             request.setHeader(b"Access-Control-Allow-Origin", origin)
             request.setHeader(b"Vary", b"Origin")
-            if request.method == b"OPTIONS" and request.getHeader(
-                b"access-control-request-method"
-            ):
+            if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
                 request.setResponseCode(204)
                 request.setHeader(b"Access-Control-Allow-Methods", b"GET, POST, DELETE")
                 request.setHeader(b"Access-Control-Allow-Headers", b"Authorization, Content-Type")

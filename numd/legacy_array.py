@@ -49,9 +49,7 @@ DEFAULT_MAX_BYTES = 16 * 1024
 """Largest request (one pickle) accepted, in bytes."""
 REPLY_PROTOCOL = 4
 
-_OPCODES: dict[int, pickletools.OpcodeInfo] = {
-    ord(op.code): op for op in pickletools.opcodes
-}
+_OPCODES: dict[int, pickletools.OpcodeInfo] = {ord(op.code): op for op in pickletools.opcodes}
 _PROTO = ord(pickle.PROTO)
 _STOP = ord(pickle.STOP)
 REFUSED_OPCODES = frozenset(
@@ -114,9 +112,7 @@ def find_pickle_end(
         if code == _PROTO:
             version = data[pos + 1]
             if pos != 0 or not 2 <= version <= 5:
-                raise BadRequest(
-                    "not-pickle", f"protocol {version} at {pos}; 2-5 accepted"
-                )
+                raise BadRequest("not-pickle", f"protocol {version} at {pos}; 2-5 accepted")
         pos = end
         if code == _STOP:
             return pos, pos
@@ -237,9 +233,7 @@ class LegacyArrayProtocol(Protocol):
         factory = self.factory
         while self._buffer:
             try:
-                end, self._resume = find_pickle_end(
-                    self._buffer, self._resume, factory.max_bytes
-                )
+                end, self._resume = find_pickle_end(self._buffer, self._resume, factory.max_bytes)
                 if end is None:
                     return
                 request = bytes(self._buffer[:end])
@@ -266,12 +260,8 @@ class LegacyArrayProtocol(Protocol):
                 self._release()
 
             def failed(failure: Failure) -> None:
-                self.log.failure(
-                    "storing a merge for {peer} failed", failure, peer=self.peer
-                )
-                self._refuse(
-                    BadRequest("store-failed", "the merge could not be stored")
-                )
+                self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
+                self._refuse(BadRequest("store-failed", "the merge could not be stored"))
 
             durable.addCallbacks(stored, failed)
         self._release()
@@ -304,9 +294,7 @@ class LegacyArrayFactory(Factory):
 
     protocol = LegacyArrayProtocol
 
-    def __init__(
-        self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> None:
+    def __init__(self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.service = service
         self.max_bytes = max_bytes
         self.stats = Stats()

@@ -34,9 +34,7 @@ class Metrics:
     number of series unbounded).
     """
 
-    def __init__(
-        self, service: NumberService, message_log: MessageLog | None = None
-    ) -> None:
+    def __init__(self, service: NumberService, message_log: MessageLog | None = None) -> None:
         self.service = service
         self.message_log = message_log
         self.http_requests: Counter[tuple[str, int]] = Counter()
@@ -104,9 +102,7 @@ class _NumdCollector(Collector):
         )
 
         for name, documentation, label, attribute in _PROTOCOL_FAMILIES:
-            family = CounterMetricFamily(
-                name, documentation, labels=["protocol", label]
-            )
+            family = CounterMetricFamily(name, documentation, labels=["protocol", label])
             for protocol, stats in sorted(metrics._stats.items()):
                 counts: Counter[str] = getattr(stats, attribute)
                 for key, count in sorted(counts.items()):

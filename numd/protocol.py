@@ -11,11 +11,11 @@ import re
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
+
 from sortedcontainers import SortedList
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as defer_TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -35,9 +35,7 @@ from numd.stats import Stats
 _INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 _ARRAY = re.compile(rb"\[-?(?:0|[1-9][0-9]{0,18})(?:,-?(?:0|[1-9][0-9]{0,18}))*\]")
 _OLD_CLIENT_ID = re.compile(rb"[0-9]{1,5}")
-_HTTP_METHODS = frozenset(
-    b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split()
-)
+_HTTP_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split())
 
 MAX_ARRAY_VALUES = 1000
 MIN_REPLY_CAP = 64
@@ -241,11 +239,7 @@ class CounterProtocol(TokenReceiver):
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
         self._send_replies()
-        if (
-            self.client_id is None
-            and not self._stopped
-            and _OLD_CLIENT_ID.fullmatch(self.pending)
-        ):
+        if self.client_id is None and not self._stopped and _OLD_CLIENT_ID.fullmatch(self.pending):
             self._quiet_timer = self.factory.clock.callLater(
                 self.factory.quiet_time, self._quiet_time_passed
             )

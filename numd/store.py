@@ -208,9 +208,7 @@ class Database:
         """The schema version the file had before this open migrated it, if it did."""
         self._lock = _lock(path)
         try:
-            self._connection = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False
-            )
+            self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             os.close(self._lock)
             raise StoreError(f"cannot open the database {path}: {e}") from None
@@ -225,7 +223,9 @@ class Database:
     def _prepare(self) -> None:
         c = self._connection
         # The first read fails on a file that is not SQLite ("file is not a database").
-        tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         if c.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"cannot use the database {self.path}: WAL mode is not available")
         c.execute("PRAGMA synchronous = FULL")

@@ -21,9 +21,9 @@ from twisted.web.server import Site
 
 from numd.api import DEFAULT_MAX_BODY, NumdApi
 from numd.dashboard import Dashboard
+from numd.http_guard import is_loopback_name
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
 from numd.legacy_array import LegacyArrayFactory
-from numd.http_guard import is_loopback_name
 from numd.messagelog import MessageLog
 from numd.metrics import Metrics
 from numd.protocol import MIN_REPLY_CAP, CounterFactory
@@ -132,8 +132,7 @@ class Options(usage.Options):
             "reply-cap",
             None,
             64 * 1024,
-            "Largest array reply in bytes; a longer sorted list is cut and marked "
-            "with its size.",
+            "Largest array reply in bytes; a longer sorted list is cut and marked with its size.",
             _checked("reply-cap", int, MIN_REPLY_CAP),
         ],
         [
@@ -371,7 +370,12 @@ def check_open_files(max_clients: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         except (ValueError, OSError) as e:
-            _log.warn("cannot raise the open-file limit from {soft} to {hard}: {e}", soft=soft, hard=hard, e=e)
+            _log.warn(
+                "cannot raise the open-file limit from {soft} to {hard}: {e}",
+                soft=soft,
+                hard=hard,
+                e=e,
+            )
     if soft != resource.RLIM_INFINITY and soft < max_clients + RESERVED_FILES:
         _log.warn(
             "--max-clients {max_clients} needs about {needed} open files but the limit is "
@@ -445,7 +449,9 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         legacy = listener = LegacyArrayFactory(state, max_bytes=config["legacy-array-max-bytes"])
         metrics.add_stats("legacy-array", listener.stats)
         ready_checks["legacy_array_listener"] = lambda: listener.numPorts >= 1
-        strports.service(config["legacy-array-listen"], listener, reactor=reactor).setServiceParent(top)
+        strports.service(config["legacy-array-listen"], listener, reactor=reactor).setServiceParent(
+            top
+        )
     api = NumdApi(
         state,
         message_log=top.message_log,

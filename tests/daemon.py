@@ -99,9 +99,15 @@ def running_numd(directory: Path, *args: str, plugin: str = "numd") -> Iterator[
     with open(output, "wb") as out:
         process = subprocess.Popen(
             [
-                *TWISTD, "-n", "--pidfile=", plugin,
-                "--listen", f"tcp:{port}:interface=127.0.0.1",
-                "--api-listen", f"tcp:{api_port}:interface=127.0.0.1", *args,
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                plugin,
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--api-listen",
+                f"tcp:{api_port}:interface=127.0.0.1",
+                *args,
             ],
             cwd=directory,
             stdout=out,

@@ -36,7 +36,10 @@ def check(data: bytes) -> None:
     stream = b"5 " + fdp.ConsumeBytes(fdp.remaining_bytes())
     clock = Clock()
     factory = CounterFactory(
-        NumberService(clock, random.Random(0)), MessageLog(os.devnull, clock), Stats(), clock,
+        NumberService(clock, random.Random(0)),
+        MessageLog(os.devnull, clock),
+        Stats(),
+        clock,
         max_token_length=512,
     )
     client = FakeClient(factory)

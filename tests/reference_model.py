@@ -35,9 +35,11 @@ def expected_replies(tokens: list[bytes]) -> list[str]:
         if token in (b"even", b"odd"):
             kinds.append(token.decode())
         elif token.startswith(b"["):
-            ok = bool(_ARRAY.fullmatch(token)) and all(
-                _int64(v) for v in token[1:-1].split(b",")
-            ) and token.count(b",") < 1000
+            ok = (
+                bool(_ARRAY.fullmatch(token))
+                and all(_int64(v) for v in token[1:-1].split(b","))
+                and token.count(b",") < 1000
+            )
             kinds.append("array" if ok else "error:bad-array")
         elif _int64(token):
             continue

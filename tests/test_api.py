@@ -121,9 +121,7 @@ def message_log(tmp_path: Path) -> MessageLog:
 
 
 @pytest.fixture
-def make_client(
-    service: NumberService, message_log: MessageLog
-) -> Callable[..., Client]:
+def make_client(service: NumberService, message_log: MessageLog) -> Callable[..., Client]:
     """Builds a `Client` for a `NumdApi` made with the given keyword arguments."""
 
     def make(**kwargs: Any) -> Client:
@@ -154,17 +152,13 @@ def test_get_values_of_an_empty_list(client: Client) -> None:
     }
 
 
-def test_get_values_are_sorted_with_duplicates(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_are_sorted_with_duplicates(client: Client, service: NumberService) -> None:
     """Values come back in ascending order, duplicates kept."""
     service.merge([5, -2, 5, 9])
     assert client.get("/api/v1/values").json()["values"] == [-2, 5, 5, 9]
 
 
-def test_get_values_pages_with_offset_and_limit(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_pages_with_offset_and_limit(client: Client, service: NumberService) -> None:
     """offset skips values and limit bounds the page; size is always the whole list."""
     service.merge(range(10))
     assert client.get("/api/v1/values?offset=3&limit=4").json() == {
@@ -179,24 +173,17 @@ def test_get_values_pages_with_offset_and_limit(
     assert client.get("/api/v1/values?limit=0").json()["values"] == []
 
 
-def test_get_values_default_and_maximum_limit(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_default_and_maximum_limit(client: Client, service: NumberService) -> None:
     """Without limit a page holds 100 values; limit may not exceed 1000."""
     service.merge(range(2000))
     assert len(client.get("/api/v1/values").json()["values"]) == 100
-    assert (
-        len(client.get(f"/api/v1/values?limit={MAX_LIMIT}").json()["values"])
-        == MAX_LIMIT
-    )
+    assert len(client.get(f"/api/v1/values?limit={MAX_LIMIT}").json()["values"]) == MAX_LIMIT
     reply = client.get(f"/api/v1/values?limit={MAX_LIMIT + 1}")
     assert reply.code == 400
     assert reply.json()["error"] == "bad-parameter"
 
 
-def test_get_values_filters_by_min_and_max(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_filters_by_min_and_max(client: Client, service: NumberService) -> None:
     """min and max are inclusive bounds; matched counts the values within them."""
     service.merge([1, 3, 3, 5, 7, 9])
     body = client.get("/api/v1/values?min=3&max=7").json()
@@ -207,9 +194,7 @@ def test_get_values_filters_by_min_and_max(
     assert (body["size"], body["matched"], body["values"]) == (6, 5, [3, 5])
 
 
-def test_get_values_with_min_above_max_is_empty(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_with_min_above_max_is_empty(client: Client, service: NumberService) -> None:
     """An empty range is not an error: it matches nothing."""
     service.merge([1, 2, 3])
     body = client.get("/api/v1/values?min=3&max=1").json()
@@ -239,9 +224,7 @@ def test_get_values_rejects_bad_parameters(client: Client, query: str) -> None:
     assert query.split("=")[0] in body["message"]
 
 
-def test_get_values_accepts_the_64_bit_bounds(
-    client: Client, service: NumberService
-) -> None:
+def test_get_values_accepts_the_64_bit_bounds(client: Client, service: NumberService) -> None:
     """min and max may be the extremes of the 64-bit range."""
     service.merge([INT64_MIN, 0, INT64_MAX])
     body = client.get(f"/api/v1/values?min={INT64_MIN}&max={INT64_MAX}").json()
@@ -276,9 +259,7 @@ def test_post_the_64_bit_extremes(client: Client, service: NumberService) -> Non
     assert list(service.values) == [INT64_MIN, INT64_MAX]
 
 
-def test_post_without_body_adds_a_random_value(
-    client: Client, service: NumberService
-) -> None:
+def test_post_without_body_adds_a_random_value(client: Client, service: NumberService) -> None:
     """No body adds one random integer in 1000-10000, like the older server's add_value."""
     expected = random.Random(11).randint(1000, 10000)
     reply = client.post("/api/v1/values")
@@ -428,9 +409,7 @@ def test_unknown_paths_are_json_404(client: Client, path: str) -> None:
         ("FROB", "/openapi.json", "GET, HEAD"),
     ],
 )
-def test_wrong_method_is_405_with_allow(
-    client: Client, method: str, path: str, allow: str
-) -> None:
+def test_wrong_method_is_405_with_allow(client: Client, method: str, path: str, allow: str) -> None:
     """A wrong method gets 405 with an Allow header (not Twisted's 501) and a JSON body."""
     reply = client.request(method, path)
     assert reply.code == 405
@@ -617,9 +596,7 @@ def test_legacy_add_value(legacy: Client, service: NumberService, method: str) -
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_legacy_clean_array(
-    legacy: Client, service: NumberService, method: str
-) -> None:
+def test_legacy_clean_array(legacy: Client, service: NumberService, method: str) -> None:
     """GET or DELETE /clean_array empties the list; note the space after "Server"."""
     service.merge([5, 6])
     reply = legacy.request(method, "/clean_array")
@@ -667,17 +644,15 @@ async def test_site_keeps_no_more_than_the_cap_of_a_body(
     site.getContentFile = spy  # type: ignore[method-assign]
     async with serving(site) as (base, pool):
         url = base + "/api/v1/values"
-        response = await treq.post(
-            url, data=b"[1]" + b" " * 200_000, pool=pool
-        ).addTimeout(5, reactor)
+        response = await treq.post(url, data=b"[1]" + b" " * 200_000, pool=pool).addTimeout(
+            5, reactor
+        )
         body = await treq.json_content(response).addTimeout(5, reactor)
         assert response.code == 413
         assert body["error"] == "body-too-large"
         assert max(kept, default=0) <= 1025  # refused as announced: nothing kept
         response = await treq.post(url, data=b"[7]", pool=pool).addTimeout(5, reactor)
-        assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [
-            7
-        ]
+        assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [7]
 
 
 @pytest_twisted.ensureDeferred
@@ -688,9 +663,7 @@ async def test_site_answers_a_non_utf8_path_with_json_400(
     from twisted.internet import reactor
 
     async with serving(NumdApi(service).site()) as (base, pool):
-        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(
-            5, reactor
-        )
+        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(5, reactor)
         body = await treq.json_content(response).addTimeout(5, reactor)
         assert (response.code, body["error"]) == (400, "bad-path")
 
@@ -742,9 +715,7 @@ def test_changes_are_answered_only_once_stored(
     assert results[0].code == 200
 
 
-def test_a_change_that_cannot_be_stored_is_503(
-    client: Client, service: NumberService
-) -> None:
+def test_a_change_that_cannot_be_stored_is_503(client: Client, service: NumberService) -> None:
     """If the store fails, the answer is 503 and says the change may be lost; it is logged."""
     durability = Durability(service)
     events: list[dict[str, Any]] = []
@@ -767,8 +738,7 @@ def test_a_change_that_cannot_be_stored_is_503(
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
     lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=3), children, max_size=3)
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3)
     ),
     max_leaves=10,
 )

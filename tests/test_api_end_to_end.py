@@ -89,15 +89,11 @@ def pool() -> Iterator[HTTPConnectionPool]:
     pytest_twisted.blockon(pool.closeCachedConnections())
 
 
-async def http(
-    method: str, url: str, pool: HTTPConnectionPool, **kwargs: Any
-) -> tuple[int, Any]:
+async def http(method: str, url: str, pool: HTTPConnectionPool, **kwargs: Any) -> tuple[int, Any]:
     """Status and decoded body of one request, each wait bounded by 5 s."""
     from twisted.internet import reactor
 
-    response = await treq.request(method, url, pool=pool, **kwargs).addTimeout(
-        5, reactor
-    )
+    response = await treq.request(method, url, pool=pool, **kwargs).addTimeout(5, reactor)
     body = await treq.content(response).addTimeout(5, reactor)
     content_type = response.headers.getRawHeaders("Content-Type", [""])[0]
     if content_type == "application/json":
@@ -194,9 +190,7 @@ def test_sigterm_still_exits_cleanly_with_the_api(api_daemon: ApiDaemon) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_tac_file_serves_the_api(
-    tmp_path: Path, pool: HTTPConnectionPool
-) -> None:
+async def test_tac_file_serves_the_api(tmp_path: Path, pool: HTTPConnectionPool) -> None:
     """`twistd -ny numd.tac` serves the HTTP API too, with the options from NUMD_OPTIONS."""
     counter_port, api_port = free_port(), free_port()
     options = (
@@ -206,9 +200,7 @@ async def test_tac_file_serves_the_api(
     env = {
         **os.environ,
         "NUMD_OPTIONS": options,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     process = subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "-y", str(ROOT / "numd.tac")],

@@ -71,9 +71,7 @@ def test_api_option_defaults(tmp_path: Path) -> None:
         (["--legacy-array-max-bytes", "1"], "legacy-array-max-bytes"),
     ],
 )
-def test_bad_api_options_are_usage_errors(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_bad_api_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     """A bad endpoint or limit is a usage error naming the problem, not a traceback at start."""
     with pytest.raises(usage.UsageError, match=message):
         parse(tmp_path, *args)
@@ -97,9 +95,7 @@ def test_make_service_serves_the_api_and_the_legacy_listener(tmp_path: Path) -> 
             "1000",
         )
     )
-    listeners = {
-        factory: (port, iface) for port, factory, _backlog, iface in reactor.tcpServers
-    }
+    listeners = {factory: (port, iface) for port, factory, _backlog, iface in reactor.tcpServers}
     assert isinstance(daemon.site, ApiSite)
     assert listeners[daemon.site] == (8081, "127.0.0.1")
     assert isinstance(daemon.legacy_array_factory, LegacyArrayFactory)
@@ -118,9 +114,7 @@ def test_make_service_serves_the_api_and_the_legacy_listener(tmp_path: Path) -> 
 
 def test_without_legacy_options_there_is_no_legacy_listener(tmp_path: Path) -> None:
     """Without --legacy-array-listen nothing listens for pickles and the old routes are 404."""
-    daemon, reactor = started(
-        parse(tmp_path, "--listen", "tcp:2005:interface=127.0.0.1")
-    )
+    daemon, reactor = started(parse(tmp_path, "--listen", "tcp:2005:interface=127.0.0.1"))
     assert daemon.legacy_array_factory is None
     assert sorted(port for port, *_ in reactor.tcpServers) == [2005, 8080]
     code, body = get_json(daemon.site.resource, "/get_array")
@@ -153,10 +147,7 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
     assert daemon.legacy_array_factory is not None
     for factory in (daemon.site, daemon.legacy_array_factory, daemon.counter_factory):
         factory.doStart()
-    assert (
-        get_json(daemon.site.resource, "/readyz")[1]["checks"]["counter_listeners"]
-        is False
-    )
+    assert get_json(daemon.site.resource, "/readyz")[1]["checks"]["counter_listeners"] is False
     daemon.counter_factory.doStart()
     assert get_json(daemon.site.resource, "/readyz") == (
         200,
@@ -183,10 +174,7 @@ def test_metrics_cover_both_protocols(tmp_path: Path) -> None:
     daemon.legacy_array_factory.stats.errors["not-list"] += 1
     text = daemon.metrics.render().decode()
     assert 'numd_messages_received_total{kind="odd",protocol="counter"} 2.0' in text
-    assert (
-        'numd_protocol_errors_total{protocol="legacy-array",reason="not-list"} 1.0'
-        in text
-    )
+    assert 'numd_protocol_errors_total{protocol="legacy-array",reason="not-list"} 1.0' in text
     daemon.stopService()
 
 
@@ -220,7 +208,9 @@ def test_access_log_only_when_asked(tmp_path: Path) -> None:
         site.startFactory()
         channel = site.buildProtocol(None)
         channel.makeConnection(StringTransport())
-        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        channel.dataReceived(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         access_log = site._logFile
         site.stopFactory()
         return access_log

@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def checkout_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Daemons started here import numd from this checkout, new modules included."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+
 
 WINDOW = 16
 """Arrays in flight at once on the counter connection."""
@@ -59,7 +62,9 @@ class Model:
         lost = self.acked - present
         assert not lost, f"{len(lost)} acknowledged values lost, e.g. {sorted(lost)[:5]}"
         unknown = present - self.acked - self.maybe
-        assert not unknown, f"{len(unknown)} values stored that should not be, e.g. {sorted(unknown)[:5]}"
+        assert not unknown, (
+            f"{len(unknown)} values stored that should not be, e.g. {sorted(unknown)[:5]}"
+        )
         self.acked, self.maybe = present, set()
 
 
@@ -76,7 +81,9 @@ def numd_with_api(directory: Path, *args: str) -> Iterator[tuple[Daemon, int]]:
             api_port = free_port()
             try:
                 numd = stack.enter_context(
-                    running_numd(directory, *args, "--api-listen", f"tcp:{api_port}:interface=127.0.0.1")
+                    running_numd(
+                        directory, *args, "--api-listen", f"tcp:{api_port}:interface=127.0.0.1"
+                    )
                 )
                 wait_for_port(api_port, numd.process)
             except RuntimeError:
@@ -215,9 +222,16 @@ def test_a_corrupt_database_stops_twistd_with_one_line(tmp_path: Path) -> None:
     port, api_port = free_port(), free_port()
     result = subprocess.run(
         [
-            *TWISTD, "-n", "--pidfile=", "numd", "--db", str(db),
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--api-listen", f"tcp:{api_port}:interface=127.0.0.1",
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "numd",
+            "--db",
+            str(db),
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--api-listen",
+            f"tcp:{api_port}:interface=127.0.0.1",
         ],  # fmt: skip
         cwd=tmp_path,
         capture_output=True,
@@ -247,7 +261,9 @@ def test_sigterm_keeps_the_last_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sync,window", [("everysec", 2.0), ("always", 1.0)])
-def test_kill_9_loses_at_most_the_sync_window_of_reports(tmp_path: Path, sync: str, window: float) -> None:
+def test_kill_9_loses_at_most_the_sync_window_of_reports(
+    tmp_path: Path, sync: str, window: float
+) -> None:
     """After kill -9 a returning client resumes from a number it reported within the policy's window of the crash.
 
     Under everysec that is about one second (plus a commit); the bounds leave room for a busy machine.
@@ -256,7 +272,10 @@ def test_kill_9_loses_at_most_the_sync_window_of_reports(tmp_path: Path, sync: s
 
     db = str(tmp_path / "numd.db")
     sent_at: dict[int, float] = {0: 0.0}
-    with numd_with_api(tmp_path, "--db", db, "--sync", sync) as (numd, _), numd.connect(timeout=5) as sock:
+    with (
+        numd_with_api(tmp_path, "--db", db, "--sync", sync) as (numd, _),
+        numd.connect(timeout=5) as sock,
+    ):
         sock.sendall(b"7 ")
         assert recv_tokens(sock, 1) == [b"0"]
         number, ends = 0, time.monotonic() + 3.5

@@ -196,9 +196,7 @@ def get(api: NumdApi, path: str) -> tuple[int, Any, bytes]:
 
 
 @given(
-    values=st.lists(
-        st.integers(INT64_MIN, INT64_MAX) | st.integers(-50, 50), max_size=200
-    ),
+    values=st.lists(st.integers(INT64_MIN, INT64_MAX) | st.integers(-50, 50), max_size=200),
     bins=st.integers(1, 60),
 )
 def test_histogram_matches_a_count_by_scanning(values: list[int], bins: int) -> None:
@@ -318,9 +316,7 @@ def test_snapshot_route_shows_clients_totals_and_the_list(
         "errors": 1,
         "list_size": 4,
     }
-    assert (
-        totals["in_per_second"] == 5.0
-    )  # 10 messages in the 2 s since the dashboard began
+    assert totals["in_per_second"] == 5.0  # 10 messages in the 2 s since the dashboard began
     assert snapshot["list"]["size"] == 4
     assert (snapshot["list"]["first"], snapshot["list"]["last"]) == (1000, 9000)
     assert sum(snapshot["list"]["bins"]) == 4
@@ -346,9 +342,7 @@ def test_snapshot_of_10000_clients_and_a_million_values_stays_small(
     assert len(snapshot["list"]["bins"]) <= 40
 
 
-def test_rates_follow_the_counters(
-    dashboard: Dashboard, stats: Stats, clock: Clock
-) -> None:
+def test_rates_follow_the_counters(dashboard: Dashboard, stats: Stats, clock: Clock) -> None:
     """Messages per second are measured over the last couple of seconds, and fall to 0 when traffic stops."""
     for _ in range(4):
         clock.advance(1)
@@ -471,9 +465,7 @@ def test_a_silent_stream_gets_heartbeats(site: ApiSite, clock: Clock) -> None:
     connection.close()
 
 
-def test_the_stream_cap_answers_503_and_frees_up(
-    site: ApiSite, dashboard: Dashboard
-) -> None:
+def test_the_stream_cap_answers_503_and_frees_up(site: ApiSite, dashboard: Dashboard) -> None:
     """Past `max_streams` a stream request gets a JSON 503 with Retry-After; a closed stream frees its slot."""
     first, second = Connection(site), Connection(site)
     third = Connection(site)
@@ -575,9 +567,7 @@ async def test_a_report_reaches_a_reader_over_loopback() -> None:
     received = bytearray()
     try:
         url = f"http://127.0.0.1:{port.getHost().port}/api/v1/events"
-        response = await treq.get(url, pool=pool, unbuffered=True).addTimeout(
-            5, reactor
-        )
+        response = await treq.get(url, pool=pool, unbuffered=True).addTimeout(5, reactor)
         assert response.code == 200
         assert response.headers.getRawHeaders("Content-Type") == ["text/event-stream"]
         reader = _Collector(received)
@@ -680,10 +670,7 @@ def test_the_page_loads_only_its_own_files(api: NumdApi) -> None:
     policy = headers.getRawHeaders("Content-Security-Policy")[0]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert b"http://" not in body and b"https://" not in body
-    assert (
-        b'src="/static/dashboard.js"' in body
-        and b'href="/static/dashboard.css"' in body
-    )
+    assert b'src="/static/dashboard.js"' in body and b'href="/static/dashboard.css"' in body
 
 
 @pytest.mark.parametrize(

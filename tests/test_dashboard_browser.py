@@ -77,9 +77,7 @@ def prepared_database(path: Path) -> None:
             client_id,
             (client_id * 7 % 5000, rng.randrange(100), now - rng.uniform(5, 7200)),
         )
-    batch.merge(
-        [int(sum(rng.randint(1000, 10_000) for _ in range(3)) / 3) for _ in range(3000)]
-    )
+    batch.merge([int(sum(rng.randint(1000, 10_000) for _ in range(3)) / 3) for _ in range(3000)])
     database.write(batch)
     database.close()
 
@@ -112,9 +110,7 @@ def chrome(directory: Path) -> WebDriver:
         f"--user-data-dir={directory}",
     ):
         options.add_argument(flag)
-    return webdriver.Chrome(
-        options=options, service=Service(executable_path=str(CHROMEDRIVER))
-    )
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
 
 
 def wait_for(
@@ -281,9 +277,7 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
             "the token prompt",
         )
         driver.find_element(By.ID, "token").send_keys(TOKEN)
-        driver.find_element(
-            By.CSS_SELECTOR, "#token-form button[type='submit']"
-        ).click()
+        driver.find_element(By.CSS_SELECTOR, "#token-form button[type='submit']").click()
         wait_for(
             driver,
             lambda: number(text(driver, "t-size")) == size + 1,
@@ -291,9 +285,7 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
         )
         assert number(text(driver, "l-size")) == size + 1
         assert "Added" in text(driver, "status")
-        driver.find_element(
-            By.ID, "add"
-        ).click()  # the token is remembered for the session
+        driver.find_element(By.ID, "add").click()  # the token is remembered for the session
         wait_for(
             driver,
             lambda: number(text(driver, "t-size")) == size + 2,
@@ -319,9 +311,7 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
         assert not driver.find_element(By.ID, "confirm").is_displayed()
         driver.find_element(By.ID, "clear").click()
         driver.find_element(By.ID, "confirm-yes").click()
-        wait_for(
-            driver, lambda: text(driver, "t-size") == "0", "the list to be cleared"
-        )
+        wait_for(driver, lambda: text(driver, "t-size") == "0", "the list to be cleared")
         wait_for(
             driver,
             lambda: "the list is empty" in driver.find_element(By.ID, "histogram").text,
@@ -348,7 +338,5 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
         assert errors == [], errors
     finally:
         driver.quit()
-    snapshot = json.loads(
-        urllib.request.urlopen(base + "/api/v1/snapshot", timeout=5).read()
-    )
+    snapshot = json.loads(urllib.request.urlopen(base + "/api/v1/snapshot", timeout=5).read())
     assert snapshot["totals"]["list_size"] == 0

@@ -79,9 +79,14 @@ def test_busy_port_fails_clearly(tmp_path: Path) -> None:
         other.mkdir()
         result = subprocess.run(
             [
-                *TWISTD, "-n", "--pidfile=", "numd",
-                "--listen", f"tcp:{numd.port}:interface=127.0.0.1",
-                "--api-listen", "tcp:0:interface=127.0.0.1",
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "numd",
+                "--listen",
+                f"tcp:{numd.port}:interface=127.0.0.1",
+                "--api-listen",
+                "tcp:0:interface=127.0.0.1",
             ],  # fmt: skip
             cwd=other,
             env=subprocess_env(),
@@ -103,9 +108,18 @@ def test_busy_port_fails_clearly_when_daemonizing(tmp_path: Path) -> None:
         other.mkdir()
         result = subprocess.run(
             [
-                *TWISTD, "--pidfile", str(other / "numd.pid"), "--logfile", str(other / "twistd.log"),
-                "numd", "--listen", f"tcp:{numd.port}:interface=127.0.0.1",
-                "--api-listen", "tcp:0:interface=127.0.0.1", "--db", ":memory:",
+                *TWISTD,
+                "--pidfile",
+                str(other / "numd.pid"),
+                "--logfile",
+                str(other / "twistd.log"),
+                "numd",
+                "--listen",
+                f"tcp:{numd.port}:interface=127.0.0.1",
+                "--api-listen",
+                "tcp:0:interface=127.0.0.1",
+                "--db",
+                ":memory:",
             ],  # fmt: skip
             cwd=other,
             env=subprocess_env(),
@@ -119,7 +133,6 @@ def test_busy_port_fails_clearly_when_daemonizing(tmp_path: Path) -> None:
 
 def test_tac_file_runs(tmp_path: Path) -> None:
     """`twistd -ny numd.tac` serves the counter protocol with options from NUMD_OPTIONS."""
-    import os
     import socket
     import subprocess
 

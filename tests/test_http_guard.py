@@ -197,7 +197,9 @@ def test_no_cors_headers_unless_configured(service: NumberService) -> None:
     _, headers, _ = call(
         resource, "GET", "http://127.0.0.1/healthz", headers={"Origin": "https://evil.example"}
     )
-    assert not [name for name, _ in headers.getAllRawHeaders() if name.lower().startswith(b"access-control")]
+    assert not [
+        name for name, _ in headers.getAllRawHeaders() if name.lower().startswith(b"access-control")
+    ]
 
 
 def test_cors_for_a_configured_origin(service: NumberService) -> None:
@@ -341,6 +343,10 @@ def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
     code, _, body = call(api.guarded_resource(), "GET", "http://127.0.0.1/readyz")
     assert code == 503 and '"degraded"' in body
     _, _, text = call(api.guarded_resource(), "GET", "http://127.0.0.1/metrics")
-    dropped = [line for line in text.splitlines() if line.startswith("numd_message_log_records_dropped_total")]
+    dropped = [
+        line
+        for line in text.splitlines()
+        if line.startswith("numd_message_log_records_dropped_total")
+    ]
     assert dropped and float(dropped[0].split()[-1]) >= 6
     log.stopService()

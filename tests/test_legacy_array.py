@@ -91,9 +91,7 @@ def test_each_protocol_version_is_merged_and_answered(
     """A pickled list of any protocol 2-5 is merged; the reply is one write of a protocol-4 pickle."""
     service.merge([50])
     protocol, transport = connect(factory)
-    protocol.dataReceived(
-        pickle.dumps([17, 3, 3, 90, -1, 2**40], protocol=protocol_version)
-    )
+    protocol.dataReceived(pickle.dumps([17, 3, 3, 90, -1, 2**40], protocol=protocol_version))
     (reply,) = transport.writes
     assert reply[:2] == b"\x80\x04"
     assert pickle.loads(reply) == [-1, 3, 3, 17, 50, 90, 2**40]
@@ -102,9 +100,7 @@ def test_each_protocol_version_is_merged_and_answered(
     assert (factory.stats.received["array"], factory.stats.sent["array"]) == (1, 1)
 
 
-def test_request_split_across_reads(
-    factory: LegacyArrayFactory, service: NumberService
-) -> None:
+def test_request_split_across_reads(factory: LegacyArrayFactory, service: NumberService) -> None:
     """A request arriving one byte at a time is answered once, after its last byte."""
     protocol, transport = connect(factory)
     data = pickle.dumps(list(range(20)), protocol=2)
@@ -135,9 +131,7 @@ def test_many_requests_on_one_connection(factory: LegacyArrayFactory) -> None:
     assert pickle.loads(transport.writes[-1]) == sorted(list(range(5)) * 10)
 
 
-def test_an_empty_list_is_answered(
-    factory: LegacyArrayFactory, service: NumberService
-) -> None:
+def test_an_empty_list_is_answered(factory: LegacyArrayFactory, service: NumberService) -> None:
     """An empty list adds nothing and still gets the whole list back."""
     service.merge([8])
     protocol, transport = connect(factory)
@@ -148,9 +142,7 @@ def test_an_empty_list_is_answered(
 # -- refusals ------------------------------------------------------------------------------------
 
 
-def assert_refused(
-    factory: LegacyArrayFactory, transport: CountingTransport, reason: str
-) -> None:
+def assert_refused(factory: LegacyArrayFactory, transport: CountingTransport, reason: str) -> None:
     """The connection is being closed, nothing was answered, and the reason was counted."""
     assert transport.disconnecting
     assert transport.writes == []
@@ -179,9 +171,7 @@ def test_global_is_refused_nothing_imported_or_called(
 
 
 @pytest.mark.parametrize("protocol_version", PROTOCOLS)
-def test_objects_of_classes_are_refused(
-    factory: LegacyArrayFactory, protocol_version: int
-) -> None:
+def test_objects_of_classes_are_refused(factory: LegacyArrayFactory, protocol_version: int) -> None:
     """A pickle of an instance (STACK_GLOBAL/GLOBAL, NEWOBJ, REDUCE, BUILD) is refused."""
     from collections import OrderedDict
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import random
-
-import pytest
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest_twisted
-from collections.abc import Callable
-
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
@@ -94,7 +91,9 @@ class Server:
 
     async def start(self) -> Server:
         self.log.startService()
-        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            self.factory
+        )
         return self
 
     async def connect(self) -> RawClient:

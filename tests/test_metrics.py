@@ -70,10 +70,7 @@ def test_protocol_counters_by_protocol_and_kind(service: NumberService) -> None:
         ]
         == 3
     )
-    assert (
-        got[("numd_messages_sent_total", (("kind", "even"), ("protocol", "counter")))]
-        == 3
-    )
+    assert got[("numd_messages_sent_total", (("kind", "even"), ("protocol", "counter")))] == 3
     assert (
         got[
             (

@@ -24,9 +24,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 def packaged_document() -> dict[str, Any]:
     """numd/openapi.json as shipped in the package."""
-    return json.loads(
-        resources.files("numd").joinpath("openapi.json").read_text("utf-8")
-    )  # type: ignore[no-any-return]
+    return json.loads(resources.files("numd").joinpath("openapi.json").read_text("utf-8"))  # type: ignore[no-any-return]
 
 
 def served_routes() -> dict[str, set[str]]:
@@ -34,9 +32,7 @@ def served_routes() -> dict[str, set[str]]:
     routes: dict[str, set[str]] = {}
     for rule in NumdApi.app.url_map.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        routes.setdefault(path, set()).update(
-            m.lower() for m in rule.methods or () if m != "HEAD"
-        )
+        routes.setdefault(path, set()).update(m.lower() for m in rule.methods or () if m != "HEAD")
     return routes
 
 
@@ -62,14 +58,11 @@ def test_path_parameters_match_the_routes() -> None:
         names = set(re.findall(r"{(\w+)}", path))
         for method in HTTP_METHODS & set(item):
             declared = {
-                p["name"]: p
-                for p in item[method].get("parameters", [])
-                if p["in"] == "path"
+                p["name"]: p for p in item[method].get("parameters", []) if p["in"] == "path"
             }
             assert set(declared) == names, (path, method)
             assert all(
-                p["required"] and p["schema"]["type"] == "integer"
-                for p in declared.values()
+                p["required"] and p["schema"]["type"] == "integer" for p in declared.values()
             )
 
 
@@ -81,11 +74,7 @@ def test_only_served_legacy_paths_are_listed() -> None:
         validate(document)
         assert (LEGACY_PATHS <= set(document["paths"])) is legacy_routes
         assert not (LEGACY_PATHS & set(document["paths"])) or legacy_routes
-    flagged = {
-        p
-        for p, item in packaged_document()["paths"].items()
-        if item.get("x-numd-legacy")
-    }
+    flagged = {p for p, item in packaged_document()["paths"].items() if item.get("x-numd-legacy")}
     assert flagged == LEGACY_PATHS
 
 

@@ -257,7 +257,17 @@ def test_array_before_registration_then_register(factory: CounterFactory) -> Non
 
 @pytest.mark.parametrize(
     "token",
-    [b"[]", b"[1,]", b"[,1]", b"[1,,2]", b"[1 ", b"[01]", b"[1;2]", b"[a]", b"[9223372036854775808]"],
+    [
+        b"[]",
+        b"[1,]",
+        b"[,1]",
+        b"[1,,2]",
+        b"[1 ",
+        b"[01]",
+        b"[1;2]",
+        b"[a]",
+        b"[9223372036854775808]",
+    ],
 )
 def test_bad_arrays(factory: CounterFactory, token: bytes) -> None:
     """A malformed array is error:bad-array and leaves the list alone."""

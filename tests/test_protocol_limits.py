@@ -18,9 +18,27 @@ from .counter_client import FakeClient
 from .reference_model import expected_replies, reply_matches
 
 BAD_INTEGERS = [
-    b"+5", b"0x5", b"1_0", b"1e3", b"--5", b"007", b"-007", b"12345678901234567890",
-    b"9" * 5000, "\u0661\u0662".encode(), "\uff11\uff12".encode(), b"1\xc2\xa02",
-    b"\x00", b"1\x00", b"\x07", b"1\t2", b"\x1b[0m", b"\xff\xfe", b"\x80", b"1.0", b"-",
+    b"+5",
+    b"0x5",
+    b"1_0",
+    b"1e3",
+    b"--5",
+    b"007",
+    b"-007",
+    b"12345678901234567890",
+    b"9" * 5000,
+    "\u0661\u0662".encode(),
+    "\uff11\uff12".encode(),
+    b"1\xc2\xa02",
+    b"\x00",
+    b"1\x00",
+    b"\x07",
+    b"1\t2",
+    b"\x1b[0m",
+    b"\xff\xfe",
+    b"\x80",
+    b"1.0",
+    b"-",
 ]
 
 
@@ -229,7 +247,9 @@ def test_client_that_never_reads_is_cut_off(limited: CounterFactory, clock: Cloc
     assert client.transport.disconnecting
     assert limited.stats.connections["write-stalled"] == 1
     client.close()
-    assert not [c for c in clock.getDelayedCalls() if c.active() and c.func != limited._idle_sweeper]
+    assert not [
+        c for c in clock.getDelayedCalls() if c.active() and c.func != limited._idle_sweeper
+    ]
 
 
 # 8. Reset mid-token

@@ -73,7 +73,9 @@ def started(state: NumberService, path: str, clock: Clock, writer: Any, **kwargs
 
 
 @pytest.fixture
-def store(state: NumberService, db_path: str, clock: Clock, writer: ManualWriter) -> Iterator[Store]:
+def store(
+    state: NumberService, db_path: str, clock: Clock, writer: ManualWriter
+) -> Iterator[Store]:
     """A started store with the default sync policy and a hand-driven writer."""
     s = started(state, db_path, clock, writer)
     yield s
@@ -220,7 +222,9 @@ def test_duplicates_add_up_across_batches(
     assert list(reloaded(db_path).values) == [-5, 2, 2, 2]
 
 
-def test_extreme_values_round_trip(state: NumberService, store: Store, writer: ManualWriter, db_path: str) -> None:
+def test_extreme_values_round_trip(
+    state: NumberService, store: Store, writer: ManualWriter, db_path: str
+) -> None:
     """The 64-bit limits are stored and loaded exactly."""
     state.merge([2**63 - 1, -(2**63), 0])
     store.flush()
@@ -392,14 +396,18 @@ def test_an_array_reply_waits_for_its_commit(
 # -- the file: start-up, migration, damage --------------------------------------------------
 
 
-def test_a_missing_database_starts_empty(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+def test_a_missing_database_starts_empty(
+    state: NumberService, tmp_path: Path, clock: Clock
+) -> None:
     """No file: an empty registry and list, and a new file at the current schema version."""
     path = tmp_path / "new.db"
     store = Store(state, str(path), clock, run=maybeDeferred)
     store.load()
     assert not state.clients and not state.values
     with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            SCHEMA_VERSION,
+        )
         assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -408,7 +416,9 @@ def test_migration_from_version_1(state: NumberService, tmp_path: Path, clock: C
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as c:
         c.executescript(CREATE_V1)
-        c.executemany("INSERT INTO sorted_values (value) VALUES (?)", [(5,), (-1,), (5,), (3,), (5,)])
+        c.executemany(
+            "INSERT INTO sorted_values (value) VALUES (?)", [(5,), (-1,), (5,), (3,), (5,)]
+        )
         c.execute("INSERT INTO clients (id, number, last_given) VALUES (9, 1080, 37)")
     c.close()
     store = Store(state, str(path), clock, run=maybeDeferred)
@@ -450,7 +460,9 @@ def test_a_corrupt_database_refuses_to_start(
     assert path.read_bytes() == content
 
 
-def test_a_database_from_a_newer_numd_is_refused(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+def test_a_database_from_a_newer_numd_is_refused(
+    state: NumberService, tmp_path: Path, clock: Clock
+) -> None:
     """A schema version this numd does not know is not touched."""
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as c:
@@ -461,7 +473,9 @@ def test_a_database_from_a_newer_numd_is_refused(state: NumberService, tmp_path:
         Store(state, str(path), clock).load()
 
 
-def test_another_programs_database_is_refused(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+def test_another_programs_database_is_refused(
+    state: NumberService, tmp_path: Path, clock: Clock
+) -> None:
     """A SQLite file with someone else's tables is not numd's."""
     path = tmp_path / "other.db"
     with sqlite3.connect(path) as c:
@@ -570,8 +584,9 @@ async def test_the_writer_thread_commits_off_the_reactor_thread(tmp_path: Path) 
     assert list(reloaded(path).values) == list(range(100))
 
 
-
-def test_a_damaged_page_refuses_to_start(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+def test_a_damaged_page_refuses_to_start(
+    state: NumberService, tmp_path: Path, clock: Clock
+) -> None:
     """A real numd database with a page overwritten is caught at start-up, not at the next commit."""
     path = tmp_path / "damaged.db"
     db = Database(str(path))
@@ -582,7 +597,9 @@ def test_a_damaged_page_refuses_to_start(state: NumberService, tmp_path: Path, c
     data = bytearray(path.read_bytes())
     data[8192 : 8192 + 4096] = b"\xff" * 4096
     path.write_bytes(bytes(data))
-    with pytest.raises(SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"):
+    with pytest.raises(
+        SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"
+    ):
         Store(state, str(path), clock).load()
 
 
@@ -590,7 +607,9 @@ def test_a_database_in_use_by_another_numd_is_refused(
     state: NumberService, store: Store, db_path: str, clock: Clock, writer: ManualWriter
 ) -> None:
     """A second store on a file that a running one holds refuses to start; the lock goes when the first closes it."""
-    with pytest.raises(SystemExit, match=f"numd: cannot use the database {db_path}: another process"):
+    with pytest.raises(
+        SystemExit, match=f"numd: cannot use the database {db_path}: another process"
+    ):
         Store(NumberService(clock), db_path, clock).load()
     stopped = store.stopService()
     writer.finish_all()
@@ -616,7 +635,9 @@ def test_http_and_legacy_array_answers_wait_for_the_real_store(
     http = StubTreq(NumdApi(state).resource())
     answers: list[int] = []
     http.delete("http://numd/api/v1/values").addCallback(lambda r: answers.append(r.code))
-    http.post("http://numd/api/v1/values", data=b"[4,2]").addCallback(lambda r: answers.append(r.code))
+    http.post("http://numd/api/v1/values", data=b"[4,2]").addCallback(
+        lambda r: answers.append(r.code)
+    )
     http.flush()
     legacy = LegacyArrayFactory(state).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport()

@@ -37,11 +37,16 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_listen_is_repeatable(tmp_path: Path) -> None:
     """--listen may be given several times; every endpoint is used."""
     options = parse(
-        "--listen", "tcp:2005:interface=127.0.0.1",
-        "--listen", "tcp:2006:interface=127.0.0.1",
-        "--message-log", str(tmp_path / "m.log"),
-        "--seed", "3",
-        "--quiet-time", "0.25",
+        "--listen",
+        "tcp:2005:interface=127.0.0.1",
+        "--listen",
+        "tcp:2006:interface=127.0.0.1",
+        "--message-log",
+        str(tmp_path / "m.log"),
+        "--seed",
+        "3",
+        "--quiet-time",
+        "0.25",
     )
     assert options["listen"] == [
         "tcp:2005:interface=127.0.0.1:backlog=4096",
@@ -71,12 +76,18 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     """makeService binds each --listen endpoint and opens the message log."""
     reactor = MemoryReactorClock()
     options = parse(
-        "--listen", "tcp:2005:interface=127.0.0.1",
-        "--listen", "tcp:2006:interface=127.0.0.1:backlog=10",
-        "--message-log", str(tmp_path / "m.log"),
-        "--db", str(tmp_path / "numd.db"),
-        "--max-clients", "7",
-        "--idle-timeout", "9",
+        "--listen",
+        "tcp:2005:interface=127.0.0.1",
+        "--listen",
+        "tcp:2006:interface=127.0.0.1:backlog=10",
+        "--message-log",
+        str(tmp_path / "m.log"),
+        "--db",
+        str(tmp_path / "numd.db"),
+        "--max-clients",
+        "7",
+        "--idle-timeout",
+        "9",
     )
     service = makeService(options, reactor=reactor)
     service.privilegedStartService()
