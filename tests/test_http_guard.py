@@ -350,3 +350,24 @@ def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
     ]
     assert dropped and float(dropped[0].split()[-1]) >= 6
     log.stopService()
+
+
+@pytest.mark.parametrize(
+    "description,loopback",
+    [
+        ("tcp:2004:interface=127.0.0.1", True),
+        ("tcp:2004:interface=127.0.0.1:backlog=4096", True),
+        ("tcp6:80:interface=\\:\\:1", True),
+        ("tcp:1:interface=localhost", True),
+        ("unix:/tmp/numd.sock", True),
+        ("tcp:2004", False),
+        ("tcp:80:interface=0.0.0.0", False),
+        ("tcp:1:interface=10.0.0.1", False),
+        ("systemd:domain=INET:index=0", False),
+    ],
+)
+def test_endpoint_is_loopback(description: str, loopback: bool) -> None:
+    """Which endpoint strings listen on loopback only (an unknown kind counts as remote)."""
+    from numd.options import endpoint_is_loopback
+
+    assert endpoint_is_loopback(description) is loopback

@@ -1,0 +1,342 @@
+"""Command-line options of ``twistd numd`` and the checks that keep a bad value from starting.
+
+Every option is validated here, before twistd daemonizes, so a bad value ends
+with a one-line usage error rather than a traceback in a log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from numd.api import DEFAULT_MAX_BODY
+from numd.http_guard import is_loopback_name
+from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
+from numd.protocol import MIN_REPLY_CAP
+from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
+
+DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
+DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
+API_TOKEN_ENV = "NUMD_API_TOKEN"
+"""Environment variable that may hold the API token (never a command-line value)."""
+
+
+def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = None) -> Any:
+    """A coercer for option `name` whose errors name the option and the rule."""
+
+    def coerce(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise ValueError(f"--{name}: {value!r} is not a valid {convert.__name__}") from None
+        if minimum is not None and not number >= minimum:
+            raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A coercer for option `name` that accepts only `choices`."""
+
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """Options of ``twistd numd`` (and of ``numd.tac``, which takes the defaults)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "numd serves counter clients (space-ended tokens over TCP) and a shared "
+        "sorted list of integers. Endpoints are Twisted endpoint strings."
+    )
+
+    optParameters: list[list[Any]] = [
+        [
+            "message-log",
+            None,
+            "numd-messages.log",
+            "File that receives one JSON line per message and connection event.",
+        ],
+        [
+            "message-log-max-bytes",
+            None,
+            10 * 1024 * 1024,
+            "Rotate the message log when it reaches this size in bytes.",
+            _checked("message-log-max-bytes", int, 1),
+        ],
+        [
+            "message-log-files",
+            None,
+            5,
+            "How many rotated message log files to keep.",
+            _checked("message-log-files", int, 1),
+        ],
+        [
+            "db",
+            None,
+            "numd.db",
+            "SQLite file that keeps the registry and the sorted list across "
+            f"restarts ({MEMORY} keeps nothing).",
+        ],
+        [
+            "sync",
+            None,
+            DEFAULT_SYNC,
+            "When client reports reach the disk: everysec (batched once a second; "
+            "a crash loses at most about a second of reports) or always (in the "
+            "next commit). Merges, adds and clears are always stored before they "
+            "are answered.",
+            _one_of("sync", SYNC_POLICIES),
+        ],
+        [
+            "seed",
+            None,
+            None,
+            "Seed for the even/odd answers, to make them reproducible.",
+            _checked("seed", int),
+        ],
+        [
+            "quiet-time",
+            None,
+            0.1,
+            "Seconds of silence after which 1-5 digits with no delimiter from a "
+            "new connection are taken as an old client's ID.",
+            _checked("quiet-time", float, 0.001),
+        ],
+        [
+            "reply-cap",
+            None,
+            64 * 1024,
+            "Largest array reply in bytes; a longer sorted list is cut and marked with its size.",
+            _checked("reply-cap", int, MIN_REPLY_CAP),
+        ],
+        [
+            "max-token-length",
+            None,
+            32 * 1024,
+            "Longest token accepted, in bytes; a longer one gets error:too-long "
+            "and the connection is closed.",
+            _checked("max-token-length", int, 64),
+        ],
+        [
+            "max-clients",
+            None,
+            12_000,
+            "Most counter connections open at once; the next one gets "
+            "error:too-many-clients and is closed.",
+            _checked("max-clients", int, 1),
+        ],
+        [
+            "idle-timeout",
+            None,
+            120.0,
+            "Seconds of silence after which a counter connection is closed "
+            "(clients report every 0.5 s).",
+            _checked("idle-timeout", float, 1),
+        ],
+        [
+            "write-stall-timeout",
+            None,
+            30.0,
+            "Seconds a client may leave its replies unread (numd stops reading "
+            "from it meanwhile) before it is cut off.",
+            _checked("write-stall-timeout", float, 0.1),
+        ],
+        [
+            "api-listen",
+            None,
+            DEFAULT_API_LISTEN,
+            "HTTP API endpoint (JSON API under /api/v1, /healthz, /readyz, "
+            "/metrics, /openapi.json).",
+        ],
+        [
+            "max-body",
+            None,
+            DEFAULT_MAX_BODY,
+            "Largest HTTP request body in bytes; a larger one gets 413.",
+            _checked("max-body", int, 1),
+        ],
+        [
+            "request-timeout",
+            None,
+            10.0,
+            "Seconds an HTTP request's line, headers and body may take to arrive; "
+            "a slower one gets 408 and is closed.",
+            _checked("request-timeout", float, 0.1),
+        ],
+        [
+            "access-log",
+            None,
+            None,
+            "File for an HTTP access log (combined format, rotated at 10 MiB, 5 kept); "
+            "by default requests are only counted in /metrics.",
+        ],
+        [
+            "api-token-file",
+            None,
+            None,
+            f"File holding the API token (or set ${API_TOKEN_ENV}). With a token, "
+            "every HTTP request that changes state needs Authorization: Bearer <token>.",
+        ],
+        [
+            "legacy-array-listen",
+            None,
+            None,
+            "Endpoint for the older server's pickle array clients, e.g. "
+            "tcp:6000:interface=127.0.0.1 (off unless given).",
+        ],
+        [
+            "legacy-array-max-bytes",
+            None,
+            LEGACY_ARRAY_MAX_BYTES,
+            "Largest pickled request accepted on the legacy array listener; a "
+            "larger one closes the connection.",
+            _checked("legacy-array-max-bytes", int, 16),
+        ],
+    ]
+
+    optFlags: list[list[Any]] = [
+        [
+            "allow-remote",
+            None,
+            "Allow listening on non-loopback interfaces without an API token "
+            "(the counter protocol never has authentication).",
+        ],
+        [
+            "legacy-routes",
+            None,
+            "Serve the older server's plain-text routes /get_array, /add_value and "
+            "/clean_array (they change state on GET).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["allowed-host"] = []
+        self["cors-origin"] = []
+        self["api-token"] = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Counter protocol endpoint (repeatable) [default: tcp:2004:interface=127.0.0.1]"""
+        self["listen"].append(endpoint)
+
+    def opt_allowed_host(self, name: str) -> None:
+        """Host name the HTTP API answers besides the loopback names (repeatable; * for any)"""
+        self["allowed-host"].append(name.lower())
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin allowed to call the HTTP API from a browser (repeatable) [default: none]"""
+        self["cors-origin"].append(origin)
+
+    def postOptions(self) -> None:
+        """Fill in defaults and reject values that cannot work, with a clear message."""
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        self["listen"] = [_with_backlog(d) for d in self["listen"]]
+        for description in self["listen"]:
+            _check_endpoint(description)
+        _check_endpoint(self["api-listen"])
+        if self["legacy-array-listen"] is not None:
+            _check_endpoint(self["legacy-array-listen"])
+        directory = os.path.dirname(os.path.abspath(self["message-log"]))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise usage.UsageError(
+                f"--message-log: directory {directory} does not exist or is not writable"
+            )
+        self["api-token"] = _read_api_token(self["api-token-file"])
+        _check_exposure(self)
+        if self["db"] != MEMORY:
+            directory = os.path.dirname(os.path.abspath(self["db"]))
+            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+                raise usage.UsageError(
+                    f"--db: directory {directory} does not exist or is not writable"
+                )
+
+
+def _read_api_token(path: str | None) -> str | None:
+    """The API token from --api-token-file, else from $NUMD_API_TOKEN, else None."""
+    if path is None:
+        token = os.environ.get(API_TOKEN_ENV, "").strip()
+        return token or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--api-token-file: cannot read {path}: {e}") from None
+    if not token or any(c.isspace() for c in token):
+        raise usage.UsageError(
+            f"--api-token-file: {path} must hold one token (no spaces), not be empty"
+        )
+    return token
+
+
+def endpoint_is_loopback(description: str) -> bool:
+    """Whether a server endpoint string listens on loopback (or a local socket) only."""
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = ""
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface=") :].replace("\\:", ":")
+    return bool(interface) and is_loopback_name(interface.lower())
+
+
+def _check_exposure(config: Options) -> None:
+    """Refuse to listen beyond loopback without protection, with a message that says what to do."""
+    if config["allow-remote"]:
+        return
+    counter = list(config["listen"])
+    if config["legacy-array-listen"] is not None:
+        counter.append(config["legacy-array-listen"])
+    for description in counter:
+        if not endpoint_is_loopback(description):
+            raise usage.UsageError(
+                f"refusing to listen on {description}: it is not a loopback interface and "
+                "the counter protocol has no authentication; pass --allow-remote to do it anyway"
+            )
+    if not endpoint_is_loopback(config["api-listen"]) and config["api-token"] is None:
+        raise usage.UsageError(
+            f"refusing to serve the HTTP API on {config['api-listen']}: it is not a loopback "
+            f"interface; set an API token (--api-token-file or ${API_TOKEN_ENV}) or pass "
+            "--allow-remote"
+        )
+
+
+LISTEN_BACKLOG = 4096
+"""Listen backlog for TCP endpoints that set none (Twisted's default of 50 makes
+thousands of clients connecting at once wait seconds)."""
+
+
+def _with_backlog(description: str) -> str:
+    """`description` with ``backlog=4096`` added if it is a TCP endpoint without one."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
+def _check_endpoint(description: str) -> None:
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
