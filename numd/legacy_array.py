@@ -38,13 +38,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.stats import Stats
 
+DEFAULT_MAX_CLIENTS = 1000
+"""Old array clients connected at once; the next connection is closed at once."""
+DEFAULT_IDLE_TIMEOUT = 120.0
+"""Seconds of silence after which an old array client is disconnected."""
 DEFAULT_MAX_BYTES = 16 * 1024
 """Largest request (one pickle) accepted, in bytes."""
 REPLY_PROTOCOL = 4
@@ -202,8 +208,11 @@ class _HeldReply:
     ready: bool
 
 
-class LegacyArrayProtocol(Protocol):
-    """One old array client: pickled lists in, the pickled sorted list out."""
+class LegacyArrayProtocol(Protocol, TimeoutMixin):
+    """One old array client: pickled lists in, the pickled sorted list out.
+
+    A connection silent for the factory's idle timeout is closed.
+    """
 
     log = Logger()
     factory: LegacyArrayFactory
@@ -220,15 +229,28 @@ class LegacyArrayProtocol(Protocol):
         self._resume = 0
         self._held: deque[_HeldReply] = deque()
         self.factory.stats.connections["opened"] += 1
+        self.factory.active += 1
+        self.callLater = self.factory.clock.callLater  # type: ignore[method-assign]
+        self.setTimeout(self.factory.idle_timeout)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Count the closed connection."""
+        self.setTimeout(None)
+        self.factory.active -= 1
         self.factory.stats.connections["closed"] += 1
+
+    def timeoutConnection(self) -> None:
+        """Nothing came for the idle timeout: close the connection."""
+        self.factory.stats.connections["idle-timeout"] += 1
+        self.log.info("legacy array listener: closing idle {peer}", peer=self.peer)
+        self._closing = True
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Serve every complete pickle buffered so far; close on anything bad."""
         if self._closing:
             return
+        self.resetTimeout()
         self._buffer += data
         factory = self.factory
         while self._buffer:
@@ -294,7 +316,29 @@ class LegacyArrayFactory(Factory):
 
     protocol = LegacyArrayProtocol
 
-    def __init__(self, service: NumberService, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        service: NumberService,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.service = service
         self.max_bytes = max_bytes
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.active = 0
         self.stats = Stats()
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """A protocol, or None (the connection is closed at once) past `max_clients`."""
+        if self.active >= self.max_clients:
+            self.stats.connections["refused"] += 1
+            self.stats.errors["too-many-clients"] += 1
+            return None
+        return super().buildProtocol(addr)

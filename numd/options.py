@@ -17,6 +17,7 @@ from twisted.python import usage
 from numd.api import DEFAULT_MAX_BODY
 from numd.http_guard import is_loopback_name
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
+from numd.legacy_array import DEFAULT_MAX_CLIENTS as LEGACY_ARRAY_MAX_CLIENTS
 from numd.protocol import MIN_REPLY_CAP
 from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
@@ -143,8 +144,8 @@ class Options(usage.Options):
             "idle-timeout",
             None,
             120.0,
-            "Seconds of silence after which a counter connection is closed "
-            "(clients report every 0.5 s).",
+            "Seconds of silence after which a counter (or legacy array) connection "
+            "is closed (counter clients report every 0.5 s).",
             _checked("idle-timeout", float, 1),
         ],
         [
@@ -205,6 +206,14 @@ class Options(usage.Options):
             "Largest pickled request accepted on the legacy array listener; a "
             "larger one closes the connection.",
             _checked("legacy-array-max-bytes", int, 16),
+        ],
+        [
+            "legacy-array-max-clients",
+            None,
+            LEGACY_ARRAY_MAX_CLIENTS,
+            "Most connections open at once on the legacy array listener; the next "
+            "is closed at once. (--idle-timeout applies there too.)",
+            _checked("legacy-array-max-clients", int, 1),
         ],
     ]
 

@@ -124,7 +124,13 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
     ready_checks = {"counter_listeners": lambda: factory.numPorts >= counter_ports}
     legacy: LegacyArrayFactory | None = None
     if config["legacy-array-listen"] is not None:
-        legacy = listener = LegacyArrayFactory(state, max_bytes=config["legacy-array-max-bytes"])
+        legacy = listener = LegacyArrayFactory(
+            state,
+            max_bytes=config["legacy-array-max-bytes"],
+            max_clients=config["legacy-array-max-clients"],
+            idle_timeout=config["idle-timeout"],
+            clock=reactor,
+        )
         metrics.add_stats("legacy-array", listener.stats)
         ready_checks["legacy_array_listener"] = lambda: listener.numPorts >= 1
         strports.service(config["legacy-array-listen"], listener, reactor=reactor).setServiceParent(

@@ -50,9 +50,15 @@ def service() -> NumberService:
 
 
 @pytest.fixture
-def factory(service: NumberService) -> LegacyArrayFactory:
-    """The listener's factory with the default byte cap."""
-    return LegacyArrayFactory(service)
+def clock() -> Clock:
+    """The listener's fake clock (idle timeouts)."""
+    return Clock()
+
+
+@pytest.fixture
+def factory(service: NumberService, clock: Clock) -> LegacyArrayFactory:
+    """The listener's factory with the default byte cap, on a fake clock."""
+    return LegacyArrayFactory(service, clock=clock)
 
 
 def connect(
@@ -256,7 +262,7 @@ def test_anything_but_a_list_of_ints_is_refused(
 
 def test_oversized_request_is_refused(service: NumberService) -> None:
     """A pickle over the byte cap is refused, even before its STOP arrives."""
-    factory = LegacyArrayFactory(service, max_bytes=1000)
+    factory = LegacyArrayFactory(service, max_bytes=1000, clock=Clock())
     protocol, transport = connect(factory)
     data = pickle.dumps(list(range(1000, 2000)), protocol=2)
     protocol.dataReceived(data[:1200])
@@ -269,7 +275,7 @@ def test_declared_length_over_the_cap_is_refused_at_once(
     service: NumberService,
 ) -> None:
     """A length field promising more than the cap is refused before the bytes come."""
-    factory = LegacyArrayFactory(service, max_bytes=1000)
+    factory = LegacyArrayFactory(service, max_bytes=1000, clock=Clock())
     protocol, transport = connect(factory)
     protocol.dataReceived(b"\x80\x04\x8d" + (2**40).to_bytes(8, "little"))
     assert_refused(factory, transport, "too-large")
@@ -287,7 +293,7 @@ def test_endless_marks_are_refused(factory: LegacyArrayFactory) -> None:
 def test_a_request_at_the_cap_is_accepted(service: NumberService) -> None:
     """A pickle of exactly the cap's size is served."""
     data = pickle.dumps(list(range(100)), protocol=2)
-    factory = LegacyArrayFactory(service, max_bytes=len(data))
+    factory = LegacyArrayFactory(service, max_bytes=len(data), clock=Clock())
     protocol, transport = connect(factory)
     protocol.dataReceived(data)
     assert pickle.loads(transport.writes[0]) == list(range(100))
@@ -323,7 +329,7 @@ def test_any_split_gives_the_same_replies(
 ) -> None:
     """However the byte stream of several requests is cut into reads, every request is answered."""
     service = NumberService(Clock())
-    factory = LegacyArrayFactory(service)
+    factory = LegacyArrayFactory(service, clock=Clock())
     protocol, transport = connect(factory)
     stream = b"".join(pickle.dumps(v, protocol=protocol_version) for v in values)
     points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
@@ -341,7 +347,7 @@ def test_any_split_gives_the_same_replies(
 def test_arbitrary_bytes_never_crash(data: bytes, start: bytes) -> None:
     """Any bytes either get replies or close the connection; nothing escapes dataReceived."""
     service = NumberService(Clock())
-    factory = LegacyArrayFactory(service, max_bytes=64)
+    factory = LegacyArrayFactory(service, max_bytes=64, clock=Clock())
     protocol, transport = connect(factory)
     protocol.dataReceived(start + data)
     try:
@@ -387,3 +393,29 @@ def test_a_merge_that_cannot_be_stored_closes_the_connection(
     protocol.dataReceived(pickle.dumps([2], protocol=2))
     durable.errback(OSError("disk full"))
     assert_refused(factory, transport, "store-failed")
+
+
+def test_idle_connection_is_closed(factory: LegacyArrayFactory, clock: Clock) -> None:
+    """An old array client silent for the idle timeout is disconnected; one that talks is kept."""
+    quiet, quiet_transport = connect(factory)
+    busy, busy_transport = connect(factory)
+    for _ in range(5):
+        clock.advance(30)
+        busy.dataReceived(pickle.dumps([1], protocol=2))
+    assert quiet_transport.disconnecting or getattr(quiet_transport, "aborted", False)
+    assert not busy_transport.disconnecting
+    assert factory.stats.connections["idle-timeout"] == 1
+    quiet.connectionLost(None)
+    busy.connectionLost(None)
+    assert not clock.getDelayedCalls()
+
+
+def test_connections_over_the_limit_are_refused(service: NumberService) -> None:
+    """Past max_clients a new connection gets no protocol (Twisted closes it); a metric counts it."""
+    factory = LegacyArrayFactory(service, max_clients=2, clock=Clock())
+    first, _ = connect(factory)
+    connect(factory)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is None
+    assert factory.stats.connections["refused"] == 1
+    first.connectionLost(None)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None
