@@ -53,10 +53,11 @@ class ConnectionLog:
     is a few byte concatenations, cheap enough for every message.
     """
 
-    __slots__ = ("_log", "peer", "client_id", "_who", "_stamp", "_plain")
+    __slots__ = ("_log", "_lines", "peer", "client_id", "_who", "_stamp", "_plain")
 
     def __init__(self, log: MessageLog, peer: str) -> None:
         self._log = log
+        self._lines = log._buffer
         self.peer = peer
         self.identify(None)
         self.new_read(b"")
@@ -71,17 +72,18 @@ class ConnectionLog:
 
     def new_read(self, data: bytes) -> None:
         """Start the records of one read of `data` (its time; whether it needs escaping)."""
+        self._log.checkpoint()
         self._stamp = b'{"t":%.3f,"dir":"' % self._log.now()
         self._plain = _PLAIN_READ.fullmatch(data) is not None
 
     def received(self, token: bytes) -> None:
         """Record a token the server received (in this read)."""
         msg = b'"' + token + b'"' if self._plain else _json_token(token)
-        self._log.add(self._stamp + b"in" + self._who + b'"msg":' + msg + b"}\n")
+        self._lines.append(self._stamp + b"in" + self._who + b'"msg":' + msg + b"}\n")
 
     def sent(self, token: bytes) -> None:
-        """Record a token the server sent."""
-        self._log.add(self._stamp + b"out" + self._who + b'"msg":' + _json_token(token) + b"}\n")
+        """Record a token the server sent (numd's own tokens are plain ASCII)."""
+        self._lines.append(self._stamp + b"out" + self._who + b'"msg":"' + token + b'"}\n')
 
     def event(self, event: str) -> None:
         """Record a connection event (connect, register, disconnect, ...), timed now."""
@@ -116,16 +118,15 @@ class MessageLog(Service):
         max_bytes: int = 10 * 1024 * 1024,
         max_files: int = 5,
         flush_interval: float = 0.2,
-        flush_bytes: int = 64 * 1024,
+        flush_records: int = 1000,
     ) -> None:
         self.path = os.path.abspath(path)
         self._clock = clock
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.flush_interval = flush_interval
-        self.flush_bytes = flush_bytes
+        self.flush_records = flush_records
         self._buffer: list[bytes] = []
-        self._buffered = 0
         self._timer: IDelayedCall | None = None
         self._file: LogFile | None = None
         self.written = 0
@@ -177,8 +178,15 @@ class MessageLog(Service):
     def add(self, line: bytes) -> None:
         """Buffer one formatted record; flush when the buffer is large or on the timer."""
         self._buffer.append(line)
-        self._buffered += len(line)
-        if self._buffered >= self.flush_bytes:
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Flush if the buffer holds `flush_records` records; else make sure the timer runs.
+
+        Connections append their records straight to the buffer and call this
+        once per read, so the per-record cost is one list append.
+        """
+        if len(self._buffer) >= self.flush_records:
             self.flush()
         elif self._timer is None and self.running:
             self._timer = self._clock.callLater(self.flush_interval, self._timed_flush)
@@ -194,19 +202,20 @@ class MessageLog(Service):
         self._timer = None
         if not self._buffer:
             return
-        lines, self._buffer, self._buffered = self._buffer, [], 0
+        count = len(self._buffer)
+        data = b"".join(self._buffer)
+        self._buffer.clear()  # in place: connections hold this list
         if self._file is None and not self._open():
-            self.dropped += len(lines)
+            self.dropped += count
             return
         assert self._file is not None
-        data = b"".join(lines)
         try:
             self._file.write(data)
         except (OSError, ValueError) as e:
-            self.dropped += len(lines)
+            self.dropped += count
             self._fail(e)
             return
-        self.written += len(lines)
+        self.written += count
         if not self.writable:
             self.log.info("message log {path} is writable again", path=self.path)
         self.writable = True

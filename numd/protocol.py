@@ -29,6 +29,7 @@ from numd.service import (
     MAX_CLIENT_ID,
     IdInUse,
     NumberService,
+    Parity,
 )
 from numd.stats import Stats
 
@@ -316,13 +317,13 @@ class CounterProtocol(TokenReceiver):
         self._reply("start", b"%d" % start)
 
     def _request(self, token: bytes) -> None:
-        kind = token.decode("ascii")
-        self.factory.stats.received[kind] += 1
+        kind: Parity = "even" if token == b"even" else "odd"
+        factory = self.factory
+        factory.stats.received[kind] += 1
         if self.client_id is None:
             self._error("not-registered")
             return
-        number = self.factory.service.give(self.client_id, "even" if kind == "even" else "odd")
-        self._reply(kind, b"%d" % number)
+        self._reply(kind, b"%d" % factory.service.give(self.client_id, kind))
 
     def _array(self, token: bytes) -> None:
         factory = self.factory

@@ -149,7 +149,8 @@ class NumberService(Service):
 
     def give(self, client_id: int, parity: Parity) -> int:
         """Draw a uniformly random even (0-98) or odd (1-99) number for a client."""
-        number = 2 * self.rng.randrange(50) + (1 if parity == "odd" else 0)
+        # random() is uniform on [0, 1): int(random() * 50) is uniform on 0-49.
+        number = 2 * int(self.rng.random() * 50) + (parity == "odd")
         record = self.clients[client_id]
         record.last_given = number
         record.last_seen = self._clock.seconds()

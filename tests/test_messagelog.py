@@ -38,8 +38,8 @@ def test_records_are_batched_then_flushed(tmp_path: Path) -> None:
 
 
 def test_large_buffer_flushes_at_once(tmp_path: Path) -> None:
-    """A buffer past flush_bytes is written without waiting for the timer."""
-    log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_bytes=1000)
+    """A buffer of flush_records records is written without waiting for the timer."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_records=5)
     log.startService()
     for _ in range(20):
         log.connection("p").received(b"x" * 100)
@@ -73,16 +73,17 @@ def test_every_byte_value_round_trips(tmp_path: Path) -> None:
 def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
     """The log rotates at its size cap and keeps at most max_files old files."""
     clock = Clock()
-    log = MessageLog(str(tmp_path / "m.log"), clock, max_bytes=2000, max_files=3, flush_bytes=500)
+    log = MessageLog(str(tmp_path / "m.log"), clock, max_bytes=2000, max_files=3, flush_records=10)
     log.startService()
     connection = log.connection("127.0.0.1:1")
     for i in range(400):
+        connection.new_read(b"%d " % i)
         connection.received(b"%d" % i)
     log.stopService()
     names = sorted(os.listdir(tmp_path))
     assert names == ["m.log", "m.log.1", "m.log.2", "m.log.3"]
     for name in names:
-        assert os.path.getsize(tmp_path / name) < 2000 + 600
+        assert os.path.getsize(tmp_path / name) < 2000 + 1000  # the cap plus at most one batch
         read(str(tmp_path / name))  # every line parses
 
 
@@ -122,10 +123,11 @@ def test_dev_null_is_never_rotated(tmp_path: Path) -> None:
     """A message log that is not a regular file (e.g. /dev/null) is written but never renamed."""
     fifo_like = tmp_path / "null"
     os.symlink(os.devnull, fifo_like)
-    log = MessageLog(str(fifo_like), Clock(), max_bytes=100, flush_bytes=50)
+    log = MessageLog(str(fifo_like), Clock(), max_bytes=100, flush_records=2)
     log.startService()
     connection = log.connection("p")
     for i in range(100):
+        connection.new_read(b"%d " % i)
         connection.received(b"%d" % i)
     log.stopService()
     assert sorted(os.listdir(tmp_path)) == ["null"]
