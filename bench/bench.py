@@ -164,8 +164,10 @@ class Server:
 
     def _start(self) -> None:
         started = time.monotonic()
+        self.gc_log = self.workdir / f"{self.kind}-{self.port}-gc.log"
+        env = dict(os.environ, PYTHONPATH=str(BENCH / "gcprobe"), NUMD_BENCH_GC_LOG=str(self.gc_log))
         self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=self.stdout,
-                                     stderr=subprocess.STDOUT, preexec_fn=boost)
+                                     stderr=subprocess.STDOUT, preexec_fn=boost, env=env)
         if not wait_listening(self.port, started + 30, self.proc):
             self.stop()
             tails = []
@@ -295,6 +297,7 @@ def measured(server: Server, *args: str) -> dict[str, Any]:
     sampler = Sampler(server.pid)
     sampler.start()
     started = time.monotonic()
+    started_wall = time.time()
     result = loadgen(server.port, *args)
     sampler.stop()
     ramp, window = result["ramp_s"], result["window_s"]
@@ -302,10 +305,30 @@ def measured(server: Server, *args: str) -> dict[str, Any]:
     result["server"]["rss_idle_kb"] = idle_rss
     whole = sampler.window(started, time.monotonic())
     result["server"]["cpu_s_whole_run"] = whole.get("cpu_s")
+    result["server"]["gc"] = gc_summary(server, started_wall + ramp, started_wall + ramp + window)
     peak = result["server"].get("rss_peak_kb")
     if peak and result["connected"]:
         result["server"]["rss_per_connection_kb"] = (peak - idle_rss) / result["connected"]
     return result
+
+
+def gc_summary(server: Server, start: float, end: float) -> dict[str, Any] | None:
+    """The server's garbage collections between two Unix times (bench/gcprobe)."""
+    path = getattr(server, "gc_log", None)
+    if path is None or not path.exists():
+        return None
+    gen2, slow = [], []
+    for line in path.read_text().splitlines():
+        try:
+            t, gen, ms = float(line.split()[0]), int(line.split()[1]), float(line.split()[2])
+        except (ValueError, IndexError):
+            continue
+        if start <= t <= end:
+            slow.append(ms)
+            if gen == 2:
+                gen2.append(ms)
+    return {"gen2_count": len(gen2), "gen2_max_ms": max(gen2, default=0.0),
+            "gen2_total_ms": sum(gen2), "max_ms": max(slow, default=0.0)}
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -600,6 +623,8 @@ def machine() -> dict[str, Any]:
         "somaxconn": Path("/proc/sys/net/core/somaxconn").read_text().strip(),
         "loadavg_at_start": loadavg,
         "numd_commit": commit + (" (numd/ modified in the work tree)" if dirty else ""),
+        "numd_installed": (BENCH / ".venv" / "numd-installed.txt").read_text().strip()
+        if (BENCH / ".venv" / "numd-installed.txt").exists() else None,
         "wrk": shutil.which("wrk") is not None,
     }
 

@@ -141,10 +141,11 @@ def schedule_section(results: dict[str, Any]) -> tuple[str, list[Row]]:
             fmt(srv.get("rss_per_connection_kb")), fmt(run["ramp_s"]),
             fmt(run["latency"]["connect"].get("max_ms")),
             fmt(run["latency"].get("send_lag_steady", {}).get("p99_ms")),
+            (f"{srv['gc']['gen2_count']} / {fmt(srv['gc']['gen2_max_ms'], 1)}" if srv.get("gc") else "-"),
         ])
     header = ["clients", "server", "run", "window s", "connected", "connect fail", "drops", "unanswered",
               "errors", "msgs/s in", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "max gap ms",
-              "CPU %", "CPU vs base", "RSS KiB/conn", "ramp s", "connect max ms", "gen lag p99 ms"]
+              "CPU %", "CPU vs base", "RSS KiB/conn", "ramp s", "connect max ms", "gen lag p99 ms", "gen2 GCs / longest ms"]
     text = table(header, rows)
     return text, rows
 
@@ -447,7 +448,11 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
         ["compiler", m["gcc"]], ["open files (soft, hard)", f"{m['nofile'][0]}, {m['nofile'][1]}"],
         ["net.core.somaxconn", m["somaxconn"]], ["load average at start", " ".join(m["loadavg_at_start"])],
         ["numd commit", m["numd_commit"]], ["whole bench", f"{results.get('bench_seconds', 0) / 60:.1f} min"],
-    ]) + "\n")
+    ] + ([["passes", f"first {results['machine_first_run']['date_utc']} (work tree at "
+           f"{results['machine_first_run']['numd_commit']}); later passes re-ran parts with `--merge`, "
+           f"the last at {m['date_utc']}"]] if results.get("machine_first_run") else [])
+      + ([["numd installed in bench/.venv from", m["numd_installed"]]] if m.get("numd_installed") else []))
+        + "\n")
     add("The machine is **shared and noisy**: 2 cores, with other engineers' test suites running at the "
         "same time. The load generator, the server under test and those tests compete for the two cores, so "
         "tail latencies (p99.9, max, the longest gap) and throughput move between runs; compare numd with the "
@@ -505,7 +510,9 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
             "over that window. \"gen lag\" is how late the load generator itself sent (p99, steady window): "
             "when it is large the machine, not the server, was short of CPU. \"numd --db :memory:\" is "
             "numd with its SQLite store off, to show what the store costs; \"+arrays\" runs make a share "
-            "of the requests arrays. With several runs of a point, the run with the median p99 stands for "
+            "of the requests arrays. \"gen2 GCs\" counts the server's full garbage collections in the "
+            "steady window and gives the longest (`bench/gcprobe`, a `gc.callbacks` hook loaded into both "
+            "servers): each stops the reactor for that long. With several runs of a point, the run with the median p99 stands for "
             "it in the targets and the plot.\n")
         if has_plot:
             add("![p99 latency and CPU against the number of clients](performance.png)\n")
