@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from numd.messagelog import describe_peer
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.stats import Stats
 
@@ -222,9 +223,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         """Start with an empty buffer; count the connection."""
-        address = self.transport.getPeer()
-        host, port = getattr(address, "host", None), getattr(address, "port", None)
-        self.peer = f"{host}:{port}" if host is not None else str(address)
+        self.peer = describe_peer(self.transport.getPeer())
         self._buffer = bytearray()
         self._resume = 0
         self._held: deque[_HeldReply] = deque()

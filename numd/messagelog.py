@@ -45,6 +45,12 @@ def _json_token(token: bytes) -> bytes:
     return json.dumps(token.decode("latin-1")).encode("ascii")
 
 
+def describe_peer(address: object) -> str:
+    """``host:port`` for an IP address, else the address's own text (the ``peer`` of records)."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
 class ConnectionLog:
     """One connection's records, with its peer and client ID formatted once.
 

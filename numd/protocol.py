@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from numd.framing import TokenReceiver
-from numd.messagelog import MessageLog
+from numd.messagelog import MessageLog, describe_peer
 from numd.service import (
     INT64_MAX,
     INT64_MIN,
@@ -147,9 +147,7 @@ class CounterProtocol(TokenReceiver):
 
     def connectionMade(self) -> None:
         """Note the peer, register the connection with the factory, log it."""
-        address = self.transport.getPeer()
-        host, port = getattr(address, "host", None), getattr(address, "port", None)
-        self.peer = f"{host}:{port}" if host is not None else str(address)
+        self.peer = describe_peer(self.transport.getPeer())
         self.MAX_LENGTH = self.factory.max_token_length
         self._log = self.factory.message_log.connection(self.peer)
         self._out: list[bytes] = []
@@ -428,9 +426,7 @@ class _Refusal(Protocol):
     factory: CounterFactory
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        log = self.factory.message_log.connection(where)
+        log = self.factory.message_log.connection(describe_peer(self.transport.getPeer()))
         log.event("refused-too-many-clients")
         log.sent(b"error:too-many-clients")
         self.transport.write(b"error:too-many-clients ")
