@@ -346,15 +346,33 @@ def findings(results: dict[str, Any]) -> list[str]:
                 f"p99 {fmt(pb)} ms, p99.9 {fmt(b['latency']['steady'].get('p99_9_ms'))} ms, gap "
                 f"{fmt(b['max_reply_gap_ms'])} ms at {fmt(100 * (cpu(b) or 0), 1)} % CPU.")
             if pa and pb and pa > 3 * pb:
-                out.append(
-                    "**The store adds to the tail latency.** " + figures + " Latency far above what the "
-                    "CPU figure explains points at waiting rather than work. A likely cause (not measured "
-                    "here): the store's writer thread runs Python, building and binding every dirty client "
-                    "record, about one per client per second, while holding the GIL, and the reactor "
-                    "thread, which gives the GIL up on every system call, waits up to the switch interval "
-                    "(5 ms) to get it back.")
+                ga, gb = a["server"].get("gc") or {}, b["server"].get("gc") or {}
+                why = (" Latency far above what the CPU figure explains points at waiting rather than "
+                       "work.")
+                if ga.get("gen2_count", 0) > gb.get("gen2_count", 0):
+                    why += (f" The store-on run had {ga['gen2_count']} full garbage collections (longest "
+                            f"{ga['gen2_max_ms']:.0f} ms), the store-off run {gb.get('gen2_count', 0)}. A likely "
+                            "reason (not measured here): objects the store keeps for about a second (its "
+                            "batches of client records) live long enough to reach the oldest generation, "
+                            "and their turnover triggers full collections of every object the daemon "
+                            "holds, on the reactor thread.")
+                out.append("**The store makes the tail latency.** " + figures + why)
             else:
                 out.append(figures)
+    for n in sorted({r["clients"] for r in runs if r["server"].get("gc")}):
+        pair = by_kind(runs, clients=n)
+        a, b = pair.get("numd"), pair.get("baseline")
+        if n < 5000 or not (a and b and a["server"].get("gc") and b["server"].get("gc")):
+            continue
+        ga, gb = a["server"]["gc"], b["server"]["gc"]
+        text = (f"At {n:,} clients numd ran {ga['gen2_count']} full garbage collections in its "
+                f"{a['window_s']:.0f} s window, the longest {ga['gen2_max_ms']:.1f} ms "
+                f"({ga['gen2_total_ms']:.0f} ms in all); the baseline ran {gb['gen2_count']} "
+                f"(longest {gb['gen2_max_ms']:.1f} ms).")
+        if ga["gen2_max_ms"] > 10:
+            text = ("**Full garbage collections stop numd's reactor.** " + text +
+                    " A collection runs on the reactor thread; every request that arrives meanwhile waits.")
+        out.append(text)
     for n in sorted({r["clients"] for r in runs if r["server_kind"] == "numd, log on tmpfs"}):
         pair = by_kind(runs, clients=n)
         a, t, mt = pair.get("numd"), pair.get("numd, log on tmpfs"), pair.get("numd --db :memory:, log on tmpfs")
@@ -490,6 +508,8 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
   the server on *any* connection, the moment this request was sent). With thousands of clients something is
   always due, so this is the longest time the server produced nothing while it had work: an upper bound on
   its longest reactor stall (it also includes the loadgen or the server being descheduled on the shared cores).
+  From inside, `bench/gcprobe/sitecustomize.py` (on both servers' `PYTHONPATH`) times every garbage collection
+  with `gc.callbacks`: a full (generation 2) collection stops the reactor for its whole length.
 - **Arrays**: the list is filled to {st['list_values']:,} values with arrays of 1,000 values (4 in flight), then
   {st['probes']:,} arrays of 10-20 values are sent one at a time; daemon CPU per array = server CPU time over
   the probes / probes (it includes the reply, which holds up to the reply cap of the list).
