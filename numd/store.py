@@ -350,6 +350,11 @@ def _lock(path: str) -> int:
 # -- the service ----------------------------------------------------------------------
 
 
+def _row(record: ClientRecord) -> ClientRow:
+    """What is stored of one client record."""
+    return (record.number, record.last_given, record.last_seen)
+
+
 class Store(Service):
     """Keeps a `NumberService` in a SQLite file: loads it at start, writes its changes.
 
@@ -385,7 +390,9 @@ class Store(Service):
         self._shutdown_trigger: Any = None
         self._db: Database | None = None
         self._pending = Batch()
-        self._lazy: dict[int, ClientRow] = {}
+        self._lazy: set[int] = set()
+        """IDs of clients changed since the last tick (``sync="everysec"``); their rows
+        are read from the live records at the tick, so a report allocates nothing."""
         self._inflight: Batch | None = None
         self._call: IDelayedCall | None = None
         self._ticker = LoopingCall(self._tick)
@@ -515,12 +522,11 @@ class Store(Service):
             self._pending.clear()
             self._schedule()
         elif isinstance(payload, ClientRecord):
-            row = (payload.number, payload.last_given, payload.last_seen)
             if self.sync == "always":
-                self._pending.client(payload.client_id, row)
+                self._pending.client(payload.client_id, _row(payload))
                 self._schedule()
             else:
-                self._lazy[payload.client_id] = row
+                self._lazy.add(payload.client_id)
 
     def when_durable(self) -> Deferred[None] | None:
         """A Deferred that fires once every change so far is committed; None if all are.
@@ -548,9 +554,11 @@ class Store(Service):
 
     def _take_lazy(self) -> None:
         if self._lazy:
-            for client_id, row in self._lazy.items():
+            clients = self.service.clients
+            for client_id in self._lazy:
+                row = _row(clients[client_id])
                 self._pending.client(client_id, row)
-            self._lazy = {}
+            self._lazy.clear()
 
     def _tick(self) -> None:
         """Once a second: the client records changed since the last tick go to the writer."""

@@ -149,3 +149,24 @@ def test_tac_builds_the_same_service(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (daemon,) = list(IService(namespace["application"]))
     assert daemon.state.rng.random() == __import__("random").Random(5).random()
     assert daemon.message_log.path == str(tmp_path / "m.log")
+
+
+def test_start_freezes_the_loaded_state_out_of_full_collections(tmp_path: Path) -> None:
+    """After start the state loaded so far is frozen (not walked by full GC passes); stop thaws it."""
+    import gc
+
+    service = makeService(
+        parse("--message-log", str(tmp_path / "m.log"), "--db", ":memory:"),
+        reactor=MemoryReactorClock(),
+    )
+    service.state.merge(range(5000))
+    service.privilegedStartService()
+    service.startService()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        state_ids = {id(service.state.clients), id(service.state.values._lists)}
+        assert not state_ids & {id(o) for o in gc.get_objects(generation=2)}
+    finally:
+        service.stopService()
+    assert gc.get_freeze_count() == 0
