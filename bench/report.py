@@ -465,10 +465,11 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
          f"{m['python']} / {m['twisted']} / {m['klein']} / {m['sortedcontainers']}"],
         ["compiler", m["gcc"]], ["open files (soft, hard)", f"{m['nofile'][0]}, {m['nofile'][1]}"],
         ["net.core.somaxconn", m["somaxconn"]], ["load average at start", " ".join(m["loadavg_at_start"])],
-        ["numd commit", m["numd_commit"]], ["whole bench", f"{results.get('bench_seconds', 0) / 60:.1f} min"],
+        ["repository HEAD at the last pass", m["numd_commit"]], ["whole bench", f"{results.get('bench_seconds', 0) / 60:.1f} min"],
     ] + ([["passes", f"first {results['machine_first_run']['date_utc']} (work tree at "
-           f"{results['machine_first_run']['numd_commit']}); later passes re-ran parts with `--merge`, "
-           f"the last at {m['date_utc']}"]] if results.get("machine_first_run") else [])
+           f"{results['machine_first_run']['numd_commit']}, numd installed into bench/.venv from it by "
+           f"`bash bench/run`); later passes re-ran parts with `bench/bench.py --merge`, which does not "
+           f"reinstall numd, the last at {m['date_utc']}"]] if results.get("machine_first_run") else [])
       + ([["numd installed in bench/.venv from", m["numd_installed"]]] if m.get("numd_installed") else []))
         + "\n")
     add("The machine is **shared and noisy**: 2 cores, with other engineers' test suites running at the "
