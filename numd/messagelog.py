@@ -99,6 +99,32 @@ class ConnectionLog:
         )
 
 
+class SilentConnectionLog:
+    """What `MessageLog.connection` gives when the log is off: every record is dropped unformatted."""
+
+    __slots__ = ("peer", "client_id")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.client_id: int | None = None
+
+    def identify(self, client_id: int | None) -> None:
+        """Remember the client ID (nothing is written)."""
+        self.client_id = client_id
+
+    def new_read(self, data: bytes) -> None:
+        """Nothing to stamp."""
+
+    def received(self, token: bytes) -> None:
+        """Nothing is written."""
+
+    def sent(self, token: bytes) -> None:
+        """Nothing is written."""
+
+    def event(self, event: str) -> None:
+        """Nothing is written."""
+
+
 def _rotatable(path: str) -> bool:
     """Whether `path` is (or will be) a regular file, which rotation may rename.
 
@@ -125,6 +151,7 @@ class MessageLog(Service):
         max_files: int = 5,
         flush_interval: float = 0.2,
         flush_records: int = 1000,
+        enabled: bool = True,
     ) -> None:
         self.path = os.path.abspath(path)
         self._clock = clock
@@ -132,6 +159,8 @@ class MessageLog(Service):
         self.max_files = max_files
         self.flush_interval = flush_interval
         self.flush_records = flush_records
+        self.enabled = enabled
+        """False: no file is opened and no record is formatted (``--no-message-log``)."""
         self._buffer: list[bytes] = []
         self._timer: IDelayedCall | None = None
         self._file: LogFile | None = None
@@ -147,7 +176,8 @@ class MessageLog(Service):
     def startService(self) -> None:
         """Open (or create) the log file."""
         super().startService()
-        self._open()
+        if self.enabled:
+            self._open()
 
     def stopService(self) -> None:
         """Write everything buffered and close the file."""
@@ -173,8 +203,10 @@ class MessageLog(Service):
 
     # -- records -----------------------------------------------------------------
 
-    def connection(self, peer: str) -> ConnectionLog:
-        """A writer of records for one connection from `peer`."""
+    def connection(self, peer: str) -> ConnectionLog | SilentConnectionLog:
+        """A writer of records for one connection from `peer` (a silent one when the log is off)."""
+        if not self.enabled:
+            return SilentConnectionLog(peer)
         return ConnectionLog(self, peer)
 
     def now(self) -> float:

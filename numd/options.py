@@ -219,6 +219,12 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         [
+            "no-message-log",
+            None,
+            "Turn the message log off: no file, no record formatted (for benchmarks "
+            "or when another layer records traffic).",
+        ],
+        [
             "allow-remote",
             None,
             "Allow listening on non-loopback interfaces without an API token "
@@ -262,7 +268,9 @@ class Options(usage.Options):
         if self["legacy-array-listen"] is not None:
             _check_endpoint(self["legacy-array-listen"])
         directory = os.path.dirname(os.path.abspath(self["message-log"]))
-        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        if self["no-message-log"]:
+            pass
+        elif not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise usage.UsageError(
                 f"--message-log: directory {directory} does not exist or is not writable"
             )

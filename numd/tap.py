@@ -189,6 +189,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         clock,
         max_bytes=config["message-log-max-bytes"],
         max_files=config["message-log-files"],
+        enabled=not config["no-message-log"],
     )
     stats = Stats()
     factory = CounterFactory(

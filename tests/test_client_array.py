@@ -26,7 +26,8 @@ from numd.client_console import CommandPrompt
 from numd.client_output import ClientOutput, Mode
 from numd.client_testing import MemoryServerEndpoint, StringEndpoint
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory, format_values
+from numd.protocol import CounterFactory
+from numd.replies import format_values
 from numd.service import NumberService
 from numd.stats import Stats
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.task import Clock
 
-from numd.protocol import format_values
+from numd.replies import ListReply, format_values
 from numd.service import NumberService
 
 HARNESS = Path(__file__).parent / "fuzz_protocol.py"
@@ -45,6 +45,7 @@ class SortedListMachine(RuleBasedStateMachine):
         super().__init__()
         self.service = NumberService(Clock(), random.Random(0))
         self.model: list[int] = []
+        self.cached_replies = {cap: ListReply(self.service, cap) for cap in (64, 100, 400)}
 
     @rule(values=st.lists(st.one_of(INT64, st.integers(-5, 5)), min_size=1, max_size=30))
     def merge(self, values: list[int]) -> None:
@@ -79,6 +80,11 @@ class SortedListMachine(RuleBasedStateMachine):
             shown = [int(v) for v in head[1:-5].split(",")] if head != "[...]" else []
             assert shown == self.model[: len(shown)]
             assert len(shown) < len(self.model)
+
+    @rule(cap=st.sampled_from([64, 100, 400]))
+    def cached_reply(self, cap: int) -> None:
+        """The cached array reply is always the one formatted afresh."""
+        assert self.cached_replies[cap].reply() == format_values(self.service.values, cap)
 
     @invariant()
     def same_as_model(self) -> None:

@@ -133,3 +133,17 @@ def test_dev_null_is_never_rotated(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["null"]
     assert os.path.islink(fifo_like)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_log_off_writes_and_formats_nothing(tmp_path: Path) -> None:
+    """With the log off (--no-message-log) no file is created and connections record nothing."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), enabled=False)
+    log.startService()
+    connection = log.connection("127.0.0.1:1")
+    connection.new_read(b"odd ")
+    connection.received(b"odd")
+    connection.sent(b"7")
+    connection.event("connect")
+    log.stopService()
+    assert os.listdir(tmp_path) == []
+    assert (log.written, log.dropped, log.writable) == (0, 0, True)

@@ -9,7 +9,8 @@ import pytest
 from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
-from numd.protocol import CounterFactory, format_values, parse_array, parse_integer
+from numd.protocol import CounterFactory, parse_array, parse_integer
+from numd.replies import format_values
 from numd.service import NumberService
 
 from .counter_client import FakeClient

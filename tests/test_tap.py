@@ -170,3 +170,11 @@ def test_start_freezes_the_loaded_state_out_of_full_collections(tmp_path: Path) 
     finally:
         service.stopService()
     assert gc.get_freeze_count() == 0
+
+
+def test_no_message_log_option(tmp_path: Path) -> None:
+    """--no-message-log turns the log off, even when its directory does not exist."""
+    options = parse("--no-message-log", "--message-log", "/nonexistent/m.log", "--db", ":memory:")
+    service = makeService(options, reactor=MemoryReactorClock())
+    assert service.message_log.enabled is False
+    assert parse("--db", ":memory:")["no-message-log"] == 0
