@@ -151,8 +151,8 @@ def test_tac_builds_the_same_service(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert daemon.message_log.path == str(tmp_path / "m.log")
 
 
-def test_start_freezes_the_loaded_state_out_of_full_collections(tmp_path: Path) -> None:
-    """After start the state loaded so far is frozen (not walked by full GC passes); stop thaws it."""
+def test_start_keeps_full_collections_rare_and_short(tmp_path: Path) -> None:
+    """After start the loaded state is frozen out of full GC passes, which come rarely; stop undoes both."""
     import gc
 
     service = makeService(
@@ -165,11 +165,13 @@ def test_start_freezes_the_loaded_state_out_of_full_collections(tmp_path: Path) 
     try:
         frozen = gc.get_freeze_count()
         assert frozen > 0
+        assert gc.get_threshold()[2] == 1000
         state_ids = {id(service.state.clients), id(service.state.values._lists)}
         assert not state_ids & {id(o) for o in gc.get_objects(generation=2)}
     finally:
         service.stopService()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[2] == 10
 
 
 def test_no_message_log_option(tmp_path: Path) -> None:
