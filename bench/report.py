@@ -15,6 +15,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance.png"
+NOTES = ROOT / "bench" / "notes.md"
+"""Hand-written notes appended to the page: what each change to numd bought, with the runs they cite."""
 
 Row = list[str]
 
@@ -609,6 +611,8 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
                 + "\n")
             add(table(["function (file:line)", "% inclusive"],
                       [[f"`{n}`", f"{p}"] for n, p in prof["inclusive"] if p < 95][:12]) + "\n")
+    if NOTES.exists() and not results.get("quick"):
+        add(NOTES.read_text())
     return "\n".join(out)
 
 
