@@ -102,9 +102,16 @@ def wait_listening(port: int, deadline: float, proc: subprocess.Popen[bytes]) ->
 class Server:
     """numd (``twistd -n numd``) or the baseline, started fresh on free ports."""
 
-    def __init__(self, kind: str, workdir: Path, numd_help: str, log_on: bool = True,
-                 api: bool = False, max_clients: int | None = None,
-                 db: Path | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        workdir: Path,
+        numd_help: str,
+        log_on: bool = True,
+        api: bool = False,
+        max_clients: int | None = None,
+        db: Path | None = None,
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.http_port = free_port() if api else 0
@@ -113,14 +120,25 @@ class Server:
         self.log_path = workdir / f"{kind}-messages.log"
         self.stdout = open(workdir / f"{kind}-stdout.txt", "ab")
         if kind == "baseline":
-            self.argv = [str(PROJECT_VENV / "bin" / "python"), str(BENCH / "baseline_server.py"),
-                         "--port", str(self.port)]
+            self.argv = [
+                str(PROJECT_VENV / "bin" / "python"),
+                str(BENCH / "baseline_server.py"),
+                "--port",
+                str(self.port),
+            ]
             if api:
                 self.argv += ["--http-port", str(self.http_port)]
         else:
-            self.argv = [str(PROJECT_VENV / "bin" / "twistd"), "-n", "--pidfile=",
-                         "--logfile", str(workdir / "numd-twistd.log"), "numd",
-                         "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
+            self.argv = [
+                str(PROJECT_VENV / "bin" / "twistd"),
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                str(workdir / "numd-twistd.log"),
+                "numd",
+                "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1",
+            ]
             if log_on:
                 self.argv += ["--message-log", str(self.log_path)]
             else:
@@ -158,16 +176,28 @@ class Server:
                 self.argv = [a.replace(f"tcp:{api_old}:", f"tcp:{api_new}:") for a in self.argv]
                 self.api_port = api_new
             if self.kind == "baseline":
-                self.argv = [str(self.port) if a == str(old[0]) else
-                             (str(self.http_port) if old[1] and a == str(old[1]) else a) for a in self.argv]
+                self.argv = [
+                    str(self.port)
+                    if a == str(old[0])
+                    else (str(self.http_port) if old[1] and a == str(old[1]) else a)
+                    for a in self.argv
+                ]
             self._start()
 
     def _start(self) -> None:
         started = time.monotonic()
         self.gc_log = self.workdir / f"{self.kind}-{self.port}-gc.log"
-        env = dict(os.environ, PYTHONPATH=str(BENCH / "gcprobe"), NUMD_BENCH_GC_LOG=str(self.gc_log))
-        self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=self.stdout,
-                                     stderr=subprocess.STDOUT, preexec_fn=boost, env=env)
+        env = dict(
+            os.environ, PYTHONPATH=str(BENCH / "gcprobe"), NUMD_BENCH_GC_LOG=str(self.gc_log)
+        )
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.workdir,
+            stdout=self.stdout,
+            stderr=subprocess.STDOUT,
+            preexec_fn=boost,
+            env=env,
+        )
         if not wait_listening(self.port, started + 30, self.proc):
             self.stop()
             tails = []
@@ -175,7 +205,9 @@ class Server:
                 path = self.workdir / name
                 if path.exists():
                     tails.append(path.read_text(errors="replace")[-1500:])
-            raise RuntimeError(f"{self.kind} did not start: {' '.join(self.argv)}\n" + "\n".join(tails))
+            raise RuntimeError(
+                f"{self.kind} did not start: {' '.join(self.argv)}\n" + "\n".join(tails)
+            )
         self.startup_s = time.monotonic() - started
         if self.http_port:
             wait_listening(self.http_port, time.monotonic() + 10, self.proc)
@@ -214,8 +246,12 @@ def log_off_args(numd_help: str, workdir: Path) -> list[str]:
     if "--no-message-log" in numd_help:
         return ["--no-message-log"]
     # numd has no switch: the closest is a log on tmpfs that never rotates to disk.
-    return ["--message-log", str(Path("/dev/shm") / f"numd-bench-{os.getpid()}.log"),
-            "--message-log-max-bytes", str(1 << 30)]
+    return [
+        "--message-log",
+        str(Path("/dev/shm") / f"numd-bench-{os.getpid()}.log"),
+        "--message-log-max-bytes",
+        str(1 << 30),
+    ]
 
 
 # -- sampling ---------------------------------------------------------------------------
@@ -327,38 +363,78 @@ def gc_summary(server: Server, start: float, end: float) -> dict[str, Any] | Non
             slow.append(ms)
             if gen == 2:
                 gen2.append(ms)
-    return {"gen2_count": len(gen2), "gen2_max_ms": max(gen2, default=0.0),
-            "gen2_total_ms": sum(gen2), "max_ms": max(slow, default=0.0)}
+    return {
+        "gen2_count": len(gen2),
+        "gen2_max_ms": max(gen2, default=0.0),
+        "gen2_total_ms": sum(gen2),
+        "max_ms": max(slow, default=0.0),
+    }
 
 
 # -- runs ------------------------------------------------------------------------------------
 
 
-def run_schedule(cfg: argparse.Namespace, kind: str, clients: int, duration: float,
-                 workdir: Path, numd_help: str, extra: list[str] | None = None,
-                 array_share: float | None = None) -> dict[str, Any]:
+def run_schedule(
+    cfg: argparse.Namespace,
+    kind: str,
+    clients: int,
+    duration: float,
+    workdir: Path,
+    numd_help: str,
+    extra: list[str] | None = None,
+    array_share: float | None = None,
+) -> dict[str, Any]:
     """N counter clients on the real schedule for `duration` s after the ramp."""
     server = Server(kind, workdir, numd_help, max_clients=clients + 100)
     if extra:
         server.argv += extra
     with server:
         share = cfg.array_share if array_share is None else array_share
-        result = measured(server, "--clients", str(clients), "--duration", str(duration),
-                          "--ramp", str(cfg.ramp), "--array-share", str(share), "--seed", "7")
+        result = measured(
+            server,
+            "--clients",
+            str(clients),
+            "--duration",
+            str(duration),
+            "--ramp",
+            str(cfg.ramp),
+            "--array-share",
+            str(share),
+            "--seed",
+            "7",
+        )
         result["startup_s"] = server.startup_s
         return result
 
 
-def run_flood(kind: str, window: int, connections: int, duration: float, workdir: Path,
-              numd_help: str, log_on: bool = True, profile: Path | None = None) -> dict[str, Any]:
+def run_flood(
+    kind: str,
+    window: int,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    numd_help: str,
+    log_on: bool = True,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     """`connections` connections keeping `window` requests in flight each."""
     with Server(kind, workdir, numd_help, log_on=log_on) as server:
         spy = None
         if profile is not None:
             spy = start_profile(server.pid, profile, duration=max(2, duration - 3))
-        result = measured(server, "--mode", "flood", "--clients", str(connections),
-                          "--window", str(window), "--duration", str(duration),
-                          "--array-share", "0")
+        result = measured(
+            server,
+            "--mode",
+            "flood",
+            "--clients",
+            str(connections),
+            "--window",
+            str(window),
+            "--duration",
+            str(duration),
+            "--array-share",
+            "0",
+        )
         if spy is not None:
             spy.wait(60)
             result["profile"] = summarize_profile(profile)
@@ -367,25 +443,55 @@ def run_flood(kind: str, window: int, connections: int, duration: float, workdir
         return result
 
 
-def run_arrays(kind: str, values: int, probes: int, workdir: Path, numd_help: str) -> dict[str, Any]:
+def run_arrays(
+    kind: str, values: int, probes: int, workdir: Path, numd_help: str
+) -> dict[str, Any]:
     """Fill the list to `values`, then time `probes` arrays of 10-20 values one at a time."""
     with Server(kind, workdir, numd_help) as server:
         started = time.monotonic()
-        fill = loadgen(server.port, "--mode", "fill", "--fill-values", str(values), "--duration", "600",
-                       "--grace", "60")
+        fill = loadgen(
+            server.port,
+            "--mode",
+            "fill",
+            "--fill-values",
+            str(values),
+            "--duration",
+            "600",
+            "--grace",
+            "60",
+        )
         fill_s = time.monotonic() - started
         cpu0, _ = read_proc(server.pid)
-        probe = measured(server, "--mode", "flood", "--clients", "1", "--window", "1",
-                         "--array-share", "1", "--count", str(probes), "--duration", "120")
+        probe = measured(
+            server,
+            "--mode",
+            "flood",
+            "--clients",
+            "1",
+            "--window",
+            "1",
+            "--array-share",
+            "1",
+            "--count",
+            str(probes),
+            "--duration",
+            "120",
+        )
         cpu1, _ = read_proc(server.pid)
-        probe["fill"] = {"values": values, "seconds": fill_s, "arrays": fill["arrays"],
-                         "max_reply_bytes": fill["max_reply_bytes"], "unanswered": fill["unanswered"]}
+        probe["fill"] = {
+            "values": values,
+            "seconds": fill_s,
+            "arrays": fill["arrays"],
+            "max_reply_bytes": fill["max_reply_bytes"],
+            "unanswered": fill["unanswered"],
+        }
         probe["cpu_ms_per_array"] = (cpu1 - cpu0) * 1000 / max(1, probe["replies"])
         return probe
 
 
-def run_startup(kind: str, workdir: Path, numd_help: str, repeat: int = 3,
-                stored: int = 0) -> dict[str, Any]:
+def run_startup(
+    kind: str, workdir: Path, numd_help: str, repeat: int = 3, stored: int = 0
+) -> dict[str, Any]:
     """Seconds from exec to the counter port accepting, best and worst of `repeat`.
 
     With `stored` (numd with a --db only), the store is first filled with that many
@@ -396,8 +502,17 @@ def run_startup(kind: str, workdir: Path, numd_help: str, repeat: int = 3,
     if stored:
         db = workdir / "startup.db"
         with Server(kind, workdir, numd_help, db=db) as server:
-            fill = loadgen(server.port, "--mode", "fill", "--fill-values", str(stored),
-                           "--duration", "600", "--grace", "60")
+            fill = loadgen(
+                server.port,
+                "--mode",
+                "fill",
+                "--fill-values",
+                str(stored),
+                "--duration",
+                "600",
+                "--grace",
+                "60",
+            )
         out["stored_values"] = fill["fill_values"]
     times = []
     for _ in range(repeat):
@@ -406,9 +521,21 @@ def run_startup(kind: str, workdir: Path, numd_help: str, repeat: int = 3,
         times.append(server.startup_s)
         if stored:
             # Accepting is not enough: the values must be there.
-            out["first_array_reply"] = loadgen(server.port, "--mode", "flood", "--clients", "1",
-                                               "--window", "1", "--array-share", "1",
-                                               "--count", "1", "--duration", "30")["max_reply_bytes"]
+            out["first_array_reply"] = loadgen(
+                server.port,
+                "--mode",
+                "flood",
+                "--clients",
+                "1",
+                "--window",
+                "1",
+                "--array-share",
+                "1",
+                "--count",
+                "1",
+                "--duration",
+                "30",
+            )["max_reply_bytes"]
         server.stop()
     if db is not None:
         for path in workdir.glob(db.name + "*"):
@@ -425,9 +552,25 @@ def start_profile(pid: int, out: Path, duration: float) -> subprocess.Popen[byte
     spy = BENCH / ".venv" / "bin" / "py-spy"
     if not spy.exists():
         return None
-    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(duration)),
-                             "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(duration)),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
@@ -443,8 +586,10 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
             continue
         count = int(count_text)
         total += count
-        frames = [re.sub(r" \(.*?/(site-packages|lib/python3[.0-9]*|main)/", " (", f)
-                  for f in stack.split(";")]
+        frames = [
+            re.sub(r" \(.*?/(site-packages|lib/python3[.0-9]*|main)/", " (", f)
+            for f in stack.split(";")
+        ]
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
         for frame in set(frames):
             incl_counts[frame] = incl_counts.get(frame, 0) + count
@@ -489,8 +634,9 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
-def run_wrk(url: str, seconds: int, workdir: Path, post: bool = False,
-            connections: int = 16) -> dict[str, Any] | None:
+def run_wrk(
+    url: str, seconds: int, workdir: Path, post: bool = False, connections: int = 16
+) -> dict[str, Any] | None:
     """`wrk -t1` against `url`; None without wrk."""
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -540,8 +686,14 @@ def paced_gets(port: int, path: str, rate: float, seconds: float) -> dict[str, A
     def pct(p: float) -> float:
         return latencies[max(0, int(len(latencies) * p + 0.999999) - 1)]
 
-    return {"count": len(latencies), "errors": errors, "rate": rate, "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99), "max_ms": latencies[-1]}
+    return {
+        "count": len(latencies),
+        "errors": errors,
+        "rate": rate,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1],
+    }
 
 
 def run_http(cfg: argparse.Namespace, kind: str, workdir: Path, numd_help: str) -> dict[str, Any]:
@@ -550,13 +702,24 @@ def run_http(cfg: argparse.Namespace, kind: str, workdir: Path, numd_help: str) 
     out: dict[str, Any] = {}
     with Server(kind, workdir, numd_help, api=True, max_clients=cfg.http_clients + 100) as server:
         base = f"http://127.0.0.1:{server.http_port}/api/v1/values"
-        fill = loadgen(server.port, "--mode", "fill", "--fill-values", str(cfg.list_values),
-                       "--duration", "600", "--grace", "60")
+        fill = loadgen(
+            server.port,
+            "--mode",
+            "fill",
+            "--fill-values",
+            str(cfg.list_values),
+            "--duration",
+            "600",
+            "--grace",
+            "60",
+        )
         out["fill_values"] = fill["fill_values"]
         page = f"?offset={cfg.list_values // 2}&limit=1000"
-        for name, url, post in (("small_get", base + "?offset=0&limit=1", False),
-                                ("page_1000", base + page, False),
-                                ("post", base, True)):
+        for name, url, post in (
+            ("small_get", base + "?offset=0&limit=1", False),
+            ("page_1000", base + page, False),
+            ("post", base, True),
+        ):
             sampler = Sampler(server.pid)
             sampler.start()
             started = time.monotonic()
@@ -568,21 +731,32 @@ def run_http(cfg: argparse.Namespace, kind: str, workdir: Path, numd_help: str) 
         result: dict[str, Any] = {}
 
         def background() -> None:
-            result["load"] = loadgen(server.port, "--clients", str(cfg.http_clients), "--duration",
-                                     str(cfg.http_seconds + 10), "--ramp", str(cfg.ramp),
-                                     "--array-share", str(cfg.array_share))
+            result["load"] = loadgen(
+                server.port,
+                "--clients",
+                str(cfg.http_clients),
+                "--duration",
+                str(cfg.http_seconds + 10),
+                "--ramp",
+                str(cfg.ramp),
+                "--array-share",
+                str(cfg.array_share),
+            )
 
         thread = threading.Thread(target=background)
         thread.start()
         time.sleep(cfg.http_clients / cfg.ramp + 3)
-        out["page_under_load"] = paced_gets(server.http_port, "/api/v1/values" + page, 20,
-                                            cfg.http_seconds)
+        out["page_under_load"] = paced_gets(
+            server.http_port, "/api/v1/values" + page, 20, cfg.http_seconds
+        )
         thread.join()
         load = result.get("load", {})
         out["page_under_load"]["counter_load"] = {
             k: load.get(k) for k in ("clients", "connected", "drops", "unanswered", "error_replies")
         }
-        out["page_under_load"]["counter_p99_ms"] = load.get("latency", {}).get("steady", {}).get("p99_ms")
+        out["page_under_load"]["counter_p99_ms"] = (
+            load.get("latency", {}).get("steady", {}).get("p99_ms")
+        )
     return out
 
 
@@ -599,18 +773,35 @@ def machine() -> dict[str, Any]:
                 break
     py = PROJECT_VENV / "bin" / "python"
     versions = subprocess.run(
-        [str(py), "-c", "import sys, twisted, klein, sortedcontainers; print(sys.version.split()[0], "
-         "twisted.__version__, klein.__version__, sortedcontainers.__version__)"],
-        capture_output=True, text=True, check=False).stdout.split()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "numd"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+        [
+            str(py),
+            "-c",
+            "import sys, twisted, klein, sortedcontainers; print(sys.version.split()[0], "
+            "twisted.__version__, klein.__version__, sortedcontainers.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "numd"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
-    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[
+        0
+    ]
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
@@ -624,7 +815,8 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": loadavg,
         "numd_commit": commit + (" (numd/ modified in the work tree)" if dirty else ""),
         "numd_installed": (BENCH / ".venv" / "numd-installed.txt").read_text().strip()
-        if (BENCH / ".venv" / "numd-installed.txt").exists() else None,
+        if (BENCH / ".venv" / "numd-installed.txt").exists()
+        else None,
         "wrk": shutil.which("wrk") is not None,
     }
 
@@ -636,20 +828,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="numd load bench (see docs/performance.md)")
     parser.add_argument("--quick", action="store_true", help="small N, short runs (a few minutes)")
     parser.add_argument("--out", default=str(BENCH / "results" / "results.json"))
-    parser.add_argument("--only", default="", help="comma list: micro,startup,schedule,flood,arrays,http")
+    parser.add_argument(
+        "--only", default="", help="comma list: micro,startup,schedule,flood,arrays,http"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the W=64 floods")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run the 10,000-client point this many times (interleaved); the report "
-                        "uses the median")
-    parser.add_argument("--merge", action="store_true",
-                        help="update the --out file: replace only the parts run now (schedule points "
-                        "by number of clients)")
-    parser.add_argument("--kinds", default="",
-                        help="schedule: only these server labels (separated by ;), e.g. 'numd, log on tmpfs' "
-                        "(with --merge the other runs stay)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the 10,000-client point this many times (interleaved); the report "
+        "uses the median",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="update the --out file: replace only the parts run now (schedule points "
+        "by number of clients)",
+    )
+    parser.add_argument(
+        "--kinds",
+        default="",
+        help="schedule: only these server labels (separated by ;), e.g. 'numd, log on tmpfs' "
+        "(with --merge the other runs stay)",
+    )
     parser.add_argument("--numd-args", default="", help="extra numd options, e.g. '--db :memory:'")
-    parser.add_argument("--sweep", default="", help="clients:seconds list for the schedule runs, "
-                        "e.g. 5000:15,19000:15 (default 1000:30,5000:30,10000:60,19000:60)")
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="clients:seconds list for the schedule runs, "
+        "e.g. 5000:15,19000:15 (default 1000:30,5000:30,10000:60,19000:60)",
+    )
     cfg = parser.parse_args()
     sweep = cfg.sweep
     if cfg.quick:
@@ -674,10 +882,16 @@ def main() -> None:
     cfg.array_share = 0.0
     cfg.mixed_share = 0.02
     only = set(filter(None, cfg.only.split(",")))
-    want = (lambda name: not only or name in only)
 
-    raw = subprocess.run([str(PROJECT_VENV / "bin" / "twistd"), "numd", "--help"],
-                         capture_output=True, text=True, check=False)
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    raw = subprocess.run(
+        [str(PROJECT_VENV / "bin" / "twistd"), "numd", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     numd_help = raw.stdout + raw.stderr
     workdir = Path(tempfile.mkdtemp(prefix="numd-bench-"))
     out_path = Path(cfg.out)
@@ -686,21 +900,29 @@ def main() -> None:
     if cfg.merge and out_path.exists():
         previous = json.loads(out_path.read_text())
     results: dict[str, Any] = dict(previous)
-    results.update({
-        "quick": cfg.quick,
-        "machine": machine(),
-        "settings": {"ramp_per_s": cfg.ramp, "array_share": cfg.array_share,
-                     "mixed_array_share": cfg.mixed_share,
-                     "sweep": cfg.sweep, "flood_seconds": cfg.flood_seconds,
-                     "list_values": cfg.list_values, "probes": cfg.probes,
-                     "http_seconds": cfg.http_seconds, "http_clients": cfg.http_clients},
-        "numd_features": {
-            "api": "--api-listen" in numd_help,
-            "log_off_switch": "--no-message-log" in numd_help,
-            "max_clients": "--max-clients" in numd_help,
-            "store": "--db" in numd_help,
-        },
-    })
+    results.update(
+        {
+            "quick": cfg.quick,
+            "machine": machine(),
+            "settings": {
+                "ramp_per_s": cfg.ramp,
+                "array_share": cfg.array_share,
+                "mixed_array_share": cfg.mixed_share,
+                "sweep": cfg.sweep,
+                "flood_seconds": cfg.flood_seconds,
+                "list_values": cfg.list_values,
+                "probes": cfg.probes,
+                "http_seconds": cfg.http_seconds,
+                "http_clients": cfg.http_clients,
+            },
+            "numd_features": {
+                "api": "--api-listen" in numd_help,
+                "log_off_switch": "--no-message-log" in numd_help,
+                "max_clients": "--max-clients" in numd_help,
+                "store": "--db" in numd_help,
+            },
+        }
+    )
     if previous:
         results["machine_first_run"] = previous.get("machine_first_run", previous.get("machine"))
 
@@ -711,8 +933,13 @@ def main() -> None:
     try:
         if want("micro"):
             log("in-process per-message cost (bench/microbench.py)")
-            done = subprocess.run([str(PROJECT_VENV / "bin" / "python"), str(BENCH / "microbench.py")],
-                                  capture_output=True, text=True, timeout=300, check=False)
+            done = subprocess.run(
+                [str(PROJECT_VENV / "bin" / "python"), str(BENCH / "microbench.py")],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             try:
                 results["micro"] = json.loads(done.stdout)
             except ValueError:
@@ -720,60 +947,94 @@ def main() -> None:
             save()
         if want("startup"):
             log("start-up time")
-            results["startup"] = {k: run_startup(k, workdir, numd_help) for k in ("baseline", "numd")}
+            results["startup"] = {
+                k: run_startup(k, workdir, numd_help) for k in ("baseline", "numd")
+            }
             if "--db" in numd_help:
                 log(f"start-up time with {cfg.list_values} stored values")
-                results["startup"]["numd_stored"] = run_startup("numd", workdir, numd_help,
-                                                                stored=cfg.list_values)
+                results["startup"]["numd_stored"] = run_startup(
+                    "numd", workdir, numd_help, stored=cfg.list_values
+                )
             save()
         if want("schedule"):
             sizes = {clients for clients, _ in cfg.sweep}
             if cfg.kinds:
-                results["schedule"] = [r for r in previous.get("schedule", [])
-                                       if r["clients"] not in sizes or r["server_kind"] not in cfg.kinds]
+                results["schedule"] = [
+                    r
+                    for r in previous.get("schedule", [])
+                    if r["clients"] not in sizes or r["server_kind"] not in cfg.kinds
+                ]
             else:
-                results["schedule"] = [r for r in previous.get("schedule", [])
-                                       if r["clients"] not in sizes]
+                results["schedule"] = [
+                    r for r in previous.get("schedule", []) if r["clients"] not in sizes
+                ]
             target = 10000 if 10000 in sizes else cfg.sweep[-2 if len(cfg.sweep) > 1 else -1][0]
             for clients, seconds in cfg.sweep:
                 reps = cfg.repeat if clients == target else 1
                 for rep in range(reps):
                     kinds: list[tuple[str, list[str] | None, float | None]] = [
-                        ("baseline", None, None), ("numd", None, None)]
+                        ("baseline", None, None),
+                        ("numd", None, None),
+                    ]
                     if clients == target and "--db" in numd_help:
                         # The same load with numd's SQLite store off, to show what the store costs.
                         kinds.append(("numd --db :memory:", ["--db", ":memory:"], None))
                     if clients == target and rep == 0 and cfg.mixed_share > 0:
                         # The same clients, a share of whose requests are arrays.
-                        kinds += [("baseline +arrays", None, cfg.mixed_share),
-                                  ("numd +arrays", None, cfg.mixed_share)]
+                        kinds += [
+                            ("baseline +arrays", None, cfg.mixed_share),
+                            ("numd +arrays", None, cfg.mixed_share),
+                        ]
                     if clients == target and rep == 0:
                         # The message log on tmpfs: what writing it to the disk costs the tail.
-                        tmpfs = ["--message-log", str(Path("/dev/shm") / f"numd-bench-{os.getpid()}.log"),
-                                 "--message-log-max-bytes", str(1 << 30)]
+                        tmpfs = [
+                            "--message-log",
+                            str(Path("/dev/shm") / f"numd-bench-{os.getpid()}.log"),
+                            "--message-log-max-bytes",
+                            str(1 << 30),
+                        ]
                         kinds += [("numd, log on tmpfs", tmpfs, None)]
                         if "--db" in numd_help:
-                            kinds += [("numd --db :memory:, log on tmpfs", tmpfs + ["--db", ":memory:"], None)]
+                            kinds += [
+                                (
+                                    "numd --db :memory:, log on tmpfs",
+                                    tmpfs + ["--db", ":memory:"],
+                                    None,
+                                )
+                            ]
                     if cfg.kinds:
                         kinds = [k for k in kinds if k[0] in cfg.kinds]
                     for label, extra, share in kinds:
-                        log(f"schedule {label} {clients} clients {seconds} s (run {rep + 1}/{reps})")
+                        log(
+                            f"schedule {label} {clients} clients {seconds} s (run {rep + 1}/{reps})"
+                        )
                         kind = "baseline" if label.startswith("baseline") else "numd"
-                        r = run_schedule(cfg, kind, clients, seconds, workdir, numd_help, extra=extra,
-                                         array_share=share)
+                        r = run_schedule(
+                            cfg,
+                            kind,
+                            clients,
+                            seconds,
+                            workdir,
+                            numd_help,
+                            extra=extra,
+                            array_share=share,
+                        )
                         r["server_kind"] = label
                         r["rep"] = rep + 1
                         results["schedule"].append(r)
                         save()
         if want("flood"):
             results["flood"] = []
-            profile_dir = out_path.parent
-            for window, log_on, kinds in ((64, True, ("baseline", "numd")), (64, False, ("numd",)),
-                                          (1, True, ("baseline", "numd"))):
+            for window, log_on, kinds in (
+                (64, True, ("baseline", "numd")),
+                (64, False, ("numd",)),
+                (1, True, ("baseline", "numd")),
+            ):
                 for kind in kinds:
                     log(f"flood {kind} W={window} log={'on' if log_on else 'off'}")
-                    r = run_flood(kind, window, 100, cfg.flood_seconds, workdir, numd_help,
-                                  log_on=log_on)
+                    r = run_flood(
+                        kind, window, 100, cfg.flood_seconds, workdir, numd_help, log_on=log_on
+                    )
                     r["server_kind"] = kind
                     results["flood"].append(r)
                     save()
@@ -783,16 +1044,21 @@ def main() -> None:
                 for kind in ("baseline", "numd"):
                     log(f"flood {kind} W=64 under py-spy")
                     prof = out_path.parent / f"profile-{kind}-w64.txt"
-                    r = run_flood(kind, 64, 100, max(cfg.flood_seconds, 10), workdir, numd_help,
-                                  profile=prof)
-                    results["profiles"][kind] = {"profile": r.get("profile"),
-                                                 "replies_per_s": r["replies_per_s"]}
+                    r = run_flood(
+                        kind, 64, 100, max(cfg.flood_seconds, 10), workdir, numd_help, profile=prof
+                    )
+                    results["profiles"][kind] = {
+                        "profile": r.get("profile"),
+                        "replies_per_s": r["replies_per_s"],
+                    }
                     save()
         if want("arrays"):
             results["arrays"] = {}
             for kind in ("baseline", "numd"):
                 log(f"arrays {kind}: fill {cfg.list_values}, then {cfg.probes} arrays")
-                results["arrays"][kind] = run_arrays(kind, cfg.list_values, cfg.probes, workdir, numd_help)
+                results["arrays"][kind] = run_arrays(
+                    kind, cfg.list_values, cfg.probes, workdir, numd_help
+                )
                 save()
         if want("http") and results["numd_features"]["api"]:
             results["http"] = {}

@@ -18,7 +18,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -26,8 +27,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def per_token(proto: Any, transport: StringTransport, data: bytes, tokens: int,
-              seconds: float = 1.0) -> float:
+def per_token(
+    proto: Any, transport: StringTransport, data: bytes, tokens: int, seconds: float = 1.0
+) -> float:
     """Microseconds per token: feed `data` (holding `tokens` tokens) until `seconds` pass."""
     feed = proto.dataReceived
     clear = transport.clear
@@ -59,8 +61,9 @@ def numd_factory(log_path: str, extra: list[str]) -> tuple[Any, Any]:
     from numd.tap import Options, makeService
 
     options = Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--message-log", log_path,
-                          *extra])
+    options.parseOptions(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--message-log", log_path, *extra]
+    )
     reactor = MemoryReactorClock()
     daemon = makeService(options, reactor=reactor)
     daemon.startService()
@@ -70,10 +73,9 @@ def numd_factory(log_path: str, extra: list[str]) -> tuple[Any, Any]:
 def baseline_factory() -> Any:
     import random
 
+    from baseline_server import Baseline
     from sortedcontainers import SortedList
     from twisted.internet.protocol import Factory
-
-    from baseline_server import Baseline
 
     factory = Factory.forProtocol(Baseline)
     factory.rng = random.Random()

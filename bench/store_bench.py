@@ -49,7 +49,9 @@ def build_loadgen(directory: Path) -> Path:
     return binary
 
 
-def acked_adds_per_second(loadgen: Path, directory: Path, db: str, load: str, duration: float) -> dict:
+def acked_adds_per_second(
+    loadgen: Path, directory: Path, db: str, load: str, duration: float
+) -> dict:
     """Run one daemon with `--db db` under one load; return the loadgen's figures."""
     clients, window = LOADS[load]
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,10 +64,25 @@ def acked_adds_per_second(loadgen: Path, directory: Path, db: str, load: str, du
     ) as numd:  # fmt: skip
         result = subprocess.run(
             [
-                str(loadgen), "--mode", "flood", "--port", str(numd.port),
-                "--clients", str(clients), "--window", str(window),
-                "--array-share", "1", "--array-min", "1", "--array-max", "1",
-                "--duration", str(duration), "--seed", "7",
+                str(loadgen),
+                "--mode",
+                "flood",
+                "--port",
+                str(numd.port),
+                "--clients",
+                str(clients),
+                "--window",
+                str(window),
+                "--array-share",
+                "1",
+                "--array-min",
+                "1",
+                "--array-max",
+                "1",
+                "--duration",
+                str(duration),
+                "--seed",
+                "7",
             ],  # fmt: skip
             capture_output=True,
             check=True,
@@ -113,7 +130,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="numd-store-bench-") as tmp:
         work = Path(tmp)
         loadgen = build_loadgen(work)
-        runs: dict[str, dict[str, list[dict]]] = {load: {"store": [], "memory": []} for load in LOADS}
+        runs: dict[str, dict[str, list[dict]]] = {
+            load: {"store": [], "memory": []} for load in LOADS
+        }
         for round_number in range(args.rounds):
             for load in LOADS:
                 for mode in ("store", "memory"):
