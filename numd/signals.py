@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorCore
@@ -24,21 +25,37 @@ class ExitZeroOnSignal(Service):
 
     def __init__(self, reactor: IReactorCore) -> None:
         self._reactor = reactor
+        self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
-        """Install the handlers as soon as the reactor runs (after its own)."""
+        """Install the handlers now (the listeners already accept connections, and a
+        signal may come before the reactor runs) and again once the reactor runs,
+        since it installs its own on start-up."""
         super().startService()
+        self._install()
         self._reactor.callWhenRunning(self._install)
 
+    def stopService(self) -> None:
+        """Put back the handlers that were there before."""
+        super().stopService()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
     def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if not self.running or threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
-        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
+        # From a signal handler the reactor may be mid-iteration or not yet
+        # running: callFromThread is safe in both cases.
+        call_from_thread = getattr(self._reactor, "callFromThread", None)
+        if call_from_thread is not None:
+            call_from_thread(self._reactor.stop)
 
 
 class StartupError(SystemExit, Exception):
