@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from numd.client_output import ClientOutput, CounterState
 from numd.framing import TokenReceiver
 from numd.protocol import parse_integer
+from numd.timers import cancel
 
 ParityChoice = Literal["even", "odd", "random"]
 
@@ -92,10 +93,10 @@ class CounterClientProtocol(TokenReceiver):
         self.stop_reading_tokens()
         if self._reporter.running:
             self._reporter.stop()
-        _cancel(self._request_timer)
+        cancel(self._request_timer)
         self._request_timer = None
         for pending in self._expected:
-            _cancel(pending.timeout)
+            cancel(pending.timeout)
         self._expected.clear()
         self._request = None
         was_connected = self.state.connected
@@ -121,7 +122,7 @@ class CounterClientProtocol(TokenReceiver):
             self.client.output.error(f"unexpected token from the server: {token[:32]!r}")
             return
         pending = self._expected.popleft()
-        _cancel(pending.timeout)
+        cancel(pending.timeout)
         if pending.abandoned:
             self.log.info(
                 "late answer {token!r} to an abandoned {kind} request dropped",
@@ -362,11 +363,6 @@ class CounterClient(Service):
         delay = self.retry_policy(attempt + self._unregistered_in_a_row)
         self.output.status("retrying", self.state, attempt=attempt, delay=round(delay, 3))
         return delay
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()
 
 
 def _describe(token: bytes) -> str:

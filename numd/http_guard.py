@@ -27,6 +27,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from numd.timers import cancel
+
 JSON_TYPE = b"application/json"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -116,10 +118,8 @@ class GuardedRequest(Request):
         transport.loseConnection()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        cancel(self._deadline)
+        self._deadline = None
 
 
 # -- the resource: Host, token, CORS ------------------------------------------------

@@ -33,6 +33,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
+from numd.timers import cancel
+
 _PLAIN = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
 """Bytes that need no JSON escaping: printable ASCII except ``"`` and ``\\``."""
 _PLAIN_READ = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
@@ -235,8 +237,7 @@ class MessageLog(Service):
 
     def flush(self) -> None:
         """Write every buffered record to the file now."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
         if not self._buffer:
             return

@@ -31,6 +31,7 @@ from numd.service import (
     Parity,
 )
 from numd.stats import Stats
+from numd.timers import cancel
 
 _INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 _ARRAY = re.compile(rb"\[-?(?:0|[1-9][0-9]{0,18})(?:,-?(?:0|[1-9][0-9]{0,18}))*\]")
@@ -109,8 +110,7 @@ class CounterProtocol(TokenReceiver):
         self._lost = True
         self.stop_reading_tokens()
         self._cancel_quiet_timer()
-        if self._release_call is not None and self._release_call.active():
-            self._release_call.cancel()
+        cancel(self._release_call)
         self._cancel_stall_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
@@ -164,10 +164,8 @@ class CounterProtocol(TokenReceiver):
         self.transport.abortConnection()
 
     def _cancel_stall_timer(self) -> None:
-        if self._stall_timer is not None:
-            if self._stall_timer.active():
-                self._stall_timer.cancel()
-            self._stall_timer = None
+        cancel(self._stall_timer)
+        self._stall_timer = None
 
     def idle_timeout(self) -> None:
         """Nothing came from this client for the idle timeout: close it."""
@@ -201,10 +199,8 @@ class CounterProtocol(TokenReceiver):
             self._send_replies()
 
     def _cancel_quiet_timer(self) -> None:
-        if self._quiet_timer is not None:
-            if self._quiet_timer.active():
-                self._quiet_timer.cancel()
-            self._quiet_timer = None
+        cancel(self._quiet_timer)
+        self._quiet_timer = None
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -338,10 +334,8 @@ class CounterProtocol(TokenReceiver):
 
     def _release_held(self) -> None:
         """Write what is queued and the ready replies at the head of the held queue, in order."""
-        if self._release_call is not None:
-            if self._release_call.active():
-                self._release_call.cancel()
-            self._release_call = None
+        cancel(self._release_call)
+        self._release_call = None
         factory = self.factory
         while self._held and self._held[0].ready:
             held = self._held.popleft()
