@@ -763,6 +763,11 @@ def run_http(cfg: argparse.Namespace, kind: str, workdir: Path, numd_help: str) 
 # -- machine ---------------------------------------------------------------------------------------
 
 
+def _output(argv: list[str]) -> str:
+    """What a command prints on stdout (empty if it fails)."""
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     model = "unknown"
@@ -772,29 +777,16 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     py = PROJECT_VENV / "bin" / "python"
-    versions = subprocess.run(
+    versions = _output(
         [
             str(py),
             "-c",
             "import sys, twisted, klein, sortedcontainers; print(sys.version.split()[0], "
             "twisted.__version__, klein.__version__, sortedcontainers.__version__)",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "numd"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+        ]
+    ).split()
+    commit = _output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
+    dirty = _output(["git", "-C", str(ROOT), "status", "--porcelain", "numd"]).strip()
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[
