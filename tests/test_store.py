@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from numd.protocol import CounterFactory
 from numd.service import NumberService
-from numd.store import CREATE_V1, SCHEMA_VERSION, Batch, Database, Store, make_store
+from numd.store import CREATE_V1, CREATE_V2, SCHEMA_VERSION, Batch, Database, Store, make_store
 from numd.tap import Options, makeService
 
 
@@ -232,18 +232,38 @@ def test_extreme_values_round_trip(
     assert list(reloaded(db_path).values) == [-(2**63), 0, 2**63 - 1]
 
 
+def test_extreme_client_rows_round_trip(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """Client numbers at the 64-bit limits, no given number and odd times come back exactly."""
+    clock.advance(1732245600.123456)
+    for client_id, number in ((0, 2**63 - 1), (10_000, -(2**63)), (5, 0)):
+        state.register(client_id)
+        state.report(client_id, number)
+    state.give(5, "even")
+    store.flush()
+    writer.finish_all()
+    fresh = reloaded(db_path)
+    for client_id in (0, 5, 10_000):
+        assert fresh.clients[client_id].as_dict() == {
+            **state.clients[client_id].as_dict(),
+            "connected": False,
+        }
+    assert fresh.clients[0].last_given is None
+
+
 def test_batch_then_keeps_order() -> None:
     """Appending a later batch applies its clear after this batch's adds."""
     first, later = Batch(), Batch()
     first.merge([1, 1])
     later.merge([2])
     first.then(later)
-    assert (first.cleared, dict(first.counts), first.changes) == (False, {1: 2, 2: 1}, 2)
+    assert (first.cleared, first.values, first.changes) == (False, [1, 1, 2], 2)
     cleared = Batch()
     cleared.clear()
     cleared.merge([3])
     first.then(cleared)
-    assert (first.cleared, dict(first.counts)) == (True, {3: 1})
+    assert (first.cleared, first.values) == (True, [3])
 
 
 # -- the registry and the lazy report policy -------------------------------------------------
@@ -431,10 +451,39 @@ def test_migration_from_version_1(state: NumberService, tmp_path: Path, clock: C
     state.merge([5])
     store.stopService()
     with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
-        assert c.execute("SELECT value, count FROM sorted_values ORDER BY value").fetchall() == [
-            (-1, 1), (3, 1), (5, 4),
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        assert c.execute("SELECT value FROM list_values ORDER BY value").fetchall() == [
+            (-1,), (3,), (5,), (5,), (5,), (5,),
         ]  # fmt: skip
+    c.close()
+
+
+def test_migration_from_version_2(state: NumberService, tmp_path: Path, clock: Clock) -> None:
+    """A version-2 file (a row per distinct value with its count) becomes one row per value."""
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as c:
+        c.executescript(CREATE_V2)
+        c.executemany(
+            "INSERT INTO sorted_values (value, count) VALUES (?, ?)",
+            [(2**63 - 1, 1), (-(2**63), 2), (7, 3), (8, 0)],
+        )
+        c.execute(
+            "INSERT INTO clients (id, number, last_given, last_seen) VALUES (4, 12, NULL, 1.5)"
+        )
+    c.close()
+    store = Store(state, str(path), clock, run=maybeDeferred)
+    store.load()
+    assert list(state.values) == [-(2**63), -(2**63), 7, 7, 7, 2**63 - 1]
+    assert state.clients[4].as_dict() == {
+        "id": 4, "number": 12, "last_given": None, "connected": False, "last_seen": 1.5,
+    }  # fmt: skip
+    store.stopService()
+    with sqlite3.connect(path) as c:
+        tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master")}
+        assert "sorted_values" not in tables
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
     c.close()
 
 
