@@ -94,6 +94,8 @@ class CounterProtocol(TokenReceiver):
         self._log = self.factory.message_log.connection(self.peer)
         self._out: list[bytes] = []
         self._held: deque[_HeldReply] = deque()
+        self._unstored: list[_HeldReply] = []
+        """Held replies to changes of the current read, not yet waiting for the store."""
         self.last_activity = self.factory.clock.seconds()
         for option in ("setTcpNoDelay", "setTcpKeepAlive"):
             setter = getattr(self.transport, option, None)
@@ -267,13 +269,16 @@ class CounterProtocol(TokenReceiver):
         if values is None:
             self._error("bad-array")
             return
-        factory.service.merge(values)
+        service = factory.service
+        service.merge(values)
         reply = factory.list_reply.reply()
-        durable = factory.service.when_durable()
-        if durable is None:
-            self._reply("array", reply)
+        if service.waits_for_durability:
+            # Answered once stored: the read's changes wait for one commit (`_send_replies`).
+            held = _HeldReply("array", reply, ready=False)
+            self._held.append(held)
+            self._unstored.append(held)
         else:
-            self._reply_when(durable, "array", reply)
+            self._reply("array", reply)
 
     def _refuse_http(self, token: bytes) -> None:
         self.factory.stats.errors["http"] += 1
@@ -296,28 +301,37 @@ class CounterProtocol(TokenReceiver):
         self._log.sent(token)
         self._out.append(token + b" ")
 
-    def _reply_when(self, durable: Deferred[None], kind: str, token: bytes) -> None:
-        """Queue a reply that may only go out once `durable` fires (its change is stored).
+    def _wait_until_stored(self) -> None:
+        """Release the replies to this read's changes once every change so far is stored.
 
-        Replies behind it wait too, so replies keep request order.
+        One wait per read, however many changes it made; the replies behind them
+        wait too, so replies keep request order.
         """
-        held = _HeldReply(kind, token, ready=False)
-        self._held.append(held)
+        replies, self._unstored = self._unstored, []
+        durable = self.factory.service.when_durable()
+        if durable is None:
+            for held in replies:
+                held.ready = True
+            return
 
         def stored(_: None) -> None:
-            held.ready = True
+            for held in replies:
+                held.ready = True
             self._release_soon()
 
         def failed(failure: Failure) -> None:
             self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
-            self.factory.stats.errors["store-failed"] += 1
-            held.kind, held.token, held.ready = "error", b"error:store-failed", True
+            self.factory.stats.errors["store-failed"] += len(replies)
+            for held in replies:
+                held.kind, held.token, held.ready = "error", b"error:store-failed", True
             self._release_soon()
 
         durable.addCallbacks(stored, failed)
 
     def _send_replies(self) -> None:
         """Write the replies that may go out now, in one write."""
+        if self._unstored:
+            self._wait_until_stored()
         if self._held:
             self._release_held()
         else:

@@ -93,9 +93,17 @@ class NumberService(Service):
 
     # -- durability ------------------------------------------------------------
 
-    def set_durability(self, when_durable: Callable[[], Deferred[None] | None]) -> None:
-        """Install the store's hook: `when_durable()` fires once every change so far is on disk."""
+    def set_durability(self, when_durable: Callable[[], Deferred[None] | None] | None) -> None:
+        """Install the store's hook: `when_durable()` fires once every change so far is on disk.
+
+        None removes it (the store stopped): changes are answered at once again.
+        """
         self._when_durable = when_durable
+
+    @property
+    def waits_for_durability(self) -> bool:
+        """Whether a store is installed: answers to changes must wait for `when_durable`."""
+        return self._when_durable is not None
 
     def when_durable(self) -> Deferred[None] | None:
         """A Deferred firing when every change made so far is stored, or None if nothing waits.

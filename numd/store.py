@@ -523,7 +523,7 @@ class Store(Service):
 
     async def _stop(self) -> None:
         self.service.remove_observer(self._observe)
-        self.service.set_durability(lambda: None)
+        self.service.set_durability(None)
         if self._ticker.running:
             self._ticker.stop()
         if self._call is not None and self._call.active():

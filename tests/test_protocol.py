@@ -507,17 +507,44 @@ def test_array_reply_waits_for_the_store_and_keeps_order(
     factory.service.set_durability(when_durable)
     client = FakeClient(factory)
     assert client.send(b"1 odd ") != []
-    assert client.send(b"[5] odd [6] even ") == []
+    assert client.send(b"[5] odd ") == []
+    assert client.send(b"[6] even ") == []
     assert list(factory.service.values) == [5, 6]  # visible to readers at once
+    assert len(pending) == 2  # one wait per read
+    pending[1].callback(None)  # the later read's commit first: its replies still wait
+    clock.advance(0)
+    assert client.replies() == []
     pending[0].callback(None)
     assert client.replies() == []  # released at the end of the reactor turn
     clock.advance(0)
-    first = client.replies()
-    assert first[0] == b"[5]" and int(first[1]) % 2 == 1 and len(first) == 2
-    pending[1].callback(None)
+    replies = client.replies()
+    assert replies[0] == b"[5]" and int(replies[1]) % 2 == 1
+    assert replies[2] == b"[5,6]" and int(replies[3]) % 2 == 0 and len(replies) == 4
+
+
+def test_one_read_of_changes_waits_once_for_every_change_in_it(
+    factory: CounterFactory, clock: Clock
+) -> None:
+    """The store is asked once per read, after the read's last change: that wait covers them all."""
+    from twisted.internet.defer import Deferred
+
+    asked: list[list[int]] = []
+    d: Deferred[None] = Deferred()
+
+    def when_durable() -> Deferred[None]:
+        asked.append(list(factory.service.values))
+        return d
+
+    factory.service.set_durability(when_durable)
+    client = FakeClient(factory)
+    client.send(b"1 ")
+    assert client.send(b"[5] odd [6] [7] even ") == []
+    assert asked == [[5, 6, 7]]
+    d.callback(None)
     clock.advance(0)
-    second = client.replies()
-    assert second[0] == b"[5,6]" and int(second[1]) % 2 == 0
+    replies = client.replies()
+    assert [replies[0], replies[2], replies[3]] == [b"[5]", b"[5,6]", b"[5,6,7]"]
+    assert int(replies[1]) % 2 == 1 and int(replies[4]) % 2 == 0
 
 
 def test_one_commit_releases_a_connections_replies_in_one_write(
