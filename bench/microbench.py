@@ -4,8 +4,8 @@ Both protocols get the same reads through a `StringTransport` (so no kernel, no
 reactor, no other process is measured): a registration, then reads of W tokens
 (``even``/``odd`` alternating, or reports). numd is built by its own
 ``makeService`` on a `MemoryReactorClock`, with its message log on a temporary
-file, and again with the log's writer replaced by a no-op, so the log's share of
-the per-message cost shows. Prints JSON: microseconds per token.
+file, and again with ``--no-message-log``, so the log's share of the per-message
+cost shows. Prints JSON: microseconds per token.
 
 ``python bench/microbench.py`` (the bench venv has numd installed).
 """
@@ -100,20 +100,18 @@ def main() -> None:
         extra = ["--db", ":memory:"] if "--db" in _numd_help() else []
         servers["numd (log on)"] = lambda: numd_factory(os.path.join(tmp, "m.log"), extra)
 
-        def numd_log_off() -> tuple[Any, Any]:
-            daemon, factory = numd_factory(os.path.join(tmp, "m2.log"), extra)
-            log = factory.message_log
-            log.received = log.sent = log.event = lambda *a, **k: None
-            return daemon, factory
-
-        servers["numd (log calls no-op)"] = numd_log_off
+        servers["numd (--no-message-log)"] = lambda: numd_factory(
+            os.path.join(tmp, "m2.log"), [*extra, "--no-message-log"]
+        )
 
         def numd_bare() -> tuple[Any, Any]:
-            daemon, factory = numd_log_off()
+            daemon, factory = numd_factory(
+                os.path.join(tmp, "m3.log"), [*extra, "--no-message-log"]
+            )
             factory.service._observers.clear()
             return daemon, factory
 
-        servers["numd (log no-op, no state observers)"] = numd_bare
+        servers["numd (log off, no state observers)"] = numd_bare
         for name, make in servers.items():
             row = {}
             for port, (label, (data, tokens)) in enumerate(workloads.items(), start=40000):

@@ -12,7 +12,11 @@ from twisted.internet.protocol import Protocol
 
 
 class TokenReceiver(Protocol):
-    """Calls `tokenReceived` for each non-empty token, then `tokensDone` once per read."""
+    """Calls `readReceived` with the complete tokens of each read, then `tokensDone`.
+
+    By default `readReceived` calls `tokenReceived` for each non-empty token;
+    a subclass may override it to handle a whole read at once.
+    """
 
     delimiter = b" "
     MAX_LENGTH = 32 * 1024
@@ -32,22 +36,33 @@ class TokenReceiver(Protocol):
         *tokens, rest = data.split(self.delimiter)
         self._buffer = rest
         limit = self.MAX_LENGTH
+        if len(data) > limit:  # only then can a token be too long
+            for index, token in enumerate(tokens):
+                if len(token) > limit:
+                    self._too_long(tokens[:index], token)
+                    return
+            if len(rest) > limit:
+                self._too_long(tokens, rest)
+                return
+        self.readReceived(tokens)
+        self.tokensDone()
+
+    def _too_long(self, before: list[bytes], token: bytes) -> None:
+        """Handle the tokens `before` an over-long `token`, then stop at it."""
+        self._buffer = b""
+        self.readReceived(before)
+        if not self._stopped:
+            self.stop_reading_tokens()
+            self.lineLengthExceeded(token)
+        self.tokensDone()
+
+    def readReceived(self, tokens: list[bytes]) -> None:
+        """Handle the complete tokens of one read (empty ones included), in order."""
         for token in tokens:
-            if len(token) > limit:
-                self._buffer = b""
-                self.stop_reading_tokens()
-                self.lineLengthExceeded(token)
-                break
             if token:
                 self.tokenReceived(token)
             if self._stopped:
                 break
-        else:
-            if len(rest) > limit:
-                self._buffer = b""
-                self.stop_reading_tokens()
-                self.lineLengthExceeded(rest)
-        self.tokensDone()
 
     @property
     def closing(self) -> bool:

@@ -6,8 +6,9 @@ Record format (one JSON object per line, UTF-8, keys in this order)::
     {"t":1732245600.123,"dir":"out","peer":"127.0.0.1:51234","id":5287,"msg":"37"}
     {"t":1732245599.020,"dir":"event","peer":"127.0.0.1:51234","id":null,"event":"connect"}
 
-``t`` is the Unix time (of the read that carried the message, for ``in`` and
-``out``), ``dir`` is ``in`` (received), ``out`` (sent) or ``event``;
+``t`` is the Unix time, to the millisecond (of the read that carried the message,
+for ``in`` and ``out``), ``dir`` is ``in`` (received), ``out`` (sent) or ``event``;
+a read's ``in`` records come first, then the ``out`` records of its replies;
 ``id`` is the client ID, or null before registration. ``msg`` holds the token's
 bytes one character per byte (latin-1), JSON-escaped, so
 ``record["msg"].encode("latin-1")`` gives back exactly the bytes on the wire,
@@ -37,8 +38,6 @@ from numd.timers import cancel
 
 _PLAIN = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
 """Bytes that need no JSON escaping: printable ASCII except ``"`` and ``\\``."""
-_PLAIN_READ = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
-"""A read whose tokens (all its bytes but spaces) need no escaping."""
 
 
 def _json_token(token: bytes) -> bytes:
@@ -56,49 +55,73 @@ def describe_peer(address: object) -> str:
 class ConnectionLog:
     """One connection's records, with its peer and client ID formatted once.
 
-    The protocol calls `new_read` once per read (one timestamp, one check that
-    the read needs no escaping), then `received`/`sent` per token: each record
-    is a few byte concatenations, cheap enough for every message.
+    The protocol calls `new_read` once per read (its time stamp, shared by every
+    record of that read), then `received` or `received_all` for the tokens of the
+    read, then `sent_all` for the replies written for it, so a read's ``in``
+    records come first and its ``out`` records after them, as on the wire. A run
+    of plain tokens becomes its records in one `bytes.join`.
     """
 
-    __slots__ = ("_log", "_lines", "peer", "client_id", "_who", "_stamp", "_plain")
+    __slots__ = ("_log", "_lines", "peer", "client_id", "_who", "_stamp")
 
     def __init__(self, log: MessageLog, peer: str) -> None:
         self._log = log
         self._lines = log._buffer
         self.peer = peer
         self.identify(None)
-        self.new_read(b"")
+        self.new_read(log.now())
 
     def identify(self, client_id: int | None) -> None:
         """Stamp the following records with `client_id` (None before registration)."""
         self.client_id = client_id
-        self._who = b'","peer":%s,"id":%s,' % (
+        self._who = b'","peer":%s,"id":%s,"msg":' % (
             json.dumps(self.peer).encode("ascii"),
             b"null" if client_id is None else b"%d" % client_id,
         )
 
-    def new_read(self, data: bytes) -> None:
-        """Start the records of one read of `data` (its time; whether it needs escaping)."""
+    def new_read(self, now: float) -> None:
+        """Start the records of one read, received at `now`."""
         self._log.checkpoint()
-        self._stamp = b'{"t":%.3f,"dir":"' % self._log.now()
-        self._plain = _PLAIN_READ.fullmatch(data) is not None
+        self._stamp = self._log.stamp(now)
 
     def received(self, token: bytes) -> None:
-        """Record a token the server received (in this read)."""
-        msg = b'"' + token + b'"' if self._plain else _json_token(token)
-        self._lines.append(self._stamp + b"in" + self._who + b'"msg":' + msg + b"}\n")
+        """Record one token the server received (any bytes: escaped if need be)."""
+        self._lines.append(self._stamp + b"in" + self._who + _json_token(token) + b"}\n")
+
+    def received_all(self, tokens: list[bytes]) -> None:
+        """Record tokens received, in order; each must be plain (`is_plain`)."""
+        self._lines.append(_records(self._stamp + b"in" + self._who, tokens))
+
+    def sent_all(self, tokens: list[bytes]) -> None:
+        """Record tokens sent, in order (numd's own tokens are plain ASCII)."""
+        self._lines.append(_records(self._stamp + b"out" + self._who, tokens))
 
     def sent(self, token: bytes) -> None:
-        """Record a token the server sent (numd's own tokens are plain ASCII)."""
-        self._lines.append(self._stamp + b"out" + self._who + b'"msg":"' + token + b'"}\n')
+        """Record one token sent."""
+        self.sent_all([token])
 
     def event(self, event: str) -> None:
         """Record a connection event (connect, register, disconnect, ...), timed now."""
         self._log.add(
-            b'{"t":%.3f,"dir":"event%s"event":%s}\n'
-            % (self._log.now(), self._who, json.dumps(event).encode("ascii"))
+            b"%sevent%s%s}\n"
+            % (
+                self._log.stamp(self._log.now()),
+                self._who.replace(b',"msg":', b',"event":'),
+                json.dumps(event).encode("ascii"),
+            )
         )
+
+
+def is_plain(token: bytes) -> bool:
+    """Whether `token` needs no JSON escaping (printable ASCII but ``"`` and ``\\``)."""
+    return _PLAIN.fullmatch(token) is not None
+
+
+def _records(head: bytes, tokens: list[bytes]) -> bytes:
+    """One record per plain token: ``head + '"' + token + '"}\\n'``, in one join."""
+    if not tokens:
+        return b""
+    return head + b'"' + (b'"}\n' + head + b'"').join(tokens) + b'"}\n'
 
 
 class SilentConnectionLog:
@@ -114,10 +137,16 @@ class SilentConnectionLog:
         """Remember the client ID (nothing is written)."""
         self.client_id = client_id
 
-    def new_read(self, data: bytes) -> None:
+    def new_read(self, now: float) -> None:
         """Nothing to stamp."""
 
     def received(self, token: bytes) -> None:
+        """Nothing is written."""
+
+    def received_all(self, tokens: list[bytes]) -> None:
+        """Nothing is written."""
+
+    def sent_all(self, tokens: list[bytes]) -> None:
         """Nothing is written."""
 
     def sent(self, token: bytes) -> None:
@@ -164,6 +193,9 @@ class MessageLog(Service):
         self.enabled = enabled
         """False: no file is opened and no record is formatted (``--no-message-log``)."""
         self._buffer: list[bytes] = []
+        """Formatted records: one per entry, or the records of one read in one entry."""
+        self._stamp_ms: int | None = None
+        self._stamp = b""
         self._timer: IDelayedCall | None = None
         self._file: LogFile | None = None
         self.written = 0
@@ -215,16 +247,24 @@ class MessageLog(Service):
         """The time stamped on records."""
         return self._clock.seconds()
 
+    def stamp(self, now: float) -> bytes:
+        """A record's start, ``{"t":<now, to the millisecond>,"dir":"``: formatted once per millisecond."""
+        ms = round(now * 1000)
+        if ms != self._stamp_ms:
+            self._stamp_ms = ms
+            self._stamp = b'{"t":%d.%03d,"dir":"' % divmod(ms, 1000)
+        return self._stamp
+
     def add(self, line: bytes) -> None:
         """Buffer one formatted record; flush when the buffer is large or on the timer."""
         self._buffer.append(line)
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Flush if the buffer holds `flush_records` records; else make sure the timer runs.
+        """Flush if the buffer holds `flush_records` entries; else make sure the timer runs.
 
-        Connections append their records straight to the buffer and call this
-        once per read, so the per-record cost is one list append.
+        Connections append their records straight to the buffer (a read's records
+        in one entry) and call this once per read.
         """
         if len(self._buffer) >= self.flush_records:
             self.flush()
@@ -241,8 +281,8 @@ class MessageLog(Service):
         self._timer = None
         if not self._buffer:
             return
-        count = len(self._buffer)
         data = b"".join(self._buffer)
+        count = data.count(b"\n")  # one line per record: JSON escapes newlines in tokens
         self._buffer.clear()  # in place: connections hold this list
         if self._file is None and not self._open():
             self.dropped += count

@@ -36,6 +36,10 @@ from numd.timers import cancel
 _INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 _ARRAY = re.compile(rb"\[-?(?:0|[1-9][0-9]{0,18})(?:,-?(?:0|[1-9][0-9]{0,18}))*\]")
 _OLD_CLIENT_ID = re.compile(rb"[0-9]{1,5}")
+_SMALL_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,17})")
+"""An integer token of at most 18 digits: always within 64 bits."""
+_NUMBER_TOKENS = [b"%d" % n for n in range(100)]
+"""The reply token of each number `NumberService.give` can draw (0-99)."""
 _HTTP_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split())
 
 MAX_ARRAY_VALUES = 1000
@@ -122,12 +126,58 @@ class CounterProtocol(TokenReceiver):
     # -- framing hooks -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Any new bytes end the quiet time of an old client's bare ID."""
-        self.last_activity = self.factory.clock.seconds()
-        self._cancel_quiet_timer()
-        pending = self.pending
-        self._log.new_read(pending + data if pending else data)
+        """Note the time of the read; any new bytes end the quiet time of an old client's bare ID."""
+        self.last_activity = now = self.factory.clock.seconds()
+        if self._quiet_timer is not None:
+            self._cancel_quiet_timer()
+        self._log.new_read(now)
         super().dataReceived(data)
+
+    def readReceived(self, tokens: list[bytes]) -> None:
+        """Handle a read of a registered client's reports and requests in one pass; else token by token."""
+        if self.client_id is None or self._held or not self._reports_and_requests(tokens):
+            super().readReceived(tokens)
+
+    def _reports_and_requests(self, tokens: list[bytes]) -> bool:
+        """Handle `tokens` if they are all reports and even/odd requests; False (and nothing done) if not.
+
+        The common read, and the hot path: its requests are drawn in one call, its
+        reports come down to the last one, and its records are formatted together.
+        The replies are exactly those of `tokenReceived`, token by token.
+        """
+        if not tokens:
+            return True  # a partial token only
+        evens = tokens.count(b"even")
+        odds = tokens.count(b"odd")
+        reports = len(tokens) - evens - odds
+        if reports:
+            numbers = (
+                [t for t in tokens if t != b"even" and t != b"odd"] if evens or odds else tokens
+            )
+            for token in numbers:
+                if _SMALL_INTEGER.fullmatch(token) is None:
+                    return False  # errors, arrays, long integers: token by token
+        factory = self.factory
+        stats = factory.stats
+        self._log.received_all(tokens)
+        if reports:
+            stats.received["report"] += reports
+            factory.service.report(self.client_id, int(numbers[-1]))  # type: ignore[arg-type]
+        if evens or odds:
+            if reports:
+                tokens = [t for t in tokens if t == b"even" or t == b"odd"]
+            if evens:
+                stats.received["even"] += evens
+                stats.sent["even"] += evens
+            if odds:
+                stats.received["odd"] += odds
+                stats.sent["odd"] += odds
+            drawn = factory.service.give_many(
+                self.client_id,  # type: ignore[arg-type]
+                list(map(b"odd".__eq__, tokens)),
+            )
+            self._out.extend(map(_NUMBER_TOKENS.__getitem__, drawn))
+        return True
 
     # -- backpressure (IPushProducer, driven by the transport) ---------------------
 
@@ -196,7 +246,7 @@ class CounterProtocol(TokenReceiver):
         self._quiet_timer = None
         if self.client_id is None and _OLD_CLIENT_ID.fullmatch(self.pending):
             token = self.take_pending()
-            self._log.new_read(token)
+            self._log.new_read(self.factory.clock.seconds())
             self.tokenReceived(token)
             self._send_replies()
 
@@ -298,8 +348,7 @@ class CounterProtocol(TokenReceiver):
             self._held.append(_HeldReply(kind, token))
             return
         self.factory.stats.sent[kind] += 1
-        self._log.sent(token)
-        self._out.append(token + b" ")
+        self._out.append(token)
 
     def _wait_until_stored(self) -> None:
         """Release the replies to this read's changes once every change so far is stored.
@@ -354,8 +403,7 @@ class CounterProtocol(TokenReceiver):
         while self._held and self._held[0].ready:
             held = self._held.popleft()
             factory.stats.sent[held.kind] += 1
-            self._log.sent(held.token)
-            self._out.append(held.token + b" ")
+            self._out.append(held.token)
         self._flush()
 
     def _error(self, reason: str) -> None:
@@ -363,10 +411,12 @@ class CounterProtocol(TokenReceiver):
         self._reply("error", b"error:" + reason.encode("ascii"))
 
     def _flush(self) -> None:
-        if self._out and not self._lost:
-            data = b"".join(self._out)
-            self._out.clear()
-            self.transport.write(data)
+        """Write (and log) the queued replies, each ended by a space, in one write."""
+        out = self._out
+        if out and not self._lost:
+            self._log.sent_all(out)
+            self.transport.write(b" ".join(out) + b" ")
+            out.clear()
 
 
 class _Refusal(Protocol):

@@ -81,14 +81,16 @@ class NumberService(Service):
 
     def add_observer(self, observer: ChangeObserver) -> None:
         """Call `observer(kind, payload)` after every change."""
-        self._observers.append(observer)
+        self._observers = [*self._observers, observer]  # a new list: a running loop keeps its own
 
     def remove_observer(self, observer: ChangeObserver) -> None:
         """Stop calling `observer`."""
-        self._observers.remove(observer)
+        observers = list(self._observers)
+        observers.remove(observer)
+        self._observers = observers
 
     def _changed(self, kind: str, payload: object) -> None:
-        for observer in list(self._observers):
+        for observer in self._observers:
             observer(kind, payload)
 
     # -- durability ------------------------------------------------------------
@@ -157,13 +159,18 @@ class NumberService(Service):
 
     def give(self, client_id: int, parity: Parity) -> int:
         """Draw a uniformly random even (0-98) or odd (1-99) number for a client."""
+        return self.give_many(client_id, [parity == "odd"])[0]
+
+    def give_many(self, client_id: int, odd: list[bool]) -> list[int]:
+        """`give` for several requests of one client at once (True: odd), in order; one change."""
         # random() is uniform on [0, 1): int(random() * 50) is uniform on 0-49.
-        number = 2 * int(self.rng.random() * 50) + (parity == "odd")
+        random = self.rng.random
+        numbers = [2 * int(random() * 50) + o for o in odd]
         record = self.clients[client_id]
-        record.last_given = number
+        record.last_given = numbers[-1]
         record.last_seen = self._clock.seconds()
         self._changed("give", record)
-        return number
+        return numbers
 
     # -- the sorted list -------------------------------------------------------
 

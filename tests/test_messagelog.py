@@ -64,7 +64,7 @@ def test_every_byte_value_round_trips(tmp_path: Path) -> None:
     tokens = [bytes([b]) for b in range(256)] + [b'{}%s%(x)s{0}"\\', b"\xff\xfe"]
     connection = log.connection("p")
     for token in tokens:
-        connection.new_read(token + b" ")
+        connection.new_read(0.0)
         connection.received(token)
     log.stopService()
     assert [r["msg"].encode("latin-1") for r in read(log.path)] == tokens
@@ -77,7 +77,7 @@ def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
     log.startService()
     connection = log.connection("127.0.0.1:1")
     for i in range(400):
-        connection.new_read(b"%d " % i)
+        connection.new_read(float(i))
         connection.received(b"%d" % i)
     log.stopService()
     names = sorted(os.listdir(tmp_path))
@@ -127,7 +127,7 @@ def test_dev_null_is_never_rotated(tmp_path: Path) -> None:
     log.startService()
     connection = log.connection("p")
     for i in range(100):
-        connection.new_read(b"%d " % i)
+        connection.new_read(float(i))
         connection.received(b"%d" % i)
     log.stopService()
     assert sorted(os.listdir(tmp_path)) == ["null"]
@@ -140,10 +140,46 @@ def test_log_off_writes_and_formats_nothing(tmp_path: Path) -> None:
     log = MessageLog(str(tmp_path / "m.log"), Clock(), enabled=False)
     log.startService()
     connection = log.connection("127.0.0.1:1")
-    connection.new_read(b"odd ")
+    connection.new_read(0.0)
     connection.received(b"odd")
+    connection.received_all([b"odd", b"5"])
     connection.sent(b"7")
+    connection.sent_all([b"7", b"9"])
     connection.event("connect")
     log.stopService()
     assert os.listdir(tmp_path) == []
     assert (log.written, log.dropped, log.writable) == (0, 0, True)
+
+
+def test_a_reads_records_are_its_tokens_then_its_replies(tmp_path: Path) -> None:
+    """received_all and sent_all write one record per token, in order, stamped with the read's time."""
+    clock = Clock()
+    log = MessageLog(str(tmp_path / "m.log"), clock)
+    log.startService()
+    connection = log.connection("127.0.0.1:9")
+    connection.identify(3)
+    connection.new_read(1732245600.0125)
+    clock.advance(5)  # records of the read keep the read's time
+    connection.received_all([b"even", b"-12", b"odd"])
+    connection.received_all([])
+    connection.sent_all([b"4", b"7"])
+    connection.sent_all([])
+    log.stopService()
+    records = read(log.path)
+    assert [(r["dir"], r["msg"], r["t"], r["id"]) for r in records] == [
+        ("in", "even", 1732245600.012, 3),
+        ("in", "-12", 1732245600.012, 3),
+        ("in", "odd", 1732245600.012, 3),
+        ("out", "4", 1732245600.012, 3),
+        ("out", "7", 1732245600.012, 3),
+    ]
+    assert log.written == 5
+
+
+def test_stamps_round_to_the_millisecond(tmp_path: Path) -> None:
+    """Times are written to the millisecond, rounded, and reformatted when the millisecond changes."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    assert log.stamp(1.001) == b'{"t":1.001,"dir":"'  # 1.001 * 1000 is 1000.999...
+    assert log.stamp(1.0014) == b'{"t":1.001,"dir":"'
+    assert log.stamp(12.3456) == b'{"t":12.346,"dir":"'
+    assert log.stamp(0) == b'{"t":0.000,"dir":"'

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
-from numd.protocol import CounterFactory, parse_array, parse_integer
+from numd.framing import TokenReceiver
+from numd.messagelog import MessageLog
+from numd.protocol import CounterFactory, CounterProtocol, parse_array, parse_integer
 from numd.replies import format_values
 from numd.service import NumberService
+from numd.stats import Stats
 
 from .counter_client import FakeClient
 
@@ -461,9 +466,9 @@ def test_every_message_is_logged(factory: CounterFactory) -> None:
         ("event", "connect", None),
         ("in", "5287", None),
         ("event", "register", 5287),
-        ("out", "0", 5287),
         ("in", "10", 5287),
         ("in", "odd", 5287),
+        ("out", "0", 5287),  # a read's replies follow its tokens, as on the wire
         ("out", str(answer), 5287),
         ("event", "disconnect", 5287),
     ]
@@ -588,3 +593,69 @@ def test_reply_after_disconnect_is_dropped(factory: CounterFactory) -> None:
     client.close()
     d.callback(None)
     assert client.raw() == b""
+
+
+# A read of reports and requests only is handled in one pass
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"even odd " * 20],
+        [b"5 even 17 odd 18 ", b"odd 19 20 21 "],
+        [b"ev", b"en 1", b"2 odd -3", b" 999999999999999999 "],
+        [b"even bad odd [3] 7 ", b"9223372036854775807 odd "],
+        [b"odd  even ", b"5\r\neven\n"],
+    ],
+    ids=["requests", "mixed", "split-tokens", "with-errors-arrays-long", "blank-and-newlines"],
+)
+def test_a_whole_read_gives_what_token_by_token_gives(
+    clock: Clock, tmp_path: Path, reads: list[bytes]
+) -> None:
+    """Replies, their order, the registry, the counters and the log match one read per token."""
+
+    class TokenByToken(CounterProtocol):
+        readReceived = TokenReceiver.readReceived  # no whole-read pass: tokenReceived for each
+
+    def run(name: str, chunks: list[bytes]) -> tuple[list[bytes], object, Stats, list[list[str]]]:
+        log = MessageLog(str(tmp_path / name), Clock())
+        log.startService()
+        factory = CounterFactory(NumberService(clock, random.Random(11)), log, Stats(), clock)
+        if name == "tokens.log":
+            factory.protocol = TokenByToken
+        client = FakeClient(factory)
+        client.send(b"42 ")
+        for chunk in chunks:
+            client.send(chunk)
+        records = log_records(factory)
+        log.stopService()
+        logged = [[r["msg"] for r in records if r["dir"] == d] for d in ("in", "out")]
+        return client.replies(), factory.service.clients[42].as_dict(), factory.stats, logged
+
+    whole = run("whole.log", reads)
+    joined = b"".join(reads).replace(b"\r\n", b" ").replace(b"\n", b" ")
+    one_by_one = run("tokens.log", [token + b" " for token in joined.split(b" ") if token])
+    assert whole[0] == one_by_one[0]
+    assert whole[1] == one_by_one[1]
+    assert (whole[2].received, whole[2].sent, whole[2].errors) == (
+        one_by_one[2].received,
+        one_by_one[2].sent,
+        one_by_one[2].errors,
+    )
+    assert whole[3] == one_by_one[3]
+
+
+def test_requests_in_one_read_draw_the_same_numbers_as_give(clock: Clock) -> None:
+    """The numbers drawn for a read of requests are those `give` draws, in order, with their parity."""
+    expected_service = NumberService(clock, random.Random(5))
+    expected_service.register(1)
+    parities = ["even", "odd", "odd", "even"] * 8
+    expected = [expected_service.give(1, p) for p in parities]  # type: ignore[arg-type]
+    log = MessageLog("unused.log", clock, enabled=False)
+    factory = CounterFactory(NumberService(clock, random.Random(5)), log, Stats(), clock)
+    client = FakeClient(factory)
+    client.send(b"1 ")
+    replies = client.send(b"".join(p.encode() + b" " for p in parities))
+    assert [int(r) for r in replies] == expected
+    assert factory.service.clients[1].last_given == expected[-1]
+    assert factory.stats.sent["even"] == factory.stats.sent["odd"] == 16
