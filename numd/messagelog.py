@@ -14,12 +14,15 @@ bytes one character per byte (latin-1), JSON-escaped, so
 ``record["msg"].encode("latin-1")`` gives back exactly the bytes on the wire,
 whatever they were. Client bytes are never used as a format string.
 
-Records are buffered and written in batches (at least every ``flush_interval``
-seconds, sooner when the buffer is large), so a crash can lose the last fraction
-of a second of log. The file rotates by size and keeps a bounded number of old
-files (unless it is not a regular file: ``--message-log /dev/null`` turns the
-log off and is never rotated). If writing fails the daemon keeps serving: records are counted as dropped
-and `writable` turns false until a write succeeds again.
+Records are buffered and handed in batches (at least every ``flush_interval``
+seconds, sooner when the buffer is large) to a writer thread of the log's own,
+which writes them in order: the reactor thread never waits for the disk, which
+may be busy with the store's fsyncs. A crash can lose the last fraction of a
+second of log. The file rotates by size and keeps a bounded number of old files
+(unless it is not a regular file: ``--message-log /dev/null`` is written but
+never rotated). If writing fails, or the disk falls more than ``max_behind``
+bytes behind, the daemon keeps serving: records are counted as dropped and
+`writable` turns false until a write succeeds again.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import re
 import stat
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
 from numd.timers import cancel
+from numd.writer import Runner, Writer
 
 _PLAIN = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
 """Bytes that need no JSON escaping: printable ASCII except ``"`` and ``\\``."""
@@ -183,6 +188,8 @@ class MessageLog(Service):
         flush_interval: float = 0.2,
         flush_records: int = 1000,
         enabled: bool = True,
+        max_behind: int = 64 * 1024 * 1024,
+        run: Runner | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self._clock = clock
@@ -192,6 +199,11 @@ class MessageLog(Service):
         self.flush_records = flush_records
         self.enabled = enabled
         """False: no file is opened and no record is formatted (``--no-message-log``)."""
+        self.max_behind = max_behind
+        """Bytes the writer may have in hand, not yet written; past it, records are dropped."""
+        self._behind = 0
+        self._writer = Writer(clock, "numd-message-log")
+        self._run: Runner = run if run is not None else self._writer.run
         self._buffer: list[bytes] = []
         """Formatted records: one per entry, or the records of one read in one entry."""
         self._stamp_ms: int | None = None
@@ -208,32 +220,41 @@ class MessageLog(Service):
     # -- lifecycle -------------------------------------------------------------
 
     def startService(self) -> None:
-        """Open (or create) the log file."""
+        """Open (or create) the log file, here, so a bad path is reported at once; start the writer."""
         super().startService()
         if self.enabled:
             self._open()
+            self._writer.start()
 
-    def stopService(self) -> None:
-        """Write everything buffered and close the file."""
+    def stopService(self) -> Deferred[None]:
+        """Hand over everything buffered; fire once it is written and the file closed."""
         super().stopService()
         self.flush()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        done = self._run(self._close)  # after every write handed over before it
+        done.addBoth(lambda _: self._writer.stop())
+        return done
 
     def _open(self) -> bool:
         try:
-            self._file = LogFile(
-                os.path.basename(self.path),
-                os.path.dirname(self.path),
-                rotateLength=self.max_bytes if _rotatable(self.path) else None,
-                maxRotatedFiles=self.max_files,
-            )
+            self._file = self._new_file()
         except OSError as e:
             self._file = None
             self._fail(e)
             return False
         return True
+
+    def _new_file(self) -> LogFile:
+        return LogFile(
+            os.path.basename(self.path),
+            os.path.dirname(self.path),
+            rotateLength=self.max_bytes if _rotatable(self.path) else None,
+            maxRotatedFiles=self.max_files,
+        )
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     # -- records -----------------------------------------------------------------
 
@@ -276,23 +297,37 @@ class MessageLog(Service):
         self.flush()
 
     def flush(self) -> None:
-        """Write every buffered record to the file now."""
+        """Hand every buffered record to the writer now."""
         cancel(self._timer)
         self._timer = None
         if not self._buffer:
             return
         data = b"".join(self._buffer)
-        count = data.count(b"\n")  # one line per record: JSON escapes newlines in tokens
         self._buffer.clear()  # in place: connections hold this list
-        if self._file is None and not self._open():
+        count = data.count(b"\n")  # one line per record: JSON escapes newlines in tokens
+        if self._behind + len(data) > self.max_behind:
             self.dropped += count
+            self._fail(OSError(f"the disk is more than {self.max_behind} bytes behind"))
             return
-        assert self._file is not None
+        self._behind += len(data)
+        self._run(lambda: self._write(data)).addCallback(self._wrote, count, len(data))
+
+    def _write(self, data: bytes) -> Exception | None:
+        """On the writer: write `data`, (re)opening the file if need be; the error, if any."""
         try:
+            if self._file is None:
+                self._file = self._new_file()
             self._file.write(data)
         except (OSError, ValueError) as e:
+            return e
+        return None
+
+    def _wrote(self, error: Exception | None, count: int, size: int) -> None:
+        """Back on the reactor thread: count what was written or dropped."""
+        self._behind -= size
+        if error is not None:
             self.dropped += count
-            self._fail(e)
+            self._fail(error)
             return
         self.written += count
         if not self.writable:

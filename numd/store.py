@@ -43,24 +43,20 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IReactorCore,
-    IReactorFromThreads,
     IReactorTime,
 )
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from numd.service import ClientRecord, NumberService
 from numd.signals import StartupError
+from numd.writer import Runner, Writer
 
 MEMORY = ":memory:"
 """The ``--db`` value that keeps nothing: numd runs without a store."""
@@ -72,8 +68,6 @@ SCHEMA_VERSION = 3
 
 ClientRow = tuple[int, "int | None", float]
 """What is stored per client: (number, last_given, last_seen)."""
-Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
-"""Runs a function on the writer and fires with its result (on the reactor thread)."""
 
 
 class StoreError(Exception):
@@ -422,9 +416,9 @@ class Store(Service):
         self.interval = interval
         self.retry_delay = retry_delay
         self._reactor = reactor
-        self._run = run
-        self._pool: ThreadPool | None = None
-        self._shutdown_trigger: Any = None
+        self._given_run = run
+        self._run: Runner | None = run
+        self._writer = Writer(reactor, "numd-store")
         self._db: Database | None = None
         self._pending = Batch()
         self._lazy: set[int] = set()
@@ -455,20 +449,9 @@ class Store(Service):
         if self._db is None:
             self.load()
         super().startService()
-        if self._run is None:
-            if IReactorFromThreads.providedBy(self._reactor):
-                self._pool = ThreadPool(1, 1, name="numd-store")
-                self._pool.start()
-                if IReactorCore.providedBy(self._reactor):
-                    # Should the reactor stop without stopping us, the thread must not keep
-                    # the process alive.
-                    self._shutdown_trigger = self._reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-                        "during", "shutdown", self._pool.stop
-                    )
-                pool, reactor = self._pool, self._reactor
-                self._run = lambda work: deferToThreadPool(reactor, pool, work)  # type: ignore[arg-type]
-            else:
-                self._run = maybeDeferred
+        if self._given_run is None:
+            self._writer.start()
+            self._run = self._writer.run
         self.service.add_observer(self._observe)
         self.service.set_durability(self.when_durable)
         if self.sync == "everysec":
@@ -543,11 +526,7 @@ class Store(Service):
                 await self._run(db.close)
             except Exception:
                 self.log.failure("could not close {path}", path=self.path)
-        if self._pool is not None:
-            if self._shutdown_trigger is not None:
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)  # type: ignore[attr-defined]
-            self._pool.stop()
-            self._pool = None
+        self._writer.stop()
 
     # -- following the service --------------------------------------------------------
 

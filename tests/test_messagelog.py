@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
+import pytest_twisted
 from twisted.internet.task import Clock
 
 from numd.messagelog import MessageLog
+
+from .manual_writer import ManualWriter
 
 
 def read(path: str) -> list[dict]:
@@ -183,3 +187,74 @@ def test_stamps_round_to_the_millisecond(tmp_path: Path) -> None:
     assert log.stamp(1.0014) == b'{"t":1.001,"dir":"'
     assert log.stamp(12.3456) == b'{"t":12.346,"dir":"'
     assert log.stamp(0) == b'{"t":0.000,"dir":"'
+
+
+# -- the writer thread
+
+
+def test_writes_wait_for_the_writer_and_keep_their_order(tmp_path: Path) -> None:
+    """Flushes hand records over; they reach the file when the writer runs, in order; stop waits."""
+    writer = ManualWriter()
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), run=writer)
+    log.startService()
+    connection = log.connection("p")
+    for batch in range(3):
+        connection.new_read(float(batch))
+        connection.received_all([b"%d" % (batch * 10 + i) for i in range(5)])
+        log.flush()
+    assert read(log.path) == [] and log.written == 0
+    stopped = log.stopService()
+    assert not stopped.called  # three writes and the close are still queued
+    writer.finish_all()
+    assert stopped.called
+    assert [r["msg"] for r in read(log.path)] == [
+        str(b * 10 + i) for b in range(3) for i in range(5)
+    ]
+    assert (log.written, log.dropped, log.writable) == (15, 0, True)
+
+
+def test_a_disk_that_falls_behind_drops_records_and_recovers(tmp_path: Path) -> None:
+    """Past max_behind bytes in the writer's hands, records are dropped (counted), not queued."""
+    writer = ManualWriter()
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), max_behind=300, run=writer)
+    log.startService()
+    connection = log.connection("p")
+    connection.received_all([b"1", b"2"])  # about 120 bytes
+    log.flush()
+    connection.received_all([b"3", b"4"])
+    log.flush()
+    connection.received_all([b"5", b"6"])
+    log.flush()  # over 300 bytes behind: dropped
+    assert (log.dropped, log.writable) == (2, False)
+    writer.finish_all()
+    assert (log.written, log.writable) == (4, True)
+    connection.received_all([b"7"])
+    log.flush()
+    writer.finish_all()
+    log.stopService()
+    writer.finish_all()
+    assert [r["msg"] for r in read(log.path)] == ["1", "2", "3", "4", "7"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writer_thread_writes_off_the_reactor_thread(tmp_path: Path) -> None:
+    """With the real reactor, the file is written on the log's own thread; stop writes the rest."""
+    from twisted.internet import reactor
+
+    log = MessageLog(str(tmp_path / "m.log"), reactor, flush_records=10)
+    log.startService()
+    threads: list[str] = []
+    assert log._file is not None
+    original = log._file.write
+    log._file.write = lambda data: (
+        threads.append(threading.current_thread().name),
+        original(data),
+    )[1]  # type: ignore[method-assign]
+    connection = log.connection("127.0.0.1:1")
+    for i in range(1000):
+        connection.new_read(float(i))
+        connection.received(b"%d" % i)
+    await log.stopService().addTimeout(5, reactor)
+    assert threads and threading.main_thread().name not in threads
+    assert [r["msg"] for r in read(log.path)] == [str(i) for i in range(1000)]
+    assert log.written == 1000

@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +24,7 @@ from numd.service import NumberService
 from numd.store import CREATE_V1, CREATE_V2, SCHEMA_VERSION, Batch, Database, Store, make_store
 from numd.tap import Options, makeService
 
-
-class ManualWriter:
-    """Stands in for the writer thread: jobs wait until the test finishes them, in order."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Callable[[], Any], Deferred[Any]]] = []
-        self.fail_next = False
-
-    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.jobs.append((work, d))
-        return d
-
-    def finish(self) -> None:
-        """Run the oldest job (or fail it, if `fail_next` is set) and fire its Deferred."""
-        work, d = self.jobs.pop(0)
-        if self.fail_next:
-            self.fail_next = False
-            d.errback(OSError("disk full"))
-        else:
-            maybeDeferred(work).chainDeferred(d)
-
-    def finish_all(self) -> None:
-        """Finish jobs until none is left (finishing one may start the next)."""
-        while self.jobs:
-            self.finish()
+from .manual_writer import ManualWriter
 
 
 @pytest.fixture
