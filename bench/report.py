@@ -483,7 +483,7 @@ def findings(results: dict[str, Any]) -> list[str]:
     out = []
     micro = (results.get("micro") or {}).get("results") or {}
     base, on, off = (
-        micro.get(k) or {} for k in ("baseline", "numd (log on)", "numd (log calls no-op)")
+        micro.get(k) or {} for k in ("baseline", "numd (log on)", "numd (--no-message-log)")
     )
     key = "requests, 64 per read"
     if all(isinstance(d.get(key), float) for d in (base, on, off)):
