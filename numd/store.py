@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from numd.service import ClientRecord, NumberService
 from numd.signals import StartupError
+from numd.timers import cancel
 from numd.writer import Runner, Writer
 
 MEMORY = ":memory:"
@@ -63,6 +64,8 @@ MEMORY = ":memory:"
 SYNC_POLICIES = ("everysec", "always")
 """How client records are written: once a second (default) or in every group commit."""
 DEFAULT_SYNC = "everysec"
+LAZY_SLICE = 1000
+"""Client records taken into a batch per reactor turn at a once-a-second tick."""
 SCHEMA_VERSION = 3
 """The layout this numd writes; older ones are migrated at start-up."""
 
@@ -115,6 +118,11 @@ class Batch:
         self.clients[client_id] = row
         self.changes += 1
 
+    def put_clients(self, rows: dict[int, ClientRow]) -> None:
+        """Record the latest state of several clients."""
+        self.clients.update(rows)
+        self.changes += len(rows)
+
     def then(self, later: Batch) -> None:
         """Append `later`'s changes to this batch's (in that order); waiters are taken over."""
         if later.cleared:
@@ -150,6 +158,7 @@ CREATE TABLE clients (
 # runs it without holding the GIL. `executemany` took the GIL back for every row,
 # and each time waited for the busy reactor thread to let go of it (a commit of 200
 # values took 3 ms in the daemon against 0.3 ms alone).
+ROWS_PER_STATEMENT = 1000
 _ADD_VALUES = "INSERT INTO list_values (value) SELECT value FROM json_each(?)"
 _PUT_CLIENTS = (
     "INSERT INTO clients (id, number, last_given, last_seen) "
@@ -342,11 +351,13 @@ class Database:
             c = self._connection
             if batch.cleared:
                 c.execute("DELETE FROM list_values")
-            if batch.values:
-                c.execute(_ADD_VALUES, (json.dumps(batch.values),))
-            if batch.clients:
-                rows = [(client_id, *row) for client_id, row in batch.clients.items()]
-                c.execute(_PUT_CLIENTS, (json.dumps(rows),))
+            # In pieces: json.dumps holds the GIL, and so stops the reactor thread, while it runs.
+            values = batch.values
+            for start in range(0, len(values), ROWS_PER_STATEMENT):
+                c.execute(_ADD_VALUES, (json.dumps(values[start : start + ROWS_PER_STATEMENT]),))
+            rows = [(client_id, *row) for client_id, row in batch.clients.items()]
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                c.execute(_PUT_CLIENTS, (json.dumps(rows[start : start + ROWS_PER_STATEMENT]),))
 
         self._transaction(apply)
 
@@ -422,6 +433,9 @@ class Store(Service):
         self._db: Database | None = None
         self._pending = Batch()
         self._lazy: set[int] = set()
+        self._draining: list[int] = []
+        """IDs taken by the last tick whose rows are not in a batch yet (`LAZY_SLICE` a turn)."""
+        self._slice_call: IDelayedCall | None = None
         """IDs of clients changed since the last tick (``sync="everysec"``); their rows
         are read from the live records at the tick, so a report allocates nothing."""
         self._inflight: Batch | None = None
@@ -512,8 +526,10 @@ class Store(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        cancel(self._slice_call)
+        self._slice_call = None
         try:
-            while self._inflight is not None or self._pending or self._lazy:
+            while self._inflight is not None or self._pending or self._lazy or self._draining:
                 await self.flush()
         except Exception:
             self.log.failure("could not store the last changes in {path}", path=self.path)
@@ -569,17 +585,38 @@ class Store(Service):
         return waiter if waiter is not None else succeed(None)
 
     def _take_lazy(self) -> None:
-        if self._lazy:
-            clients = self.service.clients
-            for client_id in self._lazy:
-                row = _row(clients[client_id])
-                self._pending.client(client_id, row)
-            self._lazy.clear()
+        """Every client record changed so far goes into the pending batch now."""
+        self._drain_lazy()
+        self._take_rows(len(self._draining))
+
+    def _drain_lazy(self) -> None:
+        self._draining.extend(self._lazy)
+        self._lazy.clear()
+
+    def _take_rows(self, count: int) -> None:
+        """Put the rows of `count` clients (from those the last tick took) into the pending batch."""
+        draining = self._draining
+        taken, self._draining = draining[:count], draining[count:]
+        clients = self.service.clients
+        self._pending.put_clients(
+            {cid: (r.number, r.last_given, r.last_seen) for cid in taken for r in (clients[cid],)}
+        )
 
     def _tick(self) -> None:
-        """Once a second: the client records changed since the last tick go to the writer."""
-        self._take_lazy()
+        """Once a second: the client records changed since the last tick go to the writer.
+
+        `LAZY_SLICE` of them per reactor turn: with 10,000 clients, taking every
+        row at once held the reactor thread for 7-14 ms each second.
+        """
+        self._drain_lazy()
+        self._take_slice()
+
+    def _take_slice(self) -> None:
+        self._slice_call = None
+        self._take_rows(LAZY_SLICE)
         self._schedule()
+        if self._draining:
+            self._slice_call = self._reactor.callLater(0, self._take_slice)
 
     # -- group commit ---------------------------------------------------------------------
 

@@ -21,7 +21,17 @@ from twisted.python import usage
 
 from numd.protocol import CounterFactory
 from numd.service import NumberService
-from numd.store import CREATE_V1, CREATE_V2, SCHEMA_VERSION, Batch, Database, Store, make_store
+from numd.store import (
+    CREATE_V1,
+    CREATE_V2,
+    LAZY_SLICE,
+    ROWS_PER_STATEMENT,
+    SCHEMA_VERSION,
+    Batch,
+    Database,
+    Store,
+    make_store,
+)
 from numd.tap import Options, makeService
 
 from .manual_writer import ManualWriter
@@ -279,6 +289,54 @@ def test_everysec_writes_reports_within_a_second(
     assert reloaded(db_path).clients[1].number == 5
     clock.advance(1)
     assert not writer.jobs, "nothing changed, nothing to write"
+
+
+def test_a_tick_takes_many_clients_a_slice_per_reactor_turn(
+    state: NumberService,
+    store: Store,
+    clock: Clock,
+    writer: ManualWriter,
+    db_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of changed clients reach the writer in slices of LAZY_SLICE, one per turn, all of them."""
+    slices: list[int] = []
+    put_clients = Batch.put_clients
+
+    def record(batch: Batch, rows: dict[int, Any]) -> None:
+        slices.append(len(rows))
+        put_clients(batch, rows)
+
+    monkeypatch.setattr(Batch, "put_clients", record)
+    count = 2 * LAZY_SLICE + 10
+    for client_id in range(count):
+        state.register(client_id)
+        state.report(client_id, client_id * 3)
+    clock.advance(1)  # the tick, then each slice in a later call of its own
+    assert slices == [LAZY_SLICE, LAZY_SLICE, 10]
+    writer.finish_all()
+    fresh = reloaded(db_path)
+    assert len(fresh.clients) == count
+    assert all(fresh.clients[i].number == i * 3 for i in range(count))
+    state.report(5, -1)  # a change after the tick waits for the next one
+    clock.advance(1)
+    writer.finish_all()
+    assert reloaded(db_path).clients[5].number == -1
+
+
+def test_large_batches_are_written_in_pieces(db_path: str) -> None:
+    """A batch with more rows than one statement takes round-trips exactly, in several statements."""
+    db = Database(db_path)
+    batch = Batch()
+    values = [(i * 7919) % 10007 - 5000 for i in range(3 * ROWS_PER_STATEMENT + 1)]
+    batch.merge(values)
+    batch.put_clients(
+        {i: (i, None if i % 2 else i + 1, i / 3) for i in range(2 * ROWS_PER_STATEMENT + 3)}
+    )
+    db.write(batch)
+    assert db.load_values() == sorted(values)
+    assert db.load_clients() == batch.clients
+    db.close()
 
 
 def test_everysec_merges_do_not_wait_for_reports(
