@@ -2,9 +2,9 @@
 
 The whole list is ``[1,2,3]``; a list too long for the cap is cut after the last
 value that fits and marked with its total size: ``[1,2,3,...]/1000000``. Only the
-values that can fit are ever read and formatted, and `ListReply` keeps the
-formatted head between requests: a merge whose values all sort after the first
-value left out changes only the total size.
+values that can fit are ever read and formatted, and `ListReply` keeps the shown
+values' texts between requests, updated as values are merged in: a reply is then
+one join of strings, not the formatting of thousands of integers.
 """
 
 from __future__ import annotations
@@ -17,41 +17,79 @@ from numd.service import NumberService
 
 
 class ListReply:
-    """The array reply for a service's list, rebuilt only when a change reaches what it shows."""
+    """The array reply for a service's list, kept up to date as values are merged.
+
+    It holds the values the reply shows (a prefix of the sorted list) and their
+    texts. A merged value below the first hidden one is inserted among them, and
+    the largest shown values are dropped while the reply would pass the cap
+    (the prefix that fits only shrinks as values are added). A clear starts over.
+    """
 
     def __init__(self, service: NumberService, cap: int) -> None:
         self._values = service.values
         self._cap = cap
-        self._head: str | None = None
-        """The shown values of a cut reply, ``[1,2,3``; None when it must be rebuilt."""
-        self._next_hidden = 0
-        """The first value the cut reply does not show."""
-        service.add_observer(self._changed)
+        self._shown: list[int] | None = None
+        """The values the reply shows, ascending; None when they must be read again."""
+        self._texts: list[str] = []
+        """Their decimal texts, in the same order."""
+        self._chars = 0
+        """``len(",".join(texts)) + 1``: every text with its comma."""
+        self._next_hidden: int | None = None
+        """The first value the reply does not show; None when it shows them all."""
+        service.add_observer(self._changed, kinds=("merge", "clear"))
 
     def _changed(self, kind: str, payload: object) -> None:
-        if kind == "merge" and self._head is not None:
-            # SortedList inserts a value after its equals: values not below the
-            # first hidden one land after it, so the head and the value that did
-            # not fit after it stay the same; only the total grows.
-            if not payload or min(payload) >= self._next_hidden:  # type: ignore[call-overload]
-                return
-        if kind in ("merge", "clear"):
-            self._head = None
+        if kind == "clear":
+            self._shown = None
+        elif self._shown is not None:
+            self._insert(payload)  # type: ignore[arg-type]
+            self._trim()
+
+    def _insert(self, added: list[int]) -> None:
+        shown, texts, hidden = self._shown, self._texts, self._next_hidden
+        assert shown is not None
+        for value in sorted(added):
+            # SortedList puts a value after its equals: one equal to the first
+            # hidden value lands after it, out of the reply.
+            if hidden is not None and value >= hidden:
+                break
+            index = bisect_right(shown, value)
+            text = str(value)
+            shown.insert(index, value)
+            texts.insert(index, text)
+            self._chars += len(text) + 1
+
+    def _trim(self) -> None:
+        """Drop the largest shown values until the reply fits the cap."""
+        if self._next_hidden is None and self._chars - 1 + 2 <= self._cap:
+            return  # the whole list fits: ``[...]``
+        budget = self._cap - 1 - len(f",...]/{len(self._values)}")
+        shown, texts = self._shown, self._texts
+        assert shown is not None
+        while self._chars - 1 > budget:
+            self._next_hidden = shown.pop()
+            self._chars -= len(texts.pop()) + 1
 
     def reply(self) -> bytes:
         """The reply token for the list as it is now."""
+        if self._shown is None or not self._texts:
+            return self._read()
+        self._trim()
+        body = ",".join(self._texts)
+        if self._next_hidden is None:
+            return ("[" + body + "]").encode("ascii")
+        return ("[" + body + f",...]/{len(self._values)}").encode("ascii")
+
+    def _read(self) -> bytes:
+        """Format the reply from the list itself, and keep what it shows."""
         values = self._values
-        if self._head is not None:
-            suffix = f",...]/{len(values)}"
-            if len(self._head) + len(suffix) <= self._cap:
-                return (self._head + suffix).encode("ascii")
         reply = format_values(values, self._cap)
-        if reply.endswith(b"]"):
-            self._head = None  # the whole list: any merge changes it
-        else:
-            head = reply[: reply.rindex(b",...]/")].decode("ascii")
-            self._head = head
-            self._next_hidden = values[head.count(",") + 1]
+        whole = reply.endswith(b"]")
+        body = reply[1 : -1 if whole else reply.rindex(b",...]/")].decode("ascii")
+        self._texts = body.split(",") if body else []
+        self._shown = list(values.islice(0, len(self._texts)))
+        self._chars = len(body) + 1 if body else 0
+        self._next_hidden = None if whole else values[len(self._texts)]
         return reply
 
 

@@ -56,6 +56,8 @@ class ClientRecord:
 
 
 ChangeObserver = Callable[[str, object], None]
+CHANGE_KINDS = ("register", "disconnect", "report", "give", "merge", "clear")
+"""The kinds of change observers are told of."""
 
 
 class NumberService(Service):
@@ -74,23 +76,27 @@ class NumberService(Service):
         self.rng = rng if rng is not None else random.Random()
         self.clients: dict[int, ClientRecord] = {}
         self.values: SortedList = SortedList()
-        self._observers: list[ChangeObserver] = []
+        self._observers: dict[str, list[ChangeObserver]] = {}
+        """The observers of each kind of change."""
         self._when_durable: Callable[[], Deferred[None] | None] | None = None
 
     # -- observers -----------------------------------------------------------
 
-    def add_observer(self, observer: ChangeObserver) -> None:
-        """Call `observer(kind, payload)` after every change."""
-        self._observers = [*self._observers, observer]  # a new list: a running loop keeps its own
+    def add_observer(self, observer: ChangeObserver, kinds: Iterable[str] = CHANGE_KINDS) -> None:
+        """Call `observer(kind, payload)` after every change of these kinds (all by default)."""
+        for kind in kinds:
+            if kind not in CHANGE_KINDS:
+                raise ValueError(f"unknown change kind {kind!r}")
+            # A new list: a loop running over the old one is not disturbed.
+            self._observers[kind] = [*self._observers.get(kind, ()), observer]
 
     def remove_observer(self, observer: ChangeObserver) -> None:
         """Stop calling `observer`."""
-        observers = list(self._observers)
-        observers.remove(observer)
-        self._observers = observers
+        for kind, observers in self._observers.items():
+            self._observers[kind] = [o for o in observers if o != observer]
 
     def _changed(self, kind: str, payload: object) -> None:
-        for observer in self._observers:
+        for observer in self._observers.get(kind, ()):
             observer(kind, payload)
 
     # -- durability ------------------------------------------------------------

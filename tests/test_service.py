@@ -93,6 +93,20 @@ def test_observers_see_every_change(state: NumberService) -> None:
     assert seen == ["register", "report", "give", "merge", "clear", "disconnect"]
 
 
+def test_observers_of_some_kinds_see_only_those(state: NumberService) -> None:
+    """An observer added for some kinds is called for those only; an unknown kind is refused."""
+    seen: list[str] = []
+    state.add_observer(lambda kind, payload: seen.append(kind), kinds=("merge", "clear"))
+    state.register(1)
+    state.give(1, "odd")
+    state.merge([3])
+    state.report(1, 9)
+    state.clear()
+    assert seen == ["merge", "clear"]
+    with pytest.raises(ValueError, match="unknown change kind"):
+        state.add_observer(lambda kind, payload: None, kinds=("merged",))
+
+
 def test_record_as_dict(state: NumberService) -> None:
     """A record serialises with every field the registry keeps."""
     state.register(4)
