@@ -31,6 +31,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -61,8 +62,8 @@ class ConnectionLog:
     """One connection's records, with its peer and client ID formatted once.
 
     The protocol calls `new_read` once per read (its time stamp, shared by every
-    record of that read), then `received` or `received_all` for the tokens of the
-    read, then `sent_all` for the replies written for it, so a read's ``in``
+    record of that read), then `received` for each token of the read, or
+    `records` for a read of plain tokens and its replies, so a read's ``in``
     records come first and its ``out`` records after them, as on the wire. A run
     of plain tokens becomes its records in one `bytes.join`.
     """
@@ -86,24 +87,22 @@ class ConnectionLog:
 
     def new_read(self, now: float) -> None:
         """Start the records of one read, received at `now`."""
-        self._log.checkpoint()
-        self._stamp = self._log.stamp(now)
+        self._stamp = self._log.read_stamp(now)
 
     def received(self, token: bytes) -> None:
         """Record one token the server received (any bytes: escaped if need be)."""
         self._lines.append(self._stamp + b"in" + self._who + _json_token(token) + b"}\n")
 
-    def received_all(self, tokens: list[bytes]) -> None:
-        """Record tokens received, in order; each must be plain (`is_plain`)."""
-        self._lines.append(_records(self._stamp + b"in" + self._who, tokens))
-
-    def sent_all(self, tokens: list[bytes]) -> None:
-        """Record tokens sent, in order (numd's own tokens are plain ASCII)."""
-        self._lines.append(_records(self._stamp + b"out" + self._who, tokens))
+    def records(self, received: Sequence[bytes], sent: Sequence[bytes]) -> None:
+        """Record a read's tokens (each plain: `is_plain`), then the replies written for it."""
+        stamp, who = self._stamp, self._who
+        self._lines.append(
+            _records(stamp + b"in" + who, received) + _records(stamp + b"out" + who, sent)
+        )
 
     def sent(self, token: bytes) -> None:
         """Record one token sent."""
-        self.sent_all([token])
+        self._lines.append(_records(self._stamp + b"out" + self._who, [token]))
 
     def event(self, event: str) -> None:
         """Record a connection event (connect, register, disconnect, ...), timed now."""
@@ -122,7 +121,7 @@ def is_plain(token: bytes) -> bool:
     return _PLAIN.fullmatch(token) is not None
 
 
-def _records(head: bytes, tokens: list[bytes]) -> bytes:
+def _records(head: bytes, tokens: Sequence[bytes]) -> bytes:
     """One record per plain token: ``head + '"' + token + '"}\\n'``, in one join."""
     if not tokens:
         return b""
@@ -148,10 +147,7 @@ class SilentConnectionLog:
     def received(self, token: bytes) -> None:
         """Nothing is written."""
 
-    def received_all(self, tokens: list[bytes]) -> None:
-        """Nothing is written."""
-
-    def sent_all(self, tokens: list[bytes]) -> None:
+    def records(self, received: Sequence[bytes], sent: Sequence[bytes]) -> None:
         """Nothing is written."""
 
     def sent(self, token: bytes) -> None:
@@ -267,6 +263,11 @@ class MessageLog(Service):
     def now(self) -> float:
         """The time stamped on records."""
         return self._clock.seconds()
+
+    def read_stamp(self, now: float) -> bytes:
+        """`checkpoint`, then `stamp` (once per read: one call)."""
+        self.checkpoint()
+        return self.stamp(now)
 
     def stamp(self, now: float) -> bytes:
         """A record's start, ``{"t":<now, to the millisecond>,"dir":"``: formatted once per millisecond."""

@@ -135,15 +135,21 @@ class CounterProtocol(TokenReceiver):
 
     def readReceived(self, tokens: list[bytes]) -> None:
         """Handle a read of a registered client's reports and requests in one pass; else token by token."""
-        if self.client_id is None or self._held or not self._reports_and_requests(tokens):
+        if (
+            self.client_id is None
+            or self._held
+            or self._out
+            or not self._reports_and_requests(tokens)
+        ):
             super().readReceived(tokens)
 
     def _reports_and_requests(self, tokens: list[bytes]) -> bool:
         """Handle `tokens` if they are all reports and even/odd requests; False (and nothing done) if not.
 
         The common read, and the hot path: its requests are drawn in one call, its
-        reports come down to the last one, and its records are formatted together.
-        The replies are exactly those of `tokenReceived`, token by token.
+        reports come down to the last one, its replies go in one write and its
+        records are formatted together. The replies are exactly those of
+        `tokenReceived`, token by token. Only called with no reply queued or held.
         """
         if not tokens:
             return True  # a partial token only
@@ -159,13 +165,12 @@ class CounterProtocol(TokenReceiver):
                     return False  # errors, arrays, long integers: token by token
         factory = self.factory
         stats = factory.stats
-        self._log.received_all(tokens)
+        replies: list[bytes] = []
         if reports:
             stats.received["report"] += reports
             factory.service.report(self.client_id, int(numbers[-1]))  # type: ignore[arg-type]
         if evens or odds:
-            if reports:
-                tokens = [t for t in tokens if t == b"even" or t == b"odd"]
+            requests = [t for t in tokens if t == b"even" or t == b"odd"] if reports else tokens
             if evens:
                 stats.received["even"] += evens
                 stats.sent["even"] += evens
@@ -174,9 +179,11 @@ class CounterProtocol(TokenReceiver):
                 stats.sent["odd"] += odds
             drawn = factory.service.give_many(
                 self.client_id,  # type: ignore[arg-type]
-                list(map(b"odd".__eq__, tokens)),
+                list(map(b"odd".__eq__, requests)),
             )
-            self._out.extend(map(_NUMBER_TOKENS.__getitem__, drawn))
+            replies = list(map(_NUMBER_TOKENS.__getitem__, drawn))
+            self.transport.write(b" ".join(replies) + b" ")
+        self._log.records(tokens, replies)
         return True
 
     # -- backpressure (IPushProducer, driven by the transport) ---------------------
@@ -414,7 +421,7 @@ class CounterProtocol(TokenReceiver):
         """Write (and log) the queued replies, each ended by a space, in one write."""
         out = self._out
         if out and not self._lost:
-            self._log.sent_all(out)
+            self._log.records((), out)
             self.transport.write(b" ".join(out) + b" ")
             out.clear()
 

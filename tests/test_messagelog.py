@@ -146,9 +146,8 @@ def test_log_off_writes_and_formats_nothing(tmp_path: Path) -> None:
     connection = log.connection("127.0.0.1:1")
     connection.new_read(0.0)
     connection.received(b"odd")
-    connection.received_all([b"odd", b"5"])
+    connection.records([b"odd", b"5"], [b"7"])
     connection.sent(b"7")
-    connection.sent_all([b"7", b"9"])
     connection.event("connect")
     log.stopService()
     assert os.listdir(tmp_path) == []
@@ -156,7 +155,7 @@ def test_log_off_writes_and_formats_nothing(tmp_path: Path) -> None:
 
 
 def test_a_reads_records_are_its_tokens_then_its_replies(tmp_path: Path) -> None:
-    """received_all and sent_all write one record per token, in order, stamped with the read's time."""
+    """`records` writes one record per token, in order, stamped with the read's time."""
     clock = Clock()
     log = MessageLog(str(tmp_path / "m.log"), clock)
     log.startService()
@@ -164,10 +163,9 @@ def test_a_reads_records_are_its_tokens_then_its_replies(tmp_path: Path) -> None
     connection.identify(3)
     connection.new_read(1732245600.0125)
     clock.advance(5)  # records of the read keep the read's time
-    connection.received_all([b"even", b"-12", b"odd"])
-    connection.received_all([])
-    connection.sent_all([b"4", b"7"])
-    connection.sent_all([])
+    connection.records([b"even", b"-12", b"odd"], [b"4"])
+    connection.records([], [])
+    connection.records([], [b"7"])
     log.stopService()
     records = read(log.path)
     assert [(r["dir"], r["msg"], r["t"], r["id"]) for r in records] == [
@@ -200,7 +198,7 @@ def test_writes_wait_for_the_writer_and_keep_their_order(tmp_path: Path) -> None
     connection = log.connection("p")
     for batch in range(3):
         connection.new_read(float(batch))
-        connection.received_all([b"%d" % (batch * 10 + i) for i in range(5)])
+        connection.records([b"%d" % (batch * 10 + i) for i in range(5)], [])
         log.flush()
     assert read(log.path) == [] and log.written == 0
     stopped = log.stopService()
@@ -219,16 +217,16 @@ def test_a_disk_that_falls_behind_drops_records_and_recovers(tmp_path: Path) -> 
     log = MessageLog(str(tmp_path / "m.log"), Clock(), max_behind=300, run=writer)
     log.startService()
     connection = log.connection("p")
-    connection.received_all([b"1", b"2"])  # about 120 bytes
+    connection.records([b"1", b"2"], [])  # about 120 bytes
     log.flush()
-    connection.received_all([b"3", b"4"])
+    connection.records([b"3", b"4"], [])
     log.flush()
-    connection.received_all([b"5", b"6"])
+    connection.records([b"5", b"6"], [])
     log.flush()  # over 300 bytes behind: dropped
     assert (log.dropped, log.writable) == (2, False)
     writer.finish_all()
     assert (log.written, log.writable) == (4, True)
-    connection.received_all([b"7"])
+    connection.records([b"7"], [])
     log.flush()
     writer.finish_all()
     log.stopService()
