@@ -100,6 +100,16 @@ class ConnectionLog:
             _records(stamp + b"in" + who, received) + _records(stamp + b"out" + who, sent)
         )
 
+    def exchange(self, token: bytes, reply: bytes | None) -> None:
+        """`records` for a read of one plain token and its reply (None: no reply)."""
+        stamp, who = self._stamp, self._who
+        if reply is None:
+            self._lines.append(b'%sin%s"%s"}\n' % (stamp, who, token))
+        else:
+            self._lines.append(
+                b'%sin%s"%s"}\n%sout%s"%s"}\n' % (stamp, who, token, stamp, who, reply)
+            )
+
     def sent(self, token: bytes) -> None:
         """Record one token sent."""
         self._lines.append(_records(self._stamp + b"out" + self._who, [token]))
@@ -148,6 +158,9 @@ class SilentConnectionLog:
         """Nothing is written."""
 
     def records(self, received: Sequence[bytes], sent: Sequence[bytes]) -> None:
+        """Nothing is written."""
+
+    def exchange(self, token: bytes, reply: bytes | None) -> None:
         """Nothing is written."""
 
     def sent(self, token: bytes) -> None:

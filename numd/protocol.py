@@ -151,6 +151,8 @@ class CounterProtocol(TokenReceiver):
         records are formatted together. The replies are exactly those of
         `tokenReceived`, token by token. Only called with no reply queued or held.
         """
+        if len(tokens) == 1:
+            return self._one_token(tokens[0])
         if not tokens:
             return True  # a partial token only
         evens = tokens.count(b"even")
@@ -184,6 +186,24 @@ class CounterProtocol(TokenReceiver):
             replies = list(map(_NUMBER_TOKENS.__getitem__, drawn))
             self.transport.write(b" ".join(replies) + b" ")
         self._log.records(tokens, replies)
+        return True
+
+    def _one_token(self, token: bytes) -> bool:
+        """`_reports_and_requests` for a read of one token, the most common read, without lists."""
+        factory = self.factory
+        if token == b"even" or token == b"odd":
+            kind: Parity = "even" if token == b"even" else "odd"
+            reply = _NUMBER_TOKENS[factory.service.give(self.client_id, kind)]  # type: ignore[arg-type]
+            self.transport.write(reply + b" ")
+            factory.stats.received[kind] += 1
+            factory.stats.sent[kind] += 1
+            self._log.exchange(token, reply)
+        elif _SMALL_INTEGER.fullmatch(token) is not None:
+            factory.service.report(self.client_id, int(token))  # type: ignore[arg-type]
+            factory.stats.received["report"] += 1
+            self._log.exchange(token, None)
+        else:
+            return False
         return True
 
     # -- backpressure (IPushProducer, driven by the transport) ---------------------
@@ -235,7 +255,8 @@ class CounterProtocol(TokenReceiver):
 
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
-        self._send_replies()
+        if self._out or self._held or self._unstored:  # the one-pass read wrote its own
+            self._send_replies()
         if self.client_id is None and not self._stopped and _OLD_CLIENT_ID.fullmatch(self.pending):
             self._quiet_timer = self.factory.clock.callLater(
                 self.factory.quiet_time, self._quiet_time_passed

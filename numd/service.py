@@ -165,12 +165,17 @@ class NumberService(Service):
 
     def give(self, client_id: int, parity: Parity) -> int:
         """Draw a uniformly random even (0-98) or odd (1-99) number for a client."""
-        return self.give_many(client_id, [parity == "odd"])[0]
+        # random() is uniform on [0, 1): int(random() * 50) is uniform on 0-49.
+        number = 2 * int(self.rng.random() * 50) + (parity == "odd")
+        record = self.clients[client_id]
+        record.last_given = number
+        record.last_seen = self._clock.seconds()
+        self._changed("give", record)
+        return number
 
     def give_many(self, client_id: int, odd: list[bool]) -> list[int]:
         """`give` for several requests of one client at once (True: odd), in order; one change."""
-        # random() is uniform on [0, 1): int(random() * 50) is uniform on 0-49.
-        random = self.rng.random
+        random = self.rng.random  # the same draw as `give`
         numbers = [2 * int(random() * 50) + o for o in odd]
         record = self.clients[client_id]
         record.last_given = numbers[-1]

@@ -606,8 +606,16 @@ def test_reply_after_disconnect_is_dropped(factory: CounterFactory) -> None:
         [b"ev", b"en 1", b"2 odd -3", b" 999999999999999999 "],
         [b"even bad odd [3] 7 ", b"9223372036854775807 odd "],
         [b"odd  even ", b"5\r\neven\n"],
+        [b"7 ", b"even ", b"odd ", b"-3 ", b"x ", b"12345678901234567890 ", b"[1] ", b"odd "],
     ],
-    ids=["requests", "mixed", "split-tokens", "with-errors-arrays-long", "blank-and-newlines"],
+    ids=[
+        "requests",
+        "mixed",
+        "split-tokens",
+        "with-errors-arrays-long",
+        "blank-and-newlines",
+        "one-token-reads",
+    ],
 )
 def test_a_whole_read_gives_what_token_by_token_gives(
     clock: Clock, tmp_path: Path, reads: list[bytes]
