@@ -187,8 +187,12 @@ class Server:
     def _start(self) -> None:
         started = time.monotonic()
         self.gc_log = self.workdir / f"{self.kind}-{self.port}-gc.log"
+        self.stall_log = self.workdir / f"{self.kind}-{self.port}-stalls.log"
         env = dict(
-            os.environ, PYTHONPATH=str(BENCH / "gcprobe"), NUMD_BENCH_GC_LOG=str(self.gc_log)
+            os.environ,
+            PYTHONPATH=str(BENCH / "gcprobe"),
+            NUMD_BENCH_GC_LOG=str(self.gc_log),
+            NUMD_BENCH_STALL_LOG=str(self.stall_log),
         )
         self.proc = subprocess.Popen(
             self.argv,
@@ -342,10 +346,34 @@ def measured(server: Server, *args: str) -> dict[str, Any]:
     whole = sampler.window(started, time.monotonic())
     result["server"]["cpu_s_whole_run"] = whole.get("cpu_s")
     result["server"]["gc"] = gc_summary(server, started_wall + ramp, started_wall + ramp + window)
+    result["server"]["stalls"] = stall_summary(
+        server, started_wall + ramp, started_wall + ramp + window
+    )
     peak = result["server"].get("rss_peak_kb")
     if peak and result["connected"]:
         result["server"]["rss_per_connection_kb"] = (peak - idle_rss) / result["connected"]
     return result
+
+
+def stall_summary(server: Server, start: float, end: float) -> dict[str, Any] | None:
+    """The server's longest reactor callbacks between two Unix times (bench/gcprobe)."""
+    path = getattr(server, "stall_log", None)
+    if path is None or not path.exists():
+        return None
+    cpu, wall = [], []
+    for line in path.read_text().splitlines():
+        try:
+            t, _, cpu_ms, wall_ms = line.split()
+            if start <= float(t) <= end:
+                cpu.append(float(cpu_ms))
+                wall.append(float(wall_ms))
+        except ValueError:
+            continue
+    return {
+        "max_cpu_ms": max(cpu, default=0.0),
+        "max_wall_ms": max(wall, default=0.0),
+        "over_10ms_cpu": sum(1 for ms in cpu if ms > 10),
+    }
 
 
 def gc_summary(server: Server, start: float, end: float) -> dict[str, Any] | None:

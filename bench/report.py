@@ -406,17 +406,40 @@ def targets(results: dict[str, Any]) -> list[Row]:
                 verdict(max(a["max_reply_bytes"], a["fill"]["max_reply_bytes"]) <= 65536),
             ]
         )
+    measured_runs = [(r["server_kind"], r) for r in runs + floods]
+    measured_runs += [(kind, a) for kind, a in arrays.items() if isinstance(a, dict)]
+
+    def stalls(kind: str) -> list[dict[str, Any]]:
+        return [
+            r["server"]["stalls"]
+            for k, r in measured_runs
+            if k == kind and (r.get("server") or {}).get("stalls")
+        ]
+
+    numd_stalls, base_stalls = stalls("numd"), stalls("baseline")
+    if numd_stalls:
+        worst = max(s["max_cpu_ms"] for s in numd_stalls)
+        base_worst = max((s["max_cpu_ms"] for s in base_stalls), default=None)
+        rows.append(
+            [
+                "3. no reactor stall over 10 ms (longest reactor callback, CPU time, all runs)",
+                f"{fmt(worst)} ms (wall {fmt(max(s['max_wall_ms'] for s in numd_stalls))} ms)",
+                fmt(base_worst) + " ms" if base_worst is not None else "-",
+                "",
+                verdict(worst <= 10),
+            ]
+        )
     gaps = [r["max_reply_gap_ms"] for r in runs + floods if r["server_kind"] == "numd"]
     gaps += [a["max_reply_gap_ms"]] if "numd" in arrays else []
     bgaps = [r["max_reply_gap_ms"] for r in runs + floods if r["server_kind"] == "baseline"]
     if gaps:
         rows.append(
             [
-                "3. no reactor stall over 10 ms (longest gap seen, all runs)",
+                "3. for comparison: the longest gap seen from outside (all runs)",
                 fmt(max(gaps)) + " ms",
                 fmt(max(bgaps) if bgaps else None) + " ms",
                 "",
-                verdict(max(gaps) <= 10),
+                "informative" if numd_stalls else verdict(max(gaps) <= 10),
             ]
         )
     http = results.get("http") or {}
@@ -747,8 +770,11 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
   the server on *any* connection, the moment this request was sent). With thousands of clients something is
   always due, so this is the longest time the server produced nothing while it had work: an upper bound on
   its longest reactor stall (it also includes the loadgen or the server being descheduled on the shared cores).
-  From inside, `bench/gcprobe/sitecustomize.py` (on both servers' `PYTHONPATH`) times every garbage collection
-  with `gc.callbacks`: a full (generation 2) collection stops the reactor for its whole length.
+  From inside, `bench/gcprobe/sitecustomize.py` (on both servers' `PYTHONPATH`) times every reactor callback
+  (one socket's read or write event with all the server did for it, or one pass over the due timed calls) in
+  CPU time of the reactor thread and in wall time, and every garbage collection with `gc.callbacks` (a full,
+  generation 2, collection stops the reactor for its whole length). The stall target uses the longest
+  callback's CPU time: the server's own work, not the machine descheduling it.
 - **Arrays**: the list is filled to {st["list_values"]:,} values with arrays of 1,000 values (4 in flight), then
   {st["probes"]:,} arrays of 10-20 values are sent one at a time; daemon CPU per array = server CPU time over
   the probes / probes (it includes the reply, which holds up to the reply cap of the list).

@@ -1,9 +1,20 @@
 """Loaded by the servers under test (bench/bench.py puts this folder on PYTHONPATH).
 
-Writes one line per garbage collection of generation 2, and per collection of any
-generation that took 1 ms or more, to the file named by NUMD_BENCH_GC_LOG:
-``<unix time> <generation> <milliseconds>``. A collection runs on the reactor
-thread and stops it, so these are reactor stalls measured from inside.
+Two probes, both measured from inside the server and written to files named by
+environment variables, one line per event:
+
+- NUMD_BENCH_GC_LOG: every garbage collection of generation 2, and every
+  collection of any generation that took 1 ms or more:
+  ``<unix time> <generation> <milliseconds>``. A collection runs on the reactor
+  thread and stops it.
+- NUMD_BENCH_STALL_LOG: every reactor callback that ran for 2 ms or more of the
+  reactor thread's CPU time, or 5 ms or more of wall time:
+  ``<unix time> <kind> <cpu ms> <wall ms>``, where kind is ``io`` (one
+  socket's read or write event, with everything the server did for it) or
+  ``timers`` (one pass over the timed calls that were due). CPU time is what the
+  server's own work took; wall time also counts the process being descheduled on
+  a busy machine. These are the reactor stalls: while one runs, no other client
+  is served.
 """
 
 import gc
@@ -24,3 +35,25 @@ if _path:
             _out.write(f"{time.time():.3f} {info['generation']} {ms:.2f}\n")
 
     gc.callbacks.append(_gc_callback)
+
+_stall_path = os.environ.get("NUMD_BENCH_STALL_LOG")
+if _stall_path:
+    from twisted.internet import base, posixbase
+
+    _stalls = open(_stall_path, "a", buffering=1)
+    _wall, _cpu = time.perf_counter, time.thread_time
+
+    def _timed(kind: str, method):  # type: ignore[no-untyped-def]
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            wall, cpu = _wall(), _cpu()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                cpu_ms, wall_ms = (_cpu() - cpu) * 1000, (_wall() - wall) * 1000
+                if cpu_ms >= 2.0 or wall_ms >= 5.0:
+                    _stalls.write(f"{time.time():.3f} {kind} {cpu_ms:.2f} {wall_ms:.2f}\n")
+
+        return timed
+
+    posixbase._PollLikeMixin._doReadOrWrite = _timed("io", posixbase._PollLikeMixin._doReadOrWrite)
+    base.ReactorBase.runUntilCurrent = _timed("timers", base.ReactorBase.runUntilCurrent)
