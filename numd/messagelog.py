@@ -31,7 +31,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -168,6 +168,29 @@ class SilentConnectionLog:
 
     def event(self, event: str) -> None:
         """Nothing is written."""
+
+
+WRITE_PIECE = 256 * 1024
+"""Bytes joined per write: joining holds the GIL, so the reactor thread waits at most that long."""
+
+
+def _count_records(chunks: list[bytes]) -> int:
+    """Records in `chunks`: one line each (JSON escapes newlines inside tokens)."""
+    return sum(chunk.count(b"\n") for chunk in chunks)
+
+
+def _pieces(chunks: list[bytes], size: int) -> Iterator[bytes]:
+    """`chunks` joined into pieces of about `size` bytes, in order."""
+    piece: list[bytes] = []
+    length = 0
+    for chunk in chunks:
+        piece.append(chunk)
+        length += len(chunk)
+        if length >= size:
+            yield b"".join(piece)
+            piece, length = [], 0
+    if piece:
+        yield b"".join(piece)
 
 
 def _rotatable(path: str) -> bool:
@@ -311,34 +334,42 @@ class MessageLog(Service):
         self.flush()
 
     def flush(self) -> None:
-        """Hand every buffered record to the writer now."""
+        """Hand every buffered record to the writer now.
+
+        Joining the records and counting them is the writer's work too: a large
+        batch (arrays' replies are logged whole, up to the reply cap each) costs
+        the reactor thread only a list copy.
+        """
         cancel(self._timer)
         self._timer = None
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
+        chunks = self._buffer.copy()
         self._buffer.clear()  # in place: connections hold this list
-        count = data.count(b"\n")  # one line per record: JSON escapes newlines in tokens
-        if self._behind + len(data) > self.max_behind:
-            self.dropped += count
+        size = sum(map(len, chunks))
+        if self._behind + size > self.max_behind:
+            self.dropped += _count_records(chunks)
             self._fail(OSError(f"the disk is more than {self.max_behind} bytes behind"))
             return
-        self._behind += len(data)
-        self._run(lambda: self._write(data)).addCallback(self._wrote, count, len(data))
+        self._behind += size
+        self._run(lambda: self._write(chunks)).addCallback(self._wrote, size)
 
-    def _write(self, data: bytes) -> Exception | None:
-        """On the writer: write `data`, (re)opening the file if need be; the error, if any."""
+    def _write(self, chunks: list[bytes]) -> tuple[int, Exception | None]:
+        """On the writer: write `chunks`, (re)opening the file if need be; (records, error if any)."""
+        count = _count_records(chunks)
         try:
             if self._file is None:
                 self._file = self._new_file()
-            self._file.write(data)
+            for piece in _pieces(chunks, WRITE_PIECE):
+                self._file.write(piece)
         except (OSError, ValueError) as e:
-            return e
-        return None
+            return count, e
+        return count, None
 
-    def _wrote(self, error: Exception | None, count: int, size: int) -> None:
+    def _wrote(self, result: tuple[int, Exception | None], size: int) -> None:
         """Back on the reactor thread: count what was written or dropped."""
         self._behind -= size
+        count, error = result
         if error is not None:
             self.dropped += count
             self._fail(error)

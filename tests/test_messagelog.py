@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from numd.messagelog import MessageLog
+from numd.messagelog import WRITE_PIECE, MessageLog
 
 from .manual_writer import ManualWriter
 
@@ -256,3 +256,23 @@ async def test_the_writer_thread_writes_off_the_reactor_thread(tmp_path: Path) -
     assert threads and threading.main_thread().name not in threads
     assert [r["msg"] for r in read(log.path)] == [str(i) for i in range(1000)]
     assert log.written == 1000
+
+
+def test_a_large_batch_is_written_in_pieces_in_order(tmp_path: Path) -> None:
+    """Megabytes of records (arrays' replies are logged whole) go out in bounded pieces, all intact."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_records=10_000)
+    log.startService()
+    assert log._file is not None
+    sizes: list[int] = []
+    original = log._file.write
+    log._file.write = lambda data: (sizes.append(len(data)), original(data))[1]  # type: ignore[method-assign]
+    connection = log.connection("p")
+    replies = [b"[%d,...]/9" % i + b"7" * 60_000 for i in range(40)]
+    for reply in replies:
+        connection.new_read(0.0)
+        connection.records([b"[1]"], [reply])
+    log.stopService()
+    assert len(sizes) > 1 and max(sizes) < WRITE_PIECE + 70_000
+    records = read(log.path)
+    assert [r["msg"].encode() for r in records if r["dir"] == "out"] == replies
+    assert log.written == 80
