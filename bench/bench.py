@@ -360,20 +360,15 @@ def stall_summary(server: Server, start: float, end: float) -> dict[str, Any] | 
     path = getattr(server, "stall_log", None)
     if path is None or not path.exists():
         return None
-    cpu, wall = [], []
+    stalls = []
     for line in path.read_text().splitlines():
         try:
-            t, _, cpu_ms, wall_ms = line.split()
+            t, _, ms = line.split()
             if start <= float(t) <= end:
-                cpu.append(float(cpu_ms))
-                wall.append(float(wall_ms))
+                stalls.append(float(ms))
         except ValueError:
             continue
-    return {
-        "max_cpu_ms": max(cpu, default=0.0),
-        "max_wall_ms": max(wall, default=0.0),
-        "over_10ms_cpu": sum(1 for ms in cpu if ms > 10),
-    }
+    return {"max_ms": max(stalls, default=0.0), "over_10ms": sum(1 for ms in stalls if ms > 10)}
 
 
 def gc_summary(server: Server, start: float, end: float) -> dict[str, Any] | None:
