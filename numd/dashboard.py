@@ -181,7 +181,6 @@ class Dashboard:
         received, sent, _ = self._counts()
         self._rates = _Rates(clock.seconds(), received, sent)
         self._static = _load_static()
-        service.add_observer(self._changed)
 
     # -- the picture -------------------------------------------------------------------
 
@@ -222,9 +221,7 @@ class Dashboard:
         }
 
     def _changed(self, kind: str, payload: object) -> None:
-        """The service's observer: only remember what changed; the timer sends it."""
-        if not self.streams:
-            return
+        """The service's observer while a stream is open: only remember what changed; the timer sends it."""
         if isinstance(payload, ClientRecord):
             self._dirty_clients.add(payload.client_id)
         elif kind in ("merge", "clear"):
@@ -273,6 +270,8 @@ class Dashboard:
             self._dirty_clients.clear()
             self._list_dirty = False
             self._last_totals = snapshot["totals"]
+            # Follow the service only while someone watches: no call per change otherwise.
+            self.service.add_observer(self._changed)
             self._timer = LoopingCall(self._tick)
             self._timer.clock = self.clock
             self._timer.start(self.interval, now=False)
@@ -283,6 +282,7 @@ class Dashboard:
         """Forget `stream`; stop the timer with the last one."""
         self.streams.discard(stream)
         if not self.streams and self._timer is not None:
+            self.service.remove_observer(self._changed)
             if self._timer.running:
                 self._timer.stop()
             self._timer = None

@@ -466,7 +466,11 @@ class Store(Service):
         if self._given_run is None:
             self._writer.start()
             self._run = self._writer.run
-        self.service.add_observer(self._observe)
+        self.service.add_observer(self._list_changed, kinds=("merge", "clear"))
+        self.service.add_observer(
+            self._client_changed,  # type: ignore[arg-type]
+            kinds=("register", "disconnect", "report", "give"),
+        )
         self.service.set_durability(self.when_durable)
         if self.sync == "everysec":
             self._ticker.start(self.interval, now=False)
@@ -519,7 +523,8 @@ class Store(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self.service.remove_observer(self._observe)
+        self.service.remove_observer(self._list_changed)
+        self.service.remove_observer(self._client_changed)  # type: ignore[arg-type]
         self.service.set_durability(None)
         if self._ticker.running:
             self._ticker.stop()
@@ -546,19 +551,19 @@ class Store(Service):
 
     # -- following the service --------------------------------------------------------
 
-    def _observe(self, kind: str, payload: object) -> None:
+    def _list_changed(self, kind: str, payload: object) -> None:
         if kind == "merge":
             self._pending.merge(payload)  # type: ignore[arg-type]
-            self._schedule()
-        elif kind == "clear":
+        else:
             self._pending.clear()
+        self._schedule()
+
+    def _client_changed(self, kind: str, record: ClientRecord) -> None:
+        if self.sync == "always":
+            self._pending.client(record.client_id, _row(record))
             self._schedule()
-        elif isinstance(payload, ClientRecord):
-            if self.sync == "always":
-                self._pending.client(payload.client_id, _row(payload))
-                self._schedule()
-            else:
-                self._lazy.add(payload.client_id)
+        else:
+            self._lazy.add(record.client_id)
 
     def when_durable(self) -> Deferred[None] | None:
         """A Deferred that fires once every change so far is committed; None if all are.

@@ -484,13 +484,22 @@ def test_the_stream_cap_answers_503_and_frees_up(site: ApiSite, dashboard: Dashb
 def test_closing_every_stream_stops_the_timer(
     site: ApiSite, dashboard: Dashboard, clock: Clock
 ) -> None:
-    """With no stream open the dashboard keeps no timer and ignores changes."""
+    """With no stream open the dashboard keeps no timer and is not called for changes."""
+    service = dashboard.service
+    seen: list[str] = []
+    dashboard._changed = lambda kind, payload: seen.append(kind)  # type: ignore[method-assign]
+    service.register(3)
+    assert seen == []  # nobody watches: not an observer
     connections = [Connection(site), Connection(site)]
     assert clock.getDelayedCalls()
+    service.report(3, 7)
+    assert seen == ["report"]
     for connection in connections:
         connection.close()
     assert dashboard.streams == set()
     assert not clock.getDelayedCalls()
+    service.report(3, 8)
+    assert seen == ["report"]
 
 
 def test_a_head_request_gets_headers_only(site: ApiSite, dashboard: Dashboard) -> None:
