@@ -135,15 +135,16 @@ class CounterProtocol(TokenReceiver):
 
     def readReceived(self, tokens: list[bytes]) -> None:
         """Handle a read of a registered client's reports and requests in one pass; else token by token."""
+        client_id = self.client_id
         if (
-            self.client_id is None
+            client_id is None
             or self._held
             or self._out
-            or not self._reports_and_requests(tokens)
+            or not self._reports_and_requests(client_id, tokens)
         ):
             super().readReceived(tokens)
 
-    def _reports_and_requests(self, tokens: list[bytes]) -> bool:
+    def _reports_and_requests(self, client_id: int, tokens: list[bytes]) -> bool:
         """Handle `tokens` if they are all reports and even/odd requests; False (and nothing done) if not.
 
         The common read, and the hot path: its requests are drawn in one call, its
@@ -152,7 +153,7 @@ class CounterProtocol(TokenReceiver):
         `tokenReceived`, token by token. Only called with no reply queued or held.
         """
         if len(tokens) == 1:
-            return self._one_token(tokens[0])
+            return self._one_token(client_id, tokens[0])
         if not tokens:
             return True  # a partial token only
         evens = tokens.count(b"even")
@@ -170,7 +171,7 @@ class CounterProtocol(TokenReceiver):
         replies: list[bytes] = []
         if reports:
             stats.received["report"] += reports
-            factory.service.report(self.client_id, int(numbers[-1]))  # type: ignore[arg-type]
+            factory.service.report(client_id, int(numbers[-1]))
         if evens or odds:
             requests = [t for t in tokens if t == b"even" or t == b"odd"] if reports else tokens
             if evens:
@@ -179,27 +180,24 @@ class CounterProtocol(TokenReceiver):
             if odds:
                 stats.received["odd"] += odds
                 stats.sent["odd"] += odds
-            drawn = factory.service.give_many(
-                self.client_id,  # type: ignore[arg-type]
-                list(map(b"odd".__eq__, requests)),
-            )
+            drawn = factory.service.give_many(client_id, list(map(b"odd".__eq__, requests)))
             replies = list(map(_NUMBER_TOKENS.__getitem__, drawn))
             self.transport.write(b" ".join(replies) + b" ")
         self._log.records(tokens, replies)
         return True
 
-    def _one_token(self, token: bytes) -> bool:
+    def _one_token(self, client_id: int, token: bytes) -> bool:
         """`_reports_and_requests` for a read of one token, the most common read, without lists."""
         factory = self.factory
         if token == b"even" or token == b"odd":
             kind: Parity = "even" if token == b"even" else "odd"
-            reply = _NUMBER_TOKENS[factory.service.give(self.client_id, kind)]  # type: ignore[arg-type]
+            reply = _NUMBER_TOKENS[factory.service.give(client_id, kind)]
             self.transport.write(reply + b" ")
             factory.stats.received[kind] += 1
             factory.stats.sent[kind] += 1
             self._log.exchange(token, reply)
         elif _SMALL_INTEGER.fullmatch(token) is not None:
-            factory.service.report(self.client_id, int(token))  # type: ignore[arg-type]
+            factory.service.report(client_id, int(token))
             factory.stats.received["report"] += 1
             self._log.exchange(token, None)
         else:
