@@ -113,3 +113,18 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         assert "failed" not in output.split("SUMMARY")[-1], output
         log = daemon.daemon.output.read_text()
         assert "Traceback" not in log and "unexpected error" not in log
+
+
+def test_every_operation_lists_what_the_guard_answers() -> None:
+    """403 (Host), 408 (slow request) and 413 (body too large) everywhere; 401 exactly where a token is needed."""
+    from numd.api import LEGACY_STATE_CHANGING_PATHS, STATE_CHANGING_METHODS
+
+    for path, item in packaged_document()["paths"].items():
+        for method in HTTP_METHODS & set(item):
+            responses = item[method]["responses"]
+            assert {"403", "408", "413"} <= set(responses), (path, method)
+            needs_token = (
+                method.upper().encode() in STATE_CHANGING_METHODS
+                or path.encode() in LEGACY_STATE_CHANGING_PATHS
+            )
+            assert ("401" in responses) == needs_token, (path, method)
