@@ -427,17 +427,16 @@ class Store(Service):
         self.interval = interval
         self.retry_delay = retry_delay
         self._reactor = reactor
-        self._given_run = run
-        self._run: Runner | None = run
         self._writer = Writer(reactor, "numd-store")
+        self._run: Runner = run if run is not None else self._writer.run
         self._db: Database | None = None
         self._pending = Batch()
         self._lazy: set[int] = set()
+        """IDs of clients changed since the last tick (``sync="everysec"``); their rows
+        are read from the live records at the tick, so a report allocates nothing."""
         self._draining: list[int] = []
         """IDs taken by the last tick whose rows are not in a batch yet (`LAZY_SLICE` a turn)."""
         self._slice_call: IDelayedCall | None = None
-        """IDs of clients changed since the last tick (``sync="everysec"``); their rows
-        are read from the live records at the tick, so a report allocates nothing."""
         self._inflight: Batch | None = None
         self._call: IDelayedCall | None = None
         self._ticker = LoopingCall(self._tick)
@@ -463,9 +462,7 @@ class Store(Service):
         if self._db is None:
             self.load()
         super().startService()
-        if self._given_run is None:
-            self._writer.start()
-            self._run = self._writer.run
+        self._writer.start()  # a thread only if the reactor takes calls from threads
         self.service.add_observer(self._list_changed, kinds=("merge", "clear"))
         self.service.add_observer(
             self._client_changed,  # type: ignore[arg-type]
@@ -528,8 +525,7 @@ class Store(Service):
         self.service.set_durability(None)
         if self._ticker.running:
             self._ticker.stop()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        cancel(self._call)
         self._call = None
         cancel(self._slice_call)
         self._slice_call = None
@@ -538,10 +534,9 @@ class Store(Service):
                 await self.flush()
         except Exception:
             self.log.failure("could not store the last changes in {path}", path=self.path)
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        cancel(self._call)
         db, self._db = self._db, None
-        if db is not None and self._run is not None:
+        if db is not None:
             try:
                 # Closing checkpoints the write-ahead log into the file: disk work, so on the writer.
                 await self._run(db.close)
@@ -584,8 +579,7 @@ class Store(Service):
         self._take_lazy()
         waiter = self.when_durable()
         if self._inflight is None and self._pending:
-            if self._call is not None and self._call.active():
-                self._call.cancel()
+            cancel(self._call)
             self._commit()
         return waiter if waiter is not None else succeed(None)
 
@@ -636,7 +630,7 @@ class Store(Service):
 
     def _commit(self) -> None:
         self._call = None
-        if self._inflight is not None or not self._pending or self._db is None or self._run is None:
+        if self._inflight is not None or not self._pending or self._db is None:
             return
         batch, self._pending = self._pending, Batch()
         self._inflight = batch
