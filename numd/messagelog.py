@@ -94,7 +94,7 @@ class ConnectionLog:
         self._lines.append(self._stamp + b"in" + self._who + _json_token(token) + b"}\n")
 
     def records(self, received: Sequence[bytes], sent: Sequence[bytes]) -> None:
-        """Record a read's tokens (each plain: `is_plain`), then the replies written for it."""
+        """Record a read's tokens (each plain: printable ASCII but ``"`` and ``\\``), then its replies."""
         stamp, who = self._stamp, self._who
         self._lines.append(
             _records(stamp + b"in" + who, received) + _records(stamp + b"out" + who, sent)
@@ -124,11 +124,6 @@ class ConnectionLog:
                 json.dumps(event).encode("ascii"),
             )
         )
-
-
-def is_plain(token: bytes) -> bool:
-    """Whether `token` needs no JSON escaping (printable ASCII but ``"`` and ``\\``)."""
-    return _PLAIN.fullmatch(token) is not None
 
 
 def _records(head: bytes, tokens: Sequence[bytes]) -> bytes:

@@ -74,7 +74,6 @@ class ListReply:
         """The reply token for the list as it is now."""
         if self._shown is None or not self._texts:
             return self._read()
-        self._trim()
         body = ",".join(self._texts)
         if self._next_hidden is None:
             return ("[" + body + "]").encode("ascii")
