@@ -331,6 +331,21 @@ def loadgen(port: int, *args: str, timeout: float = 900) -> dict[str, Any]:
     return result
 
 
+def fill_list(port: int, values: int) -> dict[str, Any]:
+    """Fill the server's list to `values` with loadgen's fill mode (arrays of 1,000 values)."""
+    return loadgen(
+        port,
+        "--mode",
+        "fill",
+        "--fill-values",
+        str(values),
+        "--duration",
+        "600",
+        "--grace",
+        "60",
+    )
+
+
 def measured(server: Server, *args: str) -> dict[str, Any]:
     """A loadgen run with the server's CPU and RSS sampled over its steady window."""
     idle_cpu, idle_rss = read_proc(server.pid)
@@ -472,17 +487,7 @@ def run_arrays(
     """Fill the list to `values`, then time `probes` arrays of 10-20 values one at a time."""
     with Server(kind, workdir, numd_help) as server:
         started = time.monotonic()
-        fill = loadgen(
-            server.port,
-            "--mode",
-            "fill",
-            "--fill-values",
-            str(values),
-            "--duration",
-            "600",
-            "--grace",
-            "60",
-        )
+        fill = fill_list(server.port, values)
         fill_s = time.monotonic() - started
         cpu0, _ = read_proc(server.pid)
         probe = measured(
@@ -525,17 +530,7 @@ def run_startup(
     if stored:
         db = workdir / "startup.db"
         with Server(kind, workdir, numd_help, db=db) as server:
-            fill = loadgen(
-                server.port,
-                "--mode",
-                "fill",
-                "--fill-values",
-                str(stored),
-                "--duration",
-                "600",
-                "--grace",
-                "60",
-            )
+            fill = fill_list(server.port, stored)
         out["stored_values"] = fill["fill_values"]
     times = []
     for _ in range(repeat):
@@ -725,17 +720,7 @@ def run_http(cfg: argparse.Namespace, kind: str, workdir: Path, numd_help: str) 
     out: dict[str, Any] = {}
     with Server(kind, workdir, numd_help, api=True, max_clients=cfg.http_clients + 100) as server:
         base = f"http://127.0.0.1:{server.http_port}/api/v1/values"
-        fill = loadgen(
-            server.port,
-            "--mode",
-            "fill",
-            "--fill-values",
-            str(cfg.list_values),
-            "--duration",
-            "600",
-            "--grace",
-            "60",
-        )
+        fill = fill_list(server.port, cfg.list_values)
         out["fill_values"] = fill["fill_values"]
         page = f"?offset={cfg.list_values // 2}&limit=1000"
         for name, url, post in (
