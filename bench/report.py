@@ -82,6 +82,17 @@ def cpu(run: dict[str, Any] | None) -> float | None:
     return None if run is None else run["server"].get("cpu_cores")
 
 
+def run_summary(run: dict[str, Any], memory: bool = False) -> str:
+    """A schedule run in one line: tail latency, CPU, (memory,) drops, unanswered, errors."""
+    steady = run["latency"]["steady"]
+    kib = f"{fmt(run['server'].get('rss_per_connection_kb'))} KiB/conn, " if memory else ""
+    return (
+        f"p99 {fmt(steady.get('p99_ms'))} ms, p99.9 {fmt(steady.get('p99_9_ms'))} ms, "
+        f"CPU {fmt(100 * (cpu(run) or 0), 1)} %, {kib}{run['drops']} drops, "
+        f"{run['unanswered']} unanswered, {run['error_replies']} errors"
+    )
+
+
 # -- the plot ------------------------------------------------------------------------------
 
 
@@ -293,13 +304,10 @@ def targets(results: dict[str, Any]) -> list[Row]:
         ]
     mem = pair.get("numd --db :memory:")
     if mem and base:
-        ms = mem["latency"]["steady"]
         rows.append(
             [
                 f"1. for comparison: numd with its store off (`--db :memory:`){note}",
-                f"p99 {fmt(ms.get('p99_ms'))} ms, p99.9 {fmt(ms.get('p99_9_ms'))} ms, "
-                f"CPU {fmt(100 * (cpu(mem) or 0), 1)} %, {fmt(mem['server'].get('rss_per_connection_kb'))} KiB/conn, "
-                f"{mem['drops']} drops, {mem['unanswered']} unanswered, {mem['error_replies']} errors",
+                run_summary(mem, memory=True),
                 f"p99 {fmt(bs.get('p99_ms'))} ms",
                 ratio(cpu(mem), cpu(base)) + " CPU",
                 "informative",
@@ -308,13 +316,10 @@ def targets(results: dict[str, Any]) -> list[Row]:
     for label in ("numd, log on tmpfs", "numd --db :memory:, log on tmpfs"):
         var = pair.get(label)
         if var and base:
-            vs = var["latency"]["steady"]
             rows.append(
                 [
                     f"1. for comparison: {label}{note.split(' (median')[0]}",
-                    f"p99 {fmt(vs.get('p99_ms'))} ms, p99.9 {fmt(vs.get('p99_9_ms'))} ms, "
-                    f"CPU {fmt(100 * (cpu(var) or 0), 1)} %, {var['drops']} drops, "
-                    f"{var['unanswered']} unanswered, {var['error_replies']} errors",
+                    run_summary(var),
                     f"p99 {fmt(bs.get('p99_ms'))} ms, p99.9 {fmt(bs.get('p99_9_ms'))} ms",
                     ratio(cpu(var), cpu(base)) + " CPU",
                     "informative",
@@ -322,14 +327,12 @@ def targets(results: dict[str, Any]) -> list[Row]:
             )
     mixed = pair.get("numd +arrays"), pair.get("baseline +arrays")
     if mixed[0] and mixed[1]:
-        ma, mb = mixed[0]["latency"]["steady"], mixed[1]["latency"]["steady"]
+        mb = mixed[1]["latency"]["steady"]
         share = results["settings"].get("mixed_array_share")
         rows.append(
             [
                 f"1. for comparison: the same clients with {share} of requests arrays{note.split(' (median')[0]}",
-                f"p99 {fmt(ma.get('p99_ms'))} ms, p99.9 {fmt(ma.get('p99_9_ms'))} ms, "
-                f"CPU {fmt(100 * (cpu(mixed[0]) or 0), 1)} %, {mixed[0]['drops']} drops, "
-                f"{mixed[0]['unanswered']} unanswered, {mixed[0]['error_replies']} errors",
+                run_summary(mixed[0]),
                 f"p99 {fmt(mb.get('p99_ms'))} ms, p99.9 {fmt(mb.get('p99_9_ms'))} ms, "
                 f"CPU {fmt(100 * (cpu(mixed[1]) or 0), 1)} %",
                 ratio(cpu(mixed[0]), cpu(mixed[1])) + " CPU",
