@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from numd.direct_write import writer_for
 from numd.framing import TokenReceiver
 from numd.messagelog import MessageLog, describe_peer
 from numd.replies import ListReply
@@ -97,6 +98,8 @@ class CounterProtocol(TokenReceiver):
         self.MAX_LENGTH = self.factory.max_token_length
         self._log = self.factory.message_log.connection(self.peer)
         self._out: list[bytes] = []
+        self._write = writer_for(self.transport)
+        """Where replies go: straight to the socket while it takes them (`numd.direct_write`)."""
         self._held: deque[_HeldReply] = deque()
         self._unstored: list[_HeldReply] = []
         """Held replies to changes of the current read, not yet waiting for the store."""
@@ -182,7 +185,7 @@ class CounterProtocol(TokenReceiver):
                 stats.sent["odd"] += odds
             drawn = factory.service.give_many(client_id, list(map(b"odd".__eq__, requests)))
             replies = list(map(_NUMBER_TOKENS.__getitem__, drawn))
-            self.transport.write(b" ".join(replies) + b" ")
+            self._write(b" ".join(replies) + b" ")
         self._log.records(tokens, replies)
         return True
 
@@ -192,7 +195,7 @@ class CounterProtocol(TokenReceiver):
         if token == b"even" or token == b"odd":
             kind: Parity = "even" if token == b"even" else "odd"
             reply = _NUMBER_TOKENS[factory.service.give(client_id, kind)]
-            self.transport.write(reply + b" ")
+            self._write(reply + b" ")
             factory.stats.received[kind] += 1
             factory.stats.sent[kind] += 1
             self._log.exchange(token, reply)
@@ -441,7 +444,7 @@ class CounterProtocol(TokenReceiver):
         out = self._out
         if out and not self._lost:
             self._log.records((), out)
-            self.transport.write(b" ".join(out) + b" ")
+            self._write(b" ".join(out) + b" ")
             out.clear()
 
 

@@ -8,11 +8,24 @@ from twisted.internet.testing import StringTransport
 from numd.protocol import CounterFactory, CounterProtocol
 
 
+class WriteRecordingTransport(StringTransport):
+    """A `StringTransport` that also keeps each write apart, to count writes."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Record `data` as one write, then buffer it as usual."""
+        self.writes.append(data)
+        super().write(data)
+
+
 class FakeClient:
     """Feeds bytes to one server protocol and collects the reply tokens."""
 
     def __init__(self, factory: CounterFactory, port: int = 40000) -> None:
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.transport = WriteRecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         self.protocol: CounterProtocol = factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
 

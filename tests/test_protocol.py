@@ -209,11 +209,9 @@ def test_replies_in_request_order_one_write(factory: CounterFactory) -> None:
     """Pipelined requests get one reply each, in order, written in one write per read."""
     client = FakeClient(factory)
     client.send(b"3 ")
-    writes: list[bytes] = []
-    original = client.transport.write
-    client.transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[method-assign]
+    client.transport.writes.clear()
     replies = client.send(b"odd even odd bad odd ")
-    assert len(writes) == 1
+    assert len(client.transport.writes) == 1
     assert len(replies) == 5
     assert [int(t) % 2 for t in replies[:3]] == [1, 0, 1]
     assert replies[3] == b"error:bad-token"
@@ -562,12 +560,11 @@ def test_one_commit_releases_a_connections_replies_in_one_write(
     factory.service.set_durability(lambda: pending.append(Deferred()) or pending[-1])
     client = FakeClient(factory)
     client.send(b"[1] [2] [3] ")
-    writes: list[bytes] = []
-    client.transport.write = writes.append  # type: ignore[method-assign]
+    client.transport.writes.clear()
     for d in pending:
         d.callback(None)
     clock.advance(0)
-    assert writes == [b"[1] [1,2] [1,2,3] "]
+    assert client.transport.writes == [b"[1] [1,2] [1,2,3] "]
 
 
 def test_failed_store_is_an_error_not_an_ack(factory: CounterFactory, clock: Clock) -> None:
