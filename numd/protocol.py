@@ -241,7 +241,7 @@ class CounterProtocol(TokenReceiver):
         )
         self._log.event("write-stalled")
         self.stop_reading_tokens()
-        self.transport.abortConnection()
+        self.abort()
 
     def _cancel_stall_timer(self) -> None:
         cancel(self._stall_timer)
@@ -252,6 +252,11 @@ class CounterProtocol(TokenReceiver):
         self.factory.stats.connections["idle-timeout"] += 1
         self._log.event("idle-timeout")
         self.stop_reading_tokens()
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, and with it every reply not yet sent (even one released later)."""
+        self._write = self.transport.write  # the aborted transport discards what it is given
         self.transport.abortConnection()
 
     def tokensDone(self) -> None:
@@ -558,4 +563,4 @@ class CounterFactory(Factory):
     def _abort_stragglers(self, failure: Failure) -> None:
         failure.trap(defer_TimeoutError)
         for protocol in list(self.connections):
-            protocol.transport.abortConnection()
+            protocol.abort()

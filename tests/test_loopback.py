@@ -102,10 +102,27 @@ class Server:
 
     async def stop(self) -> None:
         for protocol in list(self.factory.connections):
-            protocol.transport.abortConnection()
+            protocol.abort()
         await until(lambda: not self.factory.connections)
         await self.port.stopListening()
         self.log.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_after_an_abort(tmp_path: Path) -> None:
+    """Replies go straight to the socket, but once a connection is aborted nothing more reaches the peer."""
+    server = await Server(tmp_path).start()
+    try:
+        client = await server.connect()
+        client.transport.write(b"1 even ")
+        assert len(await client.tokens(2)) == 2
+        (protocol,) = server.factory.connections
+        protocol.abort()
+        protocol._write(b"late ")
+        await client.closed.addTimeout(5, reactor)
+        assert client.received.count(b" ") == 2 and b"late" not in client.received
+    finally:
+        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
