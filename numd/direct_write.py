@@ -15,8 +15,13 @@ that connection: the transport's queue may then hold bytes, and only the
 transport knows when it is empty, so bytes can never overtake each other. A
 broken connection is left to the transport to notice and report as usual.
 
-Only plain TCP connections qualify (`writer_for`): a TLS transport's handle is
-the raw socket under the encryption, so writing to it would bypass TLS.
+Only plain TCP (and Unix stream) connections qualify (`writer_for`): a TLS
+transport's handle is the raw socket under the encryption, so writing to it
+would bypass TLS; if TLS were started later, writes go back to the transport.
+
+Twisted's ``abortConnection`` drops the transport's queue but does not mark the
+transport as closing, so an owner that aborts must stop writing through the
+`DirectWriter` first (as `numd.protocol.CounterProtocol.abort` does).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class DirectWriter:
     def write(self, data: bytes) -> None:
         """Send `data` now if the socket takes all of it; else queue the rest on the transport."""
         transport = self._transport
-        if self.direct and not transport.disconnecting:
+        if self.direct and not transport.disconnecting and not transport.TLS:
             try:
                 sent = self._send(data)
             except OSError:  # EAGAIN, or a broken connection: the transport will report it

@@ -24,6 +24,7 @@ class QueueingTransport:
         self.sock = sock
         self.connected = True
         self.disconnecting = False
+        self.TLS = False
         self.queued: list[bytes] = []
 
     def getHandle(self) -> socket.socket:
@@ -81,9 +82,11 @@ def test_short_send_hands_the_rest_and_every_later_write_to_the_transport(
     writer.write(big)
     assert not writer.direct
     assert len(transport.queued) == 1 and 0 < len(transport.queued[0]) < len(big)
-    writer.write(b"last ")  # the socket has room again once the peer reads, but order comes first
-    assert received(peer) + b"".join(transport.queued) == big + b"last "
+    head = received(peer)  # the socket has room again, but the queue must go first
+    writer.write(b"last ")
+    assert received(peer) == b""
     assert transport.queued[-1] == b"last "
+    assert head + b"".join(transport.queued) == big + b"last "
 
 
 def test_full_socket_queues_everything(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -121,6 +124,19 @@ def test_closing_connection_uses_the_transport(pair: tuple[socket.socket, socket
     transport = QueueingTransport(ours)
     transport.disconnecting = True
     writer = DirectWriter(transport)  # type: ignore[arg-type]
+    writer.write(b"1 ")
+    assert transport.queued == [b"1 "]
+    assert received(peer) == b""
+
+
+def test_tls_started_later_goes_through_the_transport(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Should TLS start on the connection, the bytes must be encrypted: the transport writes them."""
+    ours, peer = pair
+    transport = QueueingTransport(ours)
+    writer = DirectWriter(transport)  # type: ignore[arg-type]
+    transport.TLS = True
     writer.write(b"1 ")
     assert transport.queued == [b"1 "]
     assert received(peer) == b""
