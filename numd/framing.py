@@ -33,8 +33,8 @@ class TokenReceiver(Protocol):
             data = self._buffer + data
         if b"\n" in data:
             data = data.replace(b"\r\n", b" ").replace(b"\n", b" ")
-        *tokens, rest = data.split(self.delimiter)
-        self._buffer = rest
+        tokens = data.split(self.delimiter)
+        self._buffer = rest = tokens.pop()
         limit = self.MAX_LENGTH
         if len(data) > limit:  # only then can a token be too long
             for index, token in enumerate(tokens):
