@@ -261,18 +261,16 @@ def cpu_row(
     between repetitions.
     """
     ratios = sorted(paired_cpu_ratios(runs, big, "numd"))
+    mid = ratios[(len(ratios) - 1) // 2] if ratios else None
+    shown = "-" if mid is None else f"{mid:.2f}x"
     if len(ratios) > 1:
-        mid = ratios[(len(ratios) - 1) // 2]
-        shown = f"{mid:.2f}x (median; each run: {', '.join(f'{r:.2f}x' for r in ratios)})"
-    else:
-        mid = (cpu(numd) or 0) / (cpu(base) or 1)
-        shown = ratio(cpu(numd), cpu(base))
+        shown += f" (median; each run: {', '.join(f'{r:.2f}x' for r in ratios)})"
     return [
         f"1. CPU at most 1.5x the baseline's{note}",
         fmt(100 * (cpu(numd) or 0), 1) + " % of a core",
         fmt(100 * (cpu(base) or 0), 1) + " %",
         shown,
-        verdict(mid <= 1.5 if big == 10000 else None),
+        verdict(mid is not None and mid <= 1.5 if big == 10000 else None),
     ]
 
 
