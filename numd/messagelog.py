@@ -34,7 +34,7 @@ import stat
 from collections.abc import Iterator, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
@@ -348,6 +348,17 @@ class MessageLog(Service):
             return
         self._behind += size
         self._run(lambda: self._write(chunks)).addCallback(self._wrote, size)
+
+    def when_written(self) -> Deferred[None]:
+        """Hand the buffer over now; fire once every record buffered so far is written (or dropped).
+
+        A connection that logs a lot waits for this before it makes more records
+        (`numd.protocol.CounterProtocol`'s memory budget).
+        """
+        self.flush()
+        if not self.enabled:
+            return succeed(None)
+        return self._run(lambda: None)  # the writer runs work in order
 
     def _write(self, chunks: list[bytes]) -> tuple[int, Exception | None]:
         """On the writer: write `chunks`, (re)opening the file if need be; (records, error if any)."""

@@ -8,6 +8,7 @@ one token, in order, and never sends anything a client did not ask for.
 from __future__ import annotations
 
 import re
+import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,38 @@ MAX_ARRAY_VALUES = 1000
 IDLE_SWEEP_SLICE = 1000
 """Connections the idle sweep checks per reactor turn."""
 MIN_REPLY_CAP = 64
+DEFAULT_REPLY_CAP = 64 * 1024
+DEFAULT_MAX_TOKEN_LENGTH = 32 * 1024
+DEFAULT_MAX_CLIENTS = 12_000
+DEFAULT_IDLE_TIMEOUT = 120.0
+DEFAULT_WRITE_STALL_TIMEOUT = 30.0
+DEFAULT_QUIET_TIME = 0.1
+DEFAULT_CONNECTION_BUDGET = 1024 * 1024
+"""Bytes one connection may hold in numd: replies built but not yet written (held for the
+store, queued, or in the transport's buffer), input read but not handled, and its message
+log records not yet written. Past it numd handles none of its tokens until they drain."""
+MIN_CONNECTION_BUDGET = 512 * 1024
+READ_SIZE = 64 * 1024
+"""The most one read of a TCP transport carries (Twisted reads 64 KiB at a time)."""
+TRANSPORT_BUFFER = 64 * 1024
+"""The unsent bytes past which Twisted's TCP transport pauses its producer (``bufferSize``)."""
+DEFAULT_TAKEOVER_TIME = 5.0
+"""Seconds of silence after which a connection's ID goes to a new connection for that ID
+(clients report every 0.5 s)."""
+FLUSH_BYTES = 64 * 1024
+"""Queued replies written at once, mid-read, when they reach this size."""
+LOG_WAIT_BYTES = 256 * 1024
+"""A connection's unwritten log records past which it waits for the log writer."""
+RECORD_OVERHEAD = 80
+"""About the bytes a message log record adds to its token (time, peer, id, keys)."""
+KEEPALIVE_IDLE = 20
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 8
+"""TCP keepalive: the first probe after 20 s of silence, then every 5 s, 8 unanswered
+probes and the connection is reset: a vanished peer is found within a minute."""
+STALL_SLACK = 1.0
+"""Seconds the idle sweep may run late before it takes the lateness for a stall of the
+whole process (SIGSTOP, a VM pause, swapping) and waits for the reads queued meanwhile."""
 
 
 def parse_integer(token: bytes) -> int | None:
@@ -101,17 +134,26 @@ class CounterProtocol(TokenReceiver):
         self.peer = describe_peer(self.transport.getPeer())
         self.MAX_LENGTH = self.factory.max_token_length
         self._log = self.factory.message_log.connection(self.peer)
+        self._logging = self.factory.message_log.enabled
         self._out: list[bytes] = []
         self._write = writer_for(self.transport)
         """Where replies go: straight to the socket while it takes them (`numd.direct_write`)."""
         self._held: deque[_HeldReply] = deque()
         self._unstored: list[_HeldReply] = []
         """Held replies to changes of the current read, not yet waiting for the store."""
-        self.last_activity = self.factory.clock.seconds()
+        self._out_bytes = 0
+        """Bytes of the replies in `_out`."""
+        self._held_bytes = 0
+        """Bytes of the replies in `_held`."""
+        self._log_pending = 0
+        """Bytes of this connection's message log records not known to be written."""
+        self._log_wait: Deferred[None] | None = None
+        self._read_at = self.last_activity = self.factory.clock.seconds()
         for option in ("setTcpNoDelay", "setTcpKeepAlive"):
             setter = getattr(self.transport, option, None)
             if setter is not None:
                 setter(True)
+        tune_keepalive(self.transport)
         # Backpressure: the transport pauses us when its unsent output passes
         # its buffer size, and we then stop reading from this client.
         self.transport.registerProducer(self, True)
@@ -127,6 +169,7 @@ class CounterProtocol(TokenReceiver):
         self._cancel_stall_timer()
         if self.client_id is not None:
             self.factory.service.disconnect(self.client_id)
+            self.factory.owners.pop(self.client_id, None)
         self._log.event("disconnect")
         self.factory.connection_lost(self)
 
@@ -134,14 +177,24 @@ class CounterProtocol(TokenReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """Note the time of the read; any new bytes end the quiet time of an old client's bare ID."""
-        self.last_activity = now = self.factory.clock.seconds()
+        self._read_at = now = self.factory.clock.seconds()
         if self._quiet_timer is not None:
             self._cancel_quiet_timer()
         self._log.new_read(now)
-        super().dataReceived(data)
+        self._in_read = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._in_read = False
 
     def readReceived(self, tokens: list[bytes]) -> None:
-        """Handle a read of a registered client's reports and requests in one pass; else token by token."""
+        """Handle a read of a registered client's reports and requests in one pass; else token by token.
+
+        A read that completes a token counts as activity: bytes that never make a
+        token (a trickle) do not keep the connection from its idle timeout.
+        """
+        if tokens and (tokens[0] or any(tokens)):
+            self.last_activity = self._read_at
         client_id = self.client_id
         if (
             client_id is None
@@ -215,11 +268,15 @@ class CounterProtocol(TokenReceiver):
 
     _stall_timer: IDelayedCall | None = None
 
+    _transport_paused = False
+
     def pauseProducing(self) -> None:
         """Our unsent output is over the transport's bound: stop reading this client.
 
         If it does not read its replies within the write-stall timeout, it is cut off.
+        The tokens of the read being handled wait too (`_check_budget`).
         """
+        self._transport_paused = True
         self.transport.pauseProducing()
         if self._stall_timer is None:
             self._stall_timer = self.factory.clock.callLater(
@@ -227,9 +284,74 @@ class CounterProtocol(TokenReceiver):
             )
 
     def resumeProducing(self) -> None:
-        """The client read its replies: read from it again."""
+        """The client read its replies: handle its kept tokens and read from it again."""
+        self._transport_paused = False
         self._cancel_stall_timer()
-        self.transport.resumeProducing()
+        self._resume()
+
+    # -- the memory budget ---------------------------------------------------------
+
+    def _unsent(self) -> int:
+        """Bytes this connection holds: replies queued or held, log records not yet written.
+
+        The transport's own buffer, the input of the read being handled and the
+        next token's reply and records are bounded apart and kept in the margin
+        between `CounterFactory.hold_at` and the budget.
+        """
+        return self._out_bytes + self._held_bytes + self._log_pending
+
+    def _check_budget(self) -> None:
+        """Between two tokens: write big queues, and hold the read's other tokens while over budget."""
+        if self._out_bytes >= FLUSH_BYTES:
+            self._flush()
+        if self._log_pending >= LOG_WAIT_BYTES and self._log_wait is None:
+            self._wait_for_log()
+        if self._transport_paused or self._unsent() > self.factory.hold_at:
+            self._flush()
+            if self._log_pending and self._log_wait is None:
+                self._wait_for_log()
+            if (self._transport_paused or self._unsent() > self.factory.hold_at) and not (
+                self.holding or self._lost
+            ):
+                self.factory.stats.connections["budget-waits"] += 1
+                self.hold_tokens()
+                self.transport.pauseProducing()
+
+    _in_read = False
+
+    def _resume(self) -> None:
+        """Something drained: handle the kept tokens if under budget, then read again."""
+        if self._lost or self._transport_paused or self._in_read:
+            return
+        if self.holding:
+            hold_at = self.factory.hold_at
+            if self._unsent() > hold_at and self._log_pending and self._log_wait is None:
+                self._wait_for_log()
+            if self._unsent() > hold_at:
+                return
+            self._in_read = True
+            try:
+                self.release_tokens()
+            finally:
+                self._in_read = False
+        if not self.holding and not self._transport_paused and not self._lost:
+            self.transport.resumeProducing()
+
+    def _wait_for_log(self) -> None:
+        """Count this connection's records as pending until the log writer has written them."""
+        written = self._log_pending
+        wait = self.factory.message_log.when_written()
+        if wait.called:  # written in place (no writer thread)
+            self._log_pending -= written
+            return
+
+        def done(_: object) -> None:
+            self._log_wait = None
+            self._log_pending -= written
+            self._resume()
+
+        self._log_wait = wait
+        wait.addBoth(done)
 
     def stopProducing(self) -> None:
         """The connection is going away; connectionLost does the cleanup."""
@@ -251,6 +373,23 @@ class CounterProtocol(TokenReceiver):
         cancel(self._stall_timer)
         self._stall_timer = None
 
+    def taken_over(self) -> None:
+        """A new connection took this one's ID after its silence: free the ID now and close."""
+        client_id = self.client_id
+        assert client_id is not None
+        self.factory.stats.connections["taken-over"] += 1
+        self.log.info(
+            "client {client_id}: {peer} was silent for {seconds:.1f} s; a new connection takes its ID",
+            client_id=client_id,
+            peer=self.peer,
+            seconds=self.factory.clock.seconds() - self.last_activity,
+        )
+        self._log.event("taken-over")
+        self.client_id = None
+        self.factory.service.disconnect(client_id)
+        self.stop_reading_tokens()
+        self.abort()
+
     def idle_timeout(self) -> None:
         """Nothing came from this client for the idle timeout: close it."""
         self.factory.stats.connections["idle-timeout"] += 1
@@ -267,7 +406,12 @@ class CounterProtocol(TokenReceiver):
         """Send this read's replies in one write; arm the old-client quiet timer."""
         if self._out or self._held or self._unstored:  # the one-pass read wrote its own
             self._send_replies()
-        if self.client_id is None and not self._stopped and _OLD_CLIENT_ID.fullmatch(self.pending):
+        if (
+            self.client_id is None
+            and not self._stopped
+            and 0 < self.pending_length <= 5
+            and _OLD_CLIENT_ID.fullmatch(self.pending)
+        ):
             self._quiet_timer = self.factory.clock.callLater(
                 self.factory.quiet_time, self._quiet_time_passed
             )
@@ -284,7 +428,8 @@ class CounterProtocol(TokenReceiver):
         self._quiet_timer = None
         if self.client_id is None and _OLD_CLIENT_ID.fullmatch(self.pending):
             token = self.take_pending()
-            self._log.new_read(self.factory.clock.seconds())
+            self._read_at = self.last_activity = now = self.factory.clock.seconds()
+            self._log.new_read(now)
             self.tokenReceived(token)
             self._send_replies()
 
@@ -296,6 +441,12 @@ class CounterProtocol(TokenReceiver):
 
     def tokenReceived(self, token: bytes) -> None:
         """Handle one token: exactly one reply for a request, none for a report."""
+        self._token(token)
+        if self._logging:
+            self._log_pending += len(token) + RECORD_OVERHEAD
+        self._check_budget()
+
+    def _token(self, token: bytes) -> None:
         factory = self.factory
         self._log.received(token)
         first = not self._seen_token
@@ -329,7 +480,7 @@ class CounterProtocol(TokenReceiver):
             self._error("bad-id")
             return
         try:
-            start = self.factory.service.register(client_id)
+            start = self.factory.register(self, client_id)
         except IdInUse:
             self._error("id-in-use")
             self._send_replies()
@@ -364,6 +515,7 @@ class CounterProtocol(TokenReceiver):
             # Answered once stored: the read's changes wait for one commit (`_send_replies`).
             held = _HeldReply("array", reply, ready=False)
             self._held.append(held)
+            self._held_bytes += len(reply)
             self._unstored.append(held)
         else:
             self._reply("array", reply)
@@ -384,9 +536,11 @@ class CounterProtocol(TokenReceiver):
     def _reply(self, kind: str, token: bytes) -> None:
         if self._held:
             self._held.append(_HeldReply(kind, token))
+            self._held_bytes += len(token)
             return
         self.factory.stats.sent[kind] += 1
         self._out.append(token)
+        self._out_bytes += len(token) + 1
 
     def _wait_until_stored(self) -> None:
         """Release the replies to this read's changes once every change so far is stored.
@@ -431,7 +585,12 @@ class CounterProtocol(TokenReceiver):
         turn sends all of this connection's replies in one write.
         """
         if self._release_call is None and not self._lost:
-            self._release_call = self.factory.clock.callLater(0, self._release_held)
+            self._release_call = self.factory.clock.callLater(0, self._release_later)
+
+    def _release_later(self) -> None:
+        self._release_call = None
+        self._release_held()
+        self._resume()
 
     def _release_held(self) -> None:
         """Write what is queued and the ready replies at the head of the held queue, in order."""
@@ -442,6 +601,10 @@ class CounterProtocol(TokenReceiver):
             held = self._held.popleft()
             factory.stats.sent[held.kind] += 1
             self._out.append(held.token)
+            self._held_bytes -= len(held.token)
+            self._out_bytes += len(held.token) + 1
+            if self._out_bytes >= FLUSH_BYTES:
+                self._flush()
         self._flush()
 
     def _error(self, reason: str) -> None:
@@ -453,8 +616,11 @@ class CounterProtocol(TokenReceiver):
         out = self._out
         if out and not self._lost:
             self._log.records((), out)
+            if self._logging:
+                self._log_pending += self._out_bytes + RECORD_OVERHEAD * len(out)
             self._write(b" ".join(out) + b" ")
             out.clear()
+            self._out_bytes = 0
 
 
 class _Refusal(Protocol):
@@ -470,6 +636,31 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
+def tune_keepalive(transport: object) -> None:
+    """Make TCP keepalive find a vanished peer within about a minute (`KEEPALIVE_*`).
+
+    The kernel's defaults wait two hours before the first probe. Only for a real
+    TCP socket; Linux names the options, other systems keep their defaults.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
+        return
+    if handle.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                handle.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass  # the connection is already gone: connectionLost follows
+
+
 def _looks_like_http(token: bytes) -> bool:
     return token in _HTTP_METHODS or (token.endswith(b":") and token[:1].isalpha())
 
@@ -477,6 +668,7 @@ def _looks_like_http(token: bytes) -> bool:
 class CounterFactory(Factory):
     """Builds `CounterProtocol`s that share one service, message log and stats."""
 
+    log = Logger()
     protocol = CounterProtocol
 
     def __init__(
@@ -485,18 +677,39 @@ class CounterFactory(Factory):
         message_log: MessageLog,
         stats: Stats,
         clock: IReactorTime,
-        quiet_time: float = 0.1,
-        reply_cap: int = 64 * 1024,
-        max_token_length: int = 32 * 1024,
-        max_clients: int = 12_000,
-        idle_timeout: float = 120.0,
-        write_stall_timeout: float = 30.0,
+        quiet_time: float = DEFAULT_QUIET_TIME,
+        reply_cap: int = DEFAULT_REPLY_CAP,
+        max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        write_stall_timeout: float = DEFAULT_WRITE_STALL_TIMEOUT,
+        connection_budget: int = DEFAULT_CONNECTION_BUDGET,
+        takeover_time: float = DEFAULT_TAKEOVER_TIME,
     ) -> None:
         if reply_cap < MIN_REPLY_CAP:
             raise ValueError(f"reply cap must be at least {MIN_REPLY_CAP} bytes")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.write_stall_timeout = write_stall_timeout
+        self.connection_budget = connection_budget
+        margin = (
+            READ_SIZE
+            + max_token_length
+            + TRANSPORT_BUFFER
+            + FLUSH_BYTES
+            + 3 * (reply_cap + RECORD_OVERHEAD)
+        )
+        self.hold_at = max(connection_budget - margin, 0)
+        """The replies, held or queued, and log records past which a connection's tokens wait.
+
+        The rest of the budget is the margin for what is bounded apart: the input
+        of one read and a partial token, the transport's buffer before it pauses
+        us, one queue about to be written, and the reply and records of one more
+        token."""
+        self.takeover_time = takeover_time
+        self.owners: dict[int, CounterProtocol] = {}
+        """The live connection of each registered ID."""
+        self._last_sweep: float | None = None
         self._idle_sweeper = LoopingCall(self.close_idle)
         self._idle_sweeper.clock = clock
         self._sweep: Iterator[CounterProtocol] = iter(())
@@ -522,8 +735,29 @@ class CounterFactory(Factory):
             return refusal
         return super().buildProtocol(addr)
 
+    def register(self, protocol: CounterProtocol, client_id: int) -> int:
+        """Register `client_id` for `protocol`; its start number.
+
+        An ID whose connection has completed no token for `takeover_time` is taken
+        from that connection (closed) and given to this one: a client whose network
+        vanished comes back at once instead of getting ``error:id-in-use`` until its
+        old connection times out. A live, talking connection keeps its ID
+        (`IdInUse`).
+        """
+        owner = self.owners.get(client_id)
+        if (
+            owner is not None
+            and owner is not protocol
+            and self.clock.seconds() - owner.last_activity >= self.takeover_time
+        ):
+            owner.taken_over()
+        start = self.service.register(client_id)
+        self.owners[client_id] = protocol
+        return start
+
     def startFactory(self) -> None:
         """Start sweeping idle connections (at a quarter of the idle timeout)."""
+        self._last_sweep = self.clock.seconds()
         self._idle_sweeper.start(self.idle_timeout / 4, now=False)
 
     def stopFactory(self) -> None:
@@ -539,6 +773,19 @@ class CounterFactory(Factory):
         `IDLE_SWEEP_SLICE` connections per reactor turn: at 19,000 connections
         one pass over all of them held the reactor for about 10 ms.
         """
+        now = self.clock.seconds()
+        last, self._last_sweep = self._last_sweep, now
+        if last is not None and now - last > self.idle_timeout / 4 + STALL_SLACK:
+            # The whole process stood still (the sweep is this late): the clients'
+            # reads made meanwhile are still queued, and are read after this timer.
+            # Judge them at the next sweep, once those reads are in.
+            self.stats.connections["stall-skips"] += 1
+            self.log.warn(
+                "numd did not run for {seconds:.1f} s (stopped or starved); "
+                "the idle sweep waits for the reads queued meanwhile",
+                seconds=now - last,
+            )
+            return
         if self._sweep_call is None:
             self._sweep = iter(list(self.connections))
             self._sweep_slice()
