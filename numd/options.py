@@ -18,7 +18,18 @@ from numd.api import DEFAULT_MAX_BODY
 from numd.http_guard import is_loopback_name
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
 from numd.legacy_array import DEFAULT_MAX_CLIENTS as LEGACY_ARRAY_MAX_CLIENTS
-from numd.protocol import MIN_REPLY_CAP
+from numd.protocol import (
+    DEFAULT_CONNECTION_BUDGET,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_TOKEN_LENGTH,
+    DEFAULT_QUIET_TIME,
+    DEFAULT_REPLY_CAP,
+    DEFAULT_TAKEOVER_TIME,
+    DEFAULT_WRITE_STALL_TIMEOUT,
+    MIN_CONNECTION_BUDGET,
+    MIN_REPLY_CAP,
+)
 from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
@@ -112,7 +123,7 @@ class Options(usage.Options):
         [
             "quiet-time",
             None,
-            0.1,
+            DEFAULT_QUIET_TIME,
             "Seconds of silence after which 1-5 digits with no delimiter from a "
             "new connection are taken as an old client's ID.",
             _checked("quiet-time", float, 0.001),
@@ -120,14 +131,14 @@ class Options(usage.Options):
         [
             "reply-cap",
             None,
-            64 * 1024,
+            DEFAULT_REPLY_CAP,
             "Largest array reply in bytes; a longer sorted list is cut and marked with its size.",
             _checked("reply-cap", int, MIN_REPLY_CAP),
         ],
         [
             "max-token-length",
             None,
-            32 * 1024,
+            DEFAULT_MAX_TOKEN_LENGTH,
             "Longest token accepted, in bytes; a longer one gets error:too-long "
             "and the connection is closed.",
             _checked("max-token-length", int, 64),
@@ -135,7 +146,7 @@ class Options(usage.Options):
         [
             "max-clients",
             None,
-            12_000,
+            DEFAULT_MAX_CLIENTS,
             "Most counter connections open at once; the next one gets "
             "error:too-many-clients and is closed.",
             _checked("max-clients", int, 1),
@@ -143,18 +154,36 @@ class Options(usage.Options):
         [
             "idle-timeout",
             None,
-            120.0,
-            "Seconds of silence after which a counter (or legacy array) connection "
-            "is closed (counter clients report every 0.5 s).",
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds without a complete token after which a counter (or legacy array) "
+            "connection is closed (counter clients report every 0.5 s).",
             _checked("idle-timeout", float, 1),
         ],
         [
             "write-stall-timeout",
             None,
-            30.0,
+            DEFAULT_WRITE_STALL_TIMEOUT,
             "Seconds a client may leave its replies unread (numd stops reading "
             "from it meanwhile) before it is cut off.",
             _checked("write-stall-timeout", float, 0.1),
+        ],
+        [
+            "connection-budget",
+            None,
+            DEFAULT_CONNECTION_BUDGET,
+            "Bytes one counter connection may hold in numd (replies not yet written, "
+            "input not yet handled, its log records not yet written); past it numd "
+            "handles none of its requests until they drain.",
+            _checked("connection-budget", int, MIN_CONNECTION_BUDGET),
+        ],
+        [
+            "takeover-time",
+            None,
+            DEFAULT_TAKEOVER_TIME,
+            "Seconds a registered connection may stay silent before a new connection "
+            "for the same ID takes the ID over (the old one is closed) instead of "
+            "getting error:id-in-use.",
+            _checked("takeover-time", float, 0.5),
         ],
         [
             "api-listen",

@@ -224,6 +224,8 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         max_clients=config["max-clients"],
         idle_timeout=config["idle-timeout"],
         write_stall_timeout=config["write-stall-timeout"],
+        connection_budget=config["connection-budget"],
+        takeover_time=config["takeover-time"],
     )
     top = Daemon(state, message_log, stats, factory, clock)
     state.setServiceParent(top)
