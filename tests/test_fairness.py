@@ -1,0 +1,129 @@
+"""A real numd under a flooding client: the others are still answered promptly and numd's
+memory stays bounded (a `twistd -n numd` subprocess, clients on 127.0.0.1 sockets)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .daemon import recv_tokens, running_numd
+
+pytestmark = pytest.mark.timeout(90)
+
+FLOODER = r"""
+import socket, sys, threading, time
+port, seconds, read = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "read"
+sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+sock.sendall(b"9999 ")
+chunk = b"[1] " * 16384  # 64 KiB: 16,384 array requests in one send
+deadline = time.monotonic() + seconds
+received = 0
+
+def reader():
+    global received
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            return
+        if not data:
+            return
+        received += len(data)
+
+if read:
+    threading.Thread(target=reader, daemon=True).start()
+sock.settimeout(0.2)
+sent = 0
+while time.monotonic() < deadline and sent < 64:
+    try:
+        sock.sendall(chunk)
+        sent += 1
+    except socket.timeout:
+        continue  # numd stopped reading us: its backpressure
+    except OSError:
+        break
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+print(sent, received)
+sock.close()
+"""
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process `pid`."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def fill_list(api_port: int, count: int = 10_000) -> None:
+    """Put `count` large values in the shared list through the API (replies hit the 64 KiB cap)."""
+    for start in range(0, count, 1000):
+        body = json.dumps(list(range(10**12 + start, 10**12 + start + 1000))).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{api_port}/api/v1/values",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RSS")
+@pytest.mark.parametrize("reads", [True, False], ids=["flooder-reads", "flooder-never-reads"])
+def test_an_array_flood_neither_starves_others_nor_grows_memory(
+    tmp_path: Path, reads: bool
+) -> None:
+    """While one connection sends 64 KiB reads of `[1] ` against a list of 10,000 values (every
+    reply at the 64 KiB cap), another client's requests are answered within 50 ms at p99 and
+    numd's RSS grows by less than 100 MB."""
+    with running_numd(tmp_path, "--seed", "3") as numd:
+        fill_list(numd.api_port)
+        with numd.connect() as polite:
+            polite.sendall(b"1 ")
+            assert recv_tokens(polite, 1) == [b"0"]
+            for _ in range(20):  # warm up
+                polite.sendall(b"even ")
+                recv_tokens(polite, 1)
+            before = rss_bytes(numd.process.pid)
+            flooder = subprocess.Popen(
+                [sys.executable, "-c", FLOODER, str(numd.port), "4", "read" if reads else "hold"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                time.sleep(0.3)
+                latencies, peak = [], before
+                for _ in range(250):
+                    started = time.perf_counter()
+                    polite.sendall(b"even ")
+                    (reply,) = recv_tokens(polite, 1)
+                    latencies.append(time.perf_counter() - started)
+                    assert int(reply) % 2 == 0
+                    peak = max(peak, rss_bytes(numd.process.pid))
+                    time.sleep(0.01)
+                out, _ = flooder.communicate(timeout=30)
+            finally:
+                if flooder.poll() is None:
+                    flooder.kill()
+                    flooder.wait(10)
+            sent, received = map(int, out.split())
+            assert sent > 0
+            if reads:
+                assert received > 10 * 64 * 1024  # the flood was really served meanwhile
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms"
+        assert peak - before < 100 * 1024 * 1024, f"RSS grew by {(peak - before) >> 20} MiB"
+        assert numd.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in numd.output.read_text()
