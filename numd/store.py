@@ -447,6 +447,8 @@ class Store(Service):
         """Service changes in those batches."""
         self.failures = 0
         """Commits that failed (each is retried after `retry_delay`)."""
+        self._failing = False
+        """Whether the last commit failed (cleared by the next one that succeeds)."""
         self.load_seconds = 0.0
         """How long loading the database took at start-up."""
 
@@ -471,6 +473,18 @@ class Store(Service):
         self.service.set_durability(self.when_durable)
         if self.sync == "everysec":
             self._ticker.start(self.interval, now=False)
+
+    @property
+    def writable(self) -> bool:
+        """Whether changes are being stored: the last commit did not fail."""
+        return not self._failing
+
+    def checks(self) -> dict[str, Callable[[], bool]]:
+        """Readiness checks by name, for ``/readyz``: numd serves, degraded, if one is false.
+
+        ``store_writable`` is false while commits fail, until one succeeds.
+        """
+        return {"store_writable": lambda: self.writable}
 
     def load(self) -> None:
         """Open the database and fill the service with its registry and list.
@@ -641,6 +655,7 @@ class Store(Service):
 
     def _committed(self, _: None, batch: Batch) -> None:
         self._inflight = None
+        self._failing = False
         self.commits += 1
         self.committed_changes += batch.changes
         # Start the next batch before telling anyone, so the disk stays busy.
@@ -652,6 +667,7 @@ class Store(Service):
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._inflight = None
         self.failures += 1
+        self._failing = True
         self.log.failure(
             "storing {changes} changes in {path} failed; retrying in {delay} s",
             failure,

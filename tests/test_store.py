@@ -733,3 +733,82 @@ def test_http_and_legacy_array_answers_wait_for_the_real_store(
     assert pickle.loads(transport.value()) == [2, 3, 4]
     assert list(reloaded(db_path).values) == [2, 3, 4]
     legacy.connectionLost(None)
+
+
+# -- readiness: a store that cannot commit, a lost -wal -----------------------------------------
+
+
+def api_answers(api: Any, method: str, path: str, data: bytes | None = None) -> tuple[int, Any]:
+    """Status and JSON body of one request through StubTreq (answered before this returns)."""
+    from treq.testing import StubTreq
+
+    stub = StubTreq(api.resource())
+    results: list[Any] = []
+    kwargs = {} if data is None else {"data": data}
+    stub.request(method, "http://127.0.0.1" + path, **kwargs).addCallback(
+        lambda r: r.json().addCallback(lambda body: (r.code, body))
+    ).addBoth(results.append)
+    stub.flush()
+    assert len(results) == 1, "answered"
+    return results[0]  # type: ignore[no-any-return]
+
+
+def test_readyz_is_degraded_while_commits_fail_and_ready_after_a_good_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every commit fails, changes get store-failed/503 and /readyz is 503 degraded
+    (``store_writable`` false); the first good retry makes it ready again."""
+    from .counter_client import FakeClient
+
+    db = str(tmp_path / "numd.db")
+    options = Options()
+    options.parseOptions(["--db", db, "--message-log", str(tmp_path / "m.log")])
+    reactor = MemoryReactorClock()
+    daemon = makeService(options, reactor=reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    daemon.site.doStart()  # as the listeners do once they listen
+    daemon.counter_factory.doStart()
+    store = daemon.store
+    assert store is not None and store._db is not None
+    ready = {
+        "status": "ready",
+        "checks": {
+            "api_listener": True,
+            "counter_listeners": True,
+            "store_writable": True,
+            "message_log_writable": True,
+        },
+    }
+    assert api_answers(daemon.api, "GET", "/readyz") == (200, ready)
+
+    def disk_io_error(batch: Batch) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store._db, "write", disk_io_error)
+    client = FakeClient(daemon.counter_factory)
+    client.send(b"[5] ")
+    reactor.advance(0)  # the commit, then the held reply goes out
+    reactor.advance(0)
+    assert client.replies() == [b"error:store-failed"]
+    from treq.testing import StubTreq
+
+    stub = StubTreq(daemon.api.resource())
+    posted: list[Any] = []
+    stub.post("http://127.0.0.1/api/v1/values", data=b"[6]").addCallback(
+        lambda r: posted.append(r.code)
+    )
+    stub.flush()
+    reactor.advance(store.retry_delay)  # the retry fails too
+    stub.flush()
+    assert posted == [503]
+    code, body = api_answers(daemon.api, "GET", "/readyz")
+    assert (code, body["status"]) == (503, "degraded")
+    assert body["checks"] == {**ready["checks"], "store_writable": False}  # type: ignore[dict-item]
+    monkeypatch.undo()  # the disk is back
+    reactor.advance(store.retry_delay)
+    assert store.failures == 2 and store.writable
+    assert api_answers(daemon.api, "GET", "/readyz") == (200, ready)
+    client.close()
+    daemon.stopService()
+    assert list(reloaded(db).values) == [5, 6], "the retried changes were stored"
