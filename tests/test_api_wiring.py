@@ -142,6 +142,7 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
         "counter_listeners": False,
         "legacy_array_listener": False,
         "message_log_writable": True,
+        "store_files_intact": True,
         "store_writable": True,
     }
     # A memory reactor does not start factories; a real port calls doStart once it listens.
@@ -159,6 +160,7 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
                 "counter_listeners": True,
                 "legacy_array_listener": True,
                 "message_log_writable": True,
+                "store_files_intact": True,
                 "store_writable": True,
             },
         },
