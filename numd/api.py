@@ -257,7 +257,9 @@ class NumdApi:
 
     `legacy_routes` turns on the older server's plain-text routes (they change
     state on GET, so they are off by default). `ready_checks` names the checks
-    that ``/readyz`` runs besides the message log, e.g. one per listener.
+    that ``/readyz`` runs besides the message log, e.g. one per listener; a false
+    one makes numd ``not-ready``. `degraded_checks` names those that, when false,
+    leave numd serving but ``degraded`` (the store's, like the message log's).
     `dashboard` serves the live page and its data (`numd.dashboard`); without
     one, its routes answer 404.
     """
@@ -274,6 +276,7 @@ class NumdApi:
         legacy_routes: bool = False,
         max_body: int = DEFAULT_MAX_BODY,
         ready_checks: Mapping[str, ReadyCheck] | None = None,
+        degraded_checks: Mapping[str, ReadyCheck] | None = None,
         token: str | None = None,
         allowed_hosts: Iterable[str] = (),
         cors_origins: Iterable[str] = (),
@@ -287,6 +290,7 @@ class NumdApi:
         self.legacy_routes = legacy_routes
         self.max_body = max_body
         self.ready_checks = dict(ready_checks or {})
+        self.degraded_checks = dict(degraded_checks or {})
         self.token = token
         self.allowed_hosts = tuple(allowed_hosts)
         self.cors_origins = tuple(cors_origins)
@@ -453,17 +457,23 @@ class NumdApi:
 
     @_route("/readyz", "GET")
     def readyz(self, request: IRequest) -> bytes:
-        """Every listener is up and the message log is writable (else 503).
+        """Every listener is up, the store stores and the message log is writable (else 503).
 
         The status is ``ready``, ``not-ready`` (a listener is down) or
-        ``degraded`` (serving, but the message log is dropping records).
+        ``degraded`` (serving, but changes are not being stored or the message
+        log is dropping records); ``checks`` says which check is false.
         """
         checks = {name: bool(check()) for name, check in sorted(self.ready_checks.items())}
-        status = "ready" if all(checks.values()) else "not-ready"
+        degraded = {name: bool(check()) for name, check in sorted(self.degraded_checks.items())}
         if self.message_log is not None:
-            checks["message_log_writable"] = self.message_log.writable
-            if status == "ready" and not self.message_log.writable:
-                status = "degraded"
+            degraded["message_log_writable"] = self.message_log.writable
+        if not all(checks.values()):
+            status = "not-ready"
+        elif not all(degraded.values()):
+            status = "degraded"
+        else:
+            status = "ready"
+        checks.update(degraded)
         return _json(
             request, {"status": status, "checks": checks}, 200 if status == "ready" else 503
         )

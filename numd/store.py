@@ -31,6 +31,16 @@ no index: a commit writes only the table's last pages, where a table keyed by
 value (version 2) touched one page per added value, scattered over the file, and
 wrote each of them to the write-ahead log. Loading sorts them once, in memory.
 Older layouts are migrated in place at start-up (see `MIGRATIONS`).
+
+After every commit the writer checks (two ``stat`` calls) that the database file
+and its ``-wal`` are still the files it opened. If one was deleted or replaced,
+commits from then on would go into a file that no restart reads, so the store
+stops for good: it copies what the lost log holds into the database file (a
+checkpoint through SQLite's open descriptors), logs an error, and every change
+from then on is answered as a failed commit is. Only a restart, which opens the
+files afresh, makes it store again: reopening them in place would quietly drop
+whatever the lost file held. `Store.checks` tells ``/readyz``.
+
 ``docs/durability.md`` has the whole story.
 """
 
@@ -45,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorTime,
@@ -75,6 +85,17 @@ ClientRow = tuple[int, "int | None", float]
 
 class StoreError(Exception):
     """The database cannot be used: unreadable, corrupt, not numd's, or too new."""
+
+
+class StoreFileLost(StoreError):
+    """The database file or its ``-wal`` was deleted or replaced under the running store."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path} {what}")
+        self.path = path
+        """The file that is no longer the one the store opened."""
+        self.what = what
+        """What became of it: "was deleted", "was replaced by another file"..."""
 
 
 # -- batches ------------------------------------------------------------------------
@@ -253,11 +274,52 @@ class Database:
             raise StoreError(f"cannot open the database {path}: {e}") from None
         try:
             self._prepare()
+            self._files = self._opened_files()
         except (sqlite3.Error, StoreError) as e:
             self.close()
             if isinstance(e, StoreError):
                 raise
             raise StoreError(f"cannot use the database {path}: {e}") from None
+
+    @property
+    def wal_path(self) -> str:
+        """The write-ahead log next to the database file."""
+        return self.path + "-wal"
+
+    def _opened_files(self) -> tuple[tuple[str, tuple[int, int]], ...]:
+        """(name, (device, inode)) of the database file and its ``-wal`` as opened now."""
+        db = os.fstat(self._lock)  # the file this store locked
+        try:
+            # Reading a database in WAL mode (the last step of opening) creates the -wal.
+            wal = os.stat(self.wal_path)
+        except OSError as e:
+            raise StoreError(
+                f"cannot use the database {self.path}: its write-ahead log "
+                f"{self.wal_path} is missing ({e.strerror})"
+            ) from None
+        return (
+            (self.path, (db.st_dev, db.st_ino)),
+            (self.wal_path, (wal.st_dev, wal.st_ino)),
+        )
+
+    def check_files(self) -> None:
+        """Raise `StoreFileLost` unless the database file and its ``-wal`` are the ones opened.
+
+        A commit into a ``-wal`` that was deleted (or replaced by another file)
+        goes into a file no restart reads, so it would be lost at the next
+        crash. SQLite keeps the file it opened and never unlinks its ``-wal``
+        while numd holds its connection: its checkpoints restart the log in
+        place. Two ``stat`` calls, cheap enough for every commit.
+        """
+        for name, (device, inode) in self._files:
+            try:
+                now = os.stat(name)
+            except FileNotFoundError:
+                raise StoreFileLost(name, "was deleted") from None
+            except OSError as e:
+                raise StoreFileLost(name, f"cannot be checked ({e.strerror})") from None
+            if (now.st_dev, now.st_ino) != (device, inode):
+                raise StoreFileLost(name, "was replaced by another file")
 
     def _prepare(self) -> None:
         c = self._connection
@@ -345,7 +407,11 @@ class Database:
         }
 
     def write(self, batch: Batch) -> None:
-        """Apply `batch` in one transaction: the clear first, then the adds, then client rows."""
+        """Apply `batch` in one transaction: the clear first, then the adds, then client rows.
+
+        Then check that the files are still the ones opened (`check_files`): if
+        not, the commit went into a lost file and `StoreFileLost` says so.
+        """
 
         def apply() -> None:
             c = self._connection
@@ -360,6 +426,17 @@ class Database:
                 c.execute(_PUT_CLIENTS, (json.dumps(rows[start : start + ROWS_PER_STATEMENT]),))
 
         self._transaction(apply)
+        self.check_files()
+
+    def checkpoint(self) -> None:
+        """Copy every commit in the write-ahead log into the database file, and fsync it.
+
+        SQLite reads the log through the descriptor it opened, so this works
+        even after the ``-wal`` was deleted or replaced by name.
+        """
+        busy, _, _ = self._connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        if busy:
+            raise StoreError(f"cannot checkpoint {self.path}: the database is busy")
 
     def close(self) -> None:
         """Close the file (the write-ahead log is checkpointed into it) and release it."""
@@ -446,7 +523,11 @@ class Store(Service):
         self.committed_changes = 0
         """Service changes in those batches."""
         self.failures = 0
-        """Commits that failed (each is retried after `retry_delay`)."""
+        """Commits that failed (each is retried after `retry_delay`, unless a file was lost)."""
+        self.lost: StoreFileLost | None = None
+        """Why the store stopped storing for good (a file deleted or replaced), else None."""
+        self._failing = False
+        """Whether the last commit failed (cleared by the next one that succeeds)."""
         self.load_seconds = 0.0
         """How long loading the database took at start-up."""
 
@@ -471,6 +552,23 @@ class Store(Service):
         self.service.set_durability(self.when_durable)
         if self.sync == "everysec":
             self._ticker.start(self.interval, now=False)
+
+    @property
+    def writable(self) -> bool:
+        """Whether changes are being stored: the last commit succeeded and no file was lost."""
+        return not self._failing and self.lost is None
+
+    def checks(self) -> dict[str, Callable[[], bool]]:
+        """Readiness checks by name, for ``/readyz``: numd serves, degraded, if one is false.
+
+        ``store_writable`` is false while commits fail and after a file was lost;
+        ``store_files_intact`` is false once the database file or its ``-wal``
+        was deleted or replaced (until a restart).
+        """
+        return {
+            "store_writable": lambda: self.writable,
+            "store_files_intact": lambda: self.lost is None,
+        }
 
     def load(self) -> None:
         """Open the database and fill the service with its registry and list.
@@ -564,7 +662,10 @@ class Store(Service):
         """A Deferred that fires once every change so far is committed; None if all are.
 
         Lazily written client records (``sync="everysec"``) are not waited for.
+        Once a file was lost it fails at once: nothing is stored any more.
         """
+        if self.lost is not None:
+            return fail(self.lost)
         if self._pending:
             return self._pending.waiter()
         if self._inflight is not None:
@@ -641,6 +742,7 @@ class Store(Service):
 
     def _committed(self, _: None, batch: Batch) -> None:
         self._inflight = None
+        self._failing = False
         self.commits += 1
         self.committed_changes += batch.changes
         # Start the next batch before telling anyone, so the disk stays busy.
@@ -652,6 +754,10 @@ class Store(Service):
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._inflight = None
         self.failures += 1
+        if failure.check(StoreFileLost):
+            self._lose(failure, batch)
+            return
+        self._failing = True
         self.log.failure(
             "storing {changes} changes in {path} failed; retrying in {delay} s",
             failure,
@@ -666,6 +772,55 @@ class Store(Service):
         if self._call is None or not self._call.active():
             self._call = self._reactor.callLater(self.retry_delay, self._commit)
         for waiter in waiters:
+            waiter.errback(failure)
+
+    def _lose(self, failure: Failure, batch: Batch) -> None:
+        """The database file or its ``-wal`` is gone: stop storing, until a restart.
+
+        The batch just written went into the lost file, so it is not acknowledged,
+        and neither is anything after it. What the lost log holds is copied into
+        the database file, so changes acknowledged before are not lost at a crash.
+        The store stays stopped: reopening the files would hide what was lost.
+        """
+        lost: StoreFileLost = failure.value  # type: ignore[assignment]
+        self.lost = lost
+        wal = lost.path != self.path
+        self.log.error(
+            "{file} {what}: numd stops storing changes, since a commit from now on could be "
+            "lost at the next crash; it keeps serving from memory and answers every change "
+            "store-failed (HTTP 503 not-stored). Restart numd to store changes again{then}.",
+            file=lost.path,
+            what=lost.what,
+            path=self.path,
+            then="" if wal else f" (it then loads whatever file is at {self.path})",
+        )
+        # Nothing more to write: stop following the service, and drop what waits.
+        self.service.remove_observer(self._list_changed)
+        self.service.remove_observer(self._client_changed)  # type: ignore[arg-type]
+        if self._ticker.running:
+            self._ticker.stop()
+        cancel(self._call)
+        self._call = None
+        cancel(self._slice_call)
+        self._slice_call = None
+        self._lazy.clear()
+        self._draining.clear()
+        pending, self._pending = self._pending, Batch()
+        db = self._db
+        if db is not None and wal:
+            # Into the database file, which is still the one at `path`.
+            self._run(db.checkpoint).addCallbacks(
+                lambda _: self.log.warn(
+                    "copied the changes committed before {file} {what} into {path}",
+                    file=lost.path,
+                    what=lost.what,
+                    path=self.path,
+                ),
+                lambda f: self.log.failure(
+                    "could not copy the committed changes into {path}", f, path=self.path
+                ),
+            )
+        for waiter in batch.waiters + pending.waiters:
             waiter.errback(failure)
 
 

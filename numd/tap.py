@@ -177,6 +177,7 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         legacy_routes=bool(config["legacy-routes"]),
         max_body=config["max-body"],
         ready_checks=ready_checks,
+        degraded_checks=top.store.checks() if top.store is not None else None,
         token=config["api-token"],
         allowed_hosts=config["allowed-host"],
         cors_origins=config["cors-origin"],

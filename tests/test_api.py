@@ -466,6 +466,44 @@ def test_readyz_when_the_message_log_is_not_writable(
     assert reply.json() == {"status": "degraded", "checks": {"message_log_writable": False}}
 
 
+def test_readyz_is_degraded_while_a_degraded_check_fails(
+    make_client: Callable[..., Client],
+) -> None:
+    """/readyz is 503 "degraded", naming the check, while a degraded check (the store's) is false."""
+    writable = [False]
+    client = make_client(
+        ready_checks={"api_listener": lambda: True},
+        degraded_checks={"store_writable": lambda: writable[0]},
+    )
+    reply = client.get("/readyz")
+    assert reply.code == 503
+    assert reply.json() == {
+        "status": "degraded",
+        "checks": {"api_listener": True, "store_writable": False, "message_log_writable": True},
+    }
+    writable[0] = True
+    reply = client.get("/readyz")
+    assert (reply.code, reply.json()["status"]) == (200, "ready")
+
+
+def test_readyz_a_listener_down_outranks_degraded(make_client: Callable[..., Client]) -> None:
+    """A listener down is "not-ready" even while a degraded check fails too; both are listed."""
+    client = make_client(
+        ready_checks={"counter_listeners": lambda: False},
+        degraded_checks={"store_writable": lambda: False},
+    )
+    reply = client.get("/readyz")
+    assert reply.code == 503
+    assert reply.json() == {
+        "status": "not-ready",
+        "checks": {
+            "counter_listeners": False,
+            "store_writable": False,
+            "message_log_writable": True,
+        },
+    }
+
+
 # -- metrics and the document ----------------------------------------------------------------------
 
 

@@ -169,6 +169,8 @@ async def test_health_readiness_and_metrics(
         "counter_listeners",
         "legacy_array_listener",
         "message_log_writable",
+        "store_files_intact",
+        "store_writable",
     }
     with api_daemon.daemon.connect(timeout=5) as sock:
         sock.sendall(b"12 odd ")

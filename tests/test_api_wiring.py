@@ -142,6 +142,8 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
         "counter_listeners": False,
         "legacy_array_listener": False,
         "message_log_writable": True,
+        "store_files_intact": True,
+        "store_writable": True,
     }
     # A memory reactor does not start factories; a real port calls doStart once it listens.
     assert daemon.legacy_array_factory is not None
@@ -158,6 +160,8 @@ def test_readyz_follows_the_listeners(tmp_path: Path) -> None:
                 "counter_listeners": True,
                 "legacy_array_listener": True,
                 "message_log_writable": True,
+                "store_files_intact": True,
+                "store_writable": True,
             },
         },
     )

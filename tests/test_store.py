@@ -733,3 +733,240 @@ def test_http_and_legacy_array_answers_wait_for_the_real_store(
     assert pickle.loads(transport.value()) == [2, 3, 4]
     assert list(reloaded(db_path).values) == [2, 3, 4]
     legacy.connectionLost(None)
+
+
+# -- readiness: a store that cannot commit, a lost -wal -----------------------------------------
+
+
+def api_answers(api: Any, method: str, path: str, data: bytes | None = None) -> tuple[int, Any]:
+    """Status and JSON body of one request through StubTreq (answered before this returns)."""
+    from treq.testing import StubTreq
+
+    stub = StubTreq(api.resource())
+    results: list[Any] = []
+    kwargs = {} if data is None else {"data": data}
+    stub.request(method, "http://127.0.0.1" + path, **kwargs).addCallback(
+        lambda r: r.json().addCallback(lambda body: (r.code, body))
+    ).addBoth(results.append)
+    stub.flush()
+    assert len(results) == 1, "answered"
+    return results[0]  # type: ignore[no-any-return]
+
+
+def test_readyz_is_degraded_while_commits_fail_and_ready_after_a_good_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every commit fails, changes get store-failed/503 and /readyz is 503 degraded
+    (``store_writable`` false); the first good retry makes it ready again."""
+    from .counter_client import FakeClient
+
+    db = str(tmp_path / "numd.db")
+    options = Options()
+    options.parseOptions(["--db", db, "--message-log", str(tmp_path / "m.log")])
+    reactor = MemoryReactorClock()
+    daemon = makeService(options, reactor=reactor)
+    daemon.privilegedStartService()
+    daemon.startService()
+    daemon.site.doStart()  # as the listeners do once they listen
+    daemon.counter_factory.doStart()
+    store = daemon.store
+    assert store is not None and store._db is not None
+    ready = {
+        "status": "ready",
+        "checks": {
+            "api_listener": True,
+            "counter_listeners": True,
+            "store_files_intact": True,
+            "store_writable": True,
+            "message_log_writable": True,
+        },
+    }
+    assert api_answers(daemon.api, "GET", "/readyz") == (200, ready)
+
+    def disk_io_error(batch: Batch) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store._db, "write", disk_io_error)
+    client = FakeClient(daemon.counter_factory)
+    client.send(b"[5] ")
+    reactor.advance(0)  # the commit, then the held reply goes out
+    reactor.advance(0)
+    assert client.replies() == [b"error:store-failed"]
+    from treq.testing import StubTreq
+
+    stub = StubTreq(daemon.api.resource())
+    posted: list[Any] = []
+    stub.post("http://127.0.0.1/api/v1/values", data=b"[6]").addCallback(
+        lambda r: posted.append(r.code)
+    )
+    stub.flush()
+    reactor.advance(store.retry_delay)  # the retry fails too
+    stub.flush()
+    assert posted == [503]
+    code, body = api_answers(daemon.api, "GET", "/readyz")
+    assert (code, body["status"]) == (503, "degraded")
+    assert body["checks"] == {**ready["checks"], "store_writable": False}  # type: ignore[dict-item]
+    monkeypatch.undo()  # the disk is back
+    reactor.advance(store.retry_delay)
+    assert store.failures == 2 and store.writable
+    assert api_answers(daemon.api, "GET", "/readyz") == (200, ready)
+    client.close()
+    daemon.stopService()
+    assert list(reloaded(db).values) == [5, 6], "the retried changes were stored"
+
+
+def lose_wal(db_path: str, how: str) -> None:
+    """Delete the database's -wal under the running store, and with "replaced" put an empty file there."""
+    wal = db_path + "-wal"
+    os.remove(wal)
+    if how == "replaced":
+        Path(wal).touch()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_lost_wal_stops_acknowledging_changes_until_restart(
+    how: str,
+    state: NumberService,
+    store: Store,
+    factory: CounterFactory,
+    clock: Clock,
+    writer: ManualWriter,
+    db_path: str,
+) -> None:
+    """A -wal deleted (or replaced) under numd is noticed at the next commit: that change and
+    every later one is answered store-failed (503 over HTTP), an error says which file and to
+    restart, /readyz is degraded, and what was acknowledged before is copied into the file."""
+    from twisted.logger import Logger, formatEvent
+
+    from numd.api import NumdApi
+    from numd.store import StoreFileLost
+
+    from .counter_client import FakeClient
+
+    events: list[dict[str, Any]] = []
+    store.log = Logger(observer=events.append)
+    api = NumdApi(state, degraded_checks=store.checks())
+    state.merge([1])
+    acknowledged = state.when_durable()
+    clock.advance(0)
+    writer.finish()
+    assert fired(acknowledged)
+    assert api_answers(api, "GET", "/readyz")[0] == 200
+
+    lose_wal(db_path, how)
+    client = FakeClient(factory)
+    client.send(b"[2] ")
+    clock.advance(0)
+    writer.finish()  # the commit goes into the lost file: not acknowledged
+    clock.advance(0)
+    assert client.replies() == [b"error:store-failed"]
+    assert isinstance(store.lost, StoreFileLost) and store.lost.path == db_path + "-wal"
+    (error,) = [e for e in events if e["log_level"].name == "error"]
+    text = formatEvent(error)
+    assert f"{db_path}-wal was {how}" in text and "Restart numd" in text
+
+    # Every later change fails at once, without touching the disk.
+    state.merge([3])
+    later = state.when_durable()
+    assert later is not None
+    failures: list[Any] = []
+    later.addErrback(failures.append)
+    assert failures and failures[0].check(StoreFileLost)
+    assert api_answers(api, "POST", "/api/v1/values", b"[4]")[0] == 503
+    client.protocol.dataReceived(b"[5] ")
+    clock.advance(0)
+    assert client.replies() == [b"error:store-failed"]
+    clock.advance(store.interval * 3)
+    assert api_answers(api, "GET", "/readyz") == (
+        503,
+        {"status": "degraded", "checks": {"store_files_intact": False, "store_writable": False}},
+    )
+
+    # What the lost -wal held is copied into the database file: a crash now keeps [1].
+    assert len(writer.jobs) == 1, "only the checkpoint: nothing more is written"
+    writer.finish()
+    assert list(reloaded(db_path).values) == [1, 2]
+    assert store.lost is not None and not store.writable, "it stays failed"
+
+    client.close()
+    stopped = store.stopService()
+    writer.finish_all()
+    assert fired(stopped)
+    restarted = started(NumberService(clock), db_path, clock, maybeDeferred)
+    assert list(restarted.service.values) == [1, 2]
+    restarted.service.merge([7])
+    clock.advance(0)
+    assert restarted.writable and restarted.commits == 1, "a restart stores again"
+    restarted.stopService()
+
+
+def test_a_deleted_database_file_stops_the_store_too(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
+) -> None:
+    """The database file itself deleted under numd is noticed the same way: changes fail,
+    and the error says a restart loads whatever file is then at that path."""
+    from twisted.logger import Logger, formatEvent
+
+    events: list[dict[str, Any]] = []
+    store.log = Logger(observer=events.append)
+    os.remove(db_path)
+    state.merge([1])
+    durable = state.when_durable()
+    clock.advance(0)
+    writer.finish()
+    failures: list[Any] = []
+    assert durable is not None
+    durable.addErrback(failures.append)
+    assert failures and failures[0].value.path == db_path
+    assert store.lost is not None and store.lost.what == "was deleted"
+    (error,) = [e for e in events if e["log_level"].name == "error"]
+    assert f"it then loads whatever file is at {db_path}" in formatEvent(error)
+    assert not writer.jobs, "no checkpoint into a file no restart reads"
+
+
+def test_checkpoints_keep_the_wal_file(db_path: str) -> None:
+    """SQLite's automatic checkpoints restart the -wal in place: many commits past the
+    checkpoint threshold never look like a lost -wal."""
+    db = Database(db_path)
+    db._connection.execute("PRAGMA wal_autocheckpoint = 10")  # pages, instead of 1000
+    wal = os.stat(db.wal_path)
+    for start in range(0, 200_000, 10_000):
+        batch = Batch()
+        batch.merge(list(range(start, start + 10_000)))
+        db.write(batch)  # checks the files after each commit
+    assert os.path.getsize(db_path) > 100 * 4096, "checkpoints copied pages into the file"
+    now = os.stat(db.wal_path)
+    assert (now.st_dev, now.st_ino) == (wal.st_dev, wal.st_ino)
+    assert now.st_size < 10 * wal.st_size + 200 * 4096, "the log was restarted, not grown"
+    db.close()
+
+
+def test_an_outside_backup_and_checkpoint_keep_the_wal_file(db_path: str) -> None:
+    """Another process reading, backing up and checkpointing the live database (as
+    ``sqlite3 numd.db .backup`` does) and then closing it leaves numd's -wal in place."""
+    import subprocess
+    import sys
+
+    db = Database(db_path)
+    batch = Batch()
+    batch.merge([1, 2])
+    db.write(batch)
+    outside = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1])\n"
+        "backup = sqlite3.connect(sys.argv[2])\n"
+        "c.backup(backup)\n"
+        "backup.close()\n"
+        "c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()\n"
+        "c.close()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", outside, db_path, db_path + ".backup"], check=True, timeout=30
+    )
+    batch = Batch()
+    batch.merge([3])
+    db.write(batch)  # raises StoreFileLost if the -wal was replaced
+    db.close()
+    with sqlite3.connect(db_path + ".backup") as c:
+        assert c.execute("SELECT count(*) FROM list_values").fetchone() == (2,)
+    c.close()
