@@ -140,3 +140,36 @@ def test_tac_file_runs(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_a_stopped_process_drops_no_client_that_kept_sending(tmp_path: Path) -> None:
+    """numd stopped (SIGSTOP) for longer than its idle timeout, then continued: a client that
+    kept reporting meanwhile is still served; one that really was silent is closed."""
+    with running_numd(tmp_path, "--idle-timeout", "2") as numd:
+        with numd.connect() as talker, numd.connect() as silent:
+            talker.sendall(b"1 ")
+            silent.sendall(b"2 ")
+            assert recv_tokens(talker, 1) == [b"0"]
+            assert recv_tokens(silent, 1) == [b"0"]
+            numd.process.send_signal(signal.SIGSTOP)
+            try:
+                for number in range(1, 31):  # 3 s of reports, queued in the kernel
+                    talker.sendall(b"%d " % number)
+                    time.sleep(0.1)
+            finally:
+                numd.process.send_signal(signal.SIGCONT)
+            for number in range(31, 41):
+                talker.sendall(b"%d " % number)
+                time.sleep(0.1)
+            talker.sendall(b"odd ")
+            (odd,) = recv_tokens(talker, 1)
+            assert int(odd) % 2 == 1
+            silent.settimeout(5)
+            try:  # closed (aborted) by the idle sweep after the stall
+                assert silent.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert numd.stop(signal.SIGTERM) == 0
+    output = numd.output.read_text()
+    assert "idle sweep waits for the reads queued meanwhile" in output
+    assert "Traceback" not in output
