@@ -49,12 +49,37 @@ machine is shared with other engineers' test runs, and a higher priority keeps
 their bursts from being measured as server latency. Ignored when not permitted."""
 
 
+SERVER_CORE = 0
+"""The core every server under test runs on, all its threads (numd's reactor and its
+log and store writer threads alike): a thread started later inherits the process's
+affinity, so no figure borrows the load generator's core."""
+LOAD_CORE = 1
+"""The core of the load generators (loadgen, wrk, the paced HTTP client)."""
+
+
+def _pin(core: int) -> None:
+    """Pin the calling process (and every thread it starts later) to `core`, if it exists."""
+    cores = os.sched_getaffinity(0)
+    if core in cores and len(cores) > 1:
+        os.sched_setaffinity(0, {core})
+
+
 def boost() -> None:
-    """In the child before exec: run at `NICE` if allowed."""
+    """In a load generator before exec: run at `NICE` if allowed, on `LOAD_CORE`."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     except OSError:
         pass
+    _pin(LOAD_CORE)
+
+
+def boost_server() -> None:
+    """In a server under test before exec: run at `NICE` if allowed, on `SERVER_CORE`."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    except OSError:
+        pass
+    _pin(SERVER_CORE)
 
 
 _taken: set[int] = set()
@@ -199,7 +224,7 @@ class Server:
             cwd=self.workdir,
             stdout=self.stdout,
             stderr=subprocess.STDOUT,
-            preexec_fn=boost,
+            preexec_fn=boost_server,
             env=env,
         )
         if not wait_listening(self.port, started + 30, self.proc):
@@ -664,7 +689,9 @@ def run_wrk(
         script = workdir / "post.lua"
         script.write_text(WRK_POST)
         argv += ["-s", str(script)]
-    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(
+        [*argv, url], capture_output=True, text=True, timeout=seconds + 60, preexec_fn=boost
+    )
     result = parse_wrk(done.stdout)
     result["argv"] = " ".join(["wrk", *argv[1:], url])
     return result
@@ -859,6 +886,7 @@ def main() -> None:
         "e.g. 5000:15,19000:15 (default 1000:30,5000:30,10000:60,19000:60)",
     )
     cfg = parser.parse_args()
+    _pin(LOAD_CORE)  # this driver samples and sends paced requests: the load side
     sweep = cfg.sweep
     if cfg.quick:
         cfg.sweep = [(200, 8), (1000, 8), (2000, 10)]

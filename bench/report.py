@@ -796,6 +796,9 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
   under errors, expected), the baseline answers a number. numd's `--max-clients` is set to the run's size + 100.
 - **Flood**: 100 connections register, then each keeps W requests (`even`/`odd`) in flight: every read of k
   replies is answered with one write of k new requests. Throughput is replies per second over the window.
+- **Cores**: every server under test runs pinned to core 0, all its threads (numd's reactor and its message
+  log and store writer threads alike, and the baseline's one thread), so no figure borrows the load
+  generator's core; loadgen, wrk and this driver run on core 1.
 - **Server CPU and memory**: a sampler reads utime+stime from `/proc/PID/stat` and VmRSS from
   `/proc/PID/status` every 0.25 s; CPU is averaged over the steady window (100 % = one core). Memory per
   connection is (peak RSS during the run - RSS before the clients connected) / clients.
