@@ -506,6 +506,90 @@ def run_flood(
         return result
 
 
+def _post_values(port: int, values: list[int]) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/values",
+        data=json.dumps(values).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def _percentile_ms(ordered: list[float], p: float) -> float:
+    """The `p` quantile of ascending `ordered` seconds, in milliseconds."""
+    return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def run_fairness(workdir: Path, numd_help: str, seconds: float) -> dict[str, Any]:
+    """numd under `bench/flood_arrays.py` (64 KiB sends of ``[1] `` on a list of 10,000 wide
+    values, every reply at the 64 KiB cap): another client's ``even`` latency at 100 per
+    second, and numd's RSS, with the flooder reading its replies and not reading them."""
+    import socket
+
+    out: dict[str, Any] = {}
+    for mode in ("read", "hold"):
+        with Server("numd", workdir, numd_help, api=True) as server:
+            for start in range(0, 10_000, 1000):
+                _post_values(server.http_port, list(range(10**12 + start, 10**12 + start + 1000)))
+            polite = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            polite.sendall(b"1 ")
+            polite.recv(100)
+            _, rss_before = read_proc(server.pid)
+            cpu_before, _ = read_proc(server.pid)
+            flooder = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH / "flood_arrays.py"),
+                    str(server.port),
+                    str(seconds),
+                    mode,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                preexec_fn=boost,
+            )
+            latencies: list[float] = []
+            peak = rss_before
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < seconds - 0.5:
+                due = start + 0.3 + n / 100
+                n += 1
+                time.sleep(max(0.0, due - time.monotonic()))
+                sent_at = time.perf_counter()
+                polite.sendall(b"even ")
+                reply = b""
+                while not reply.endswith(b" "):
+                    chunk = polite.recv(100)
+                    if not chunk:
+                        break
+                    reply += chunk
+                latencies.append(time.perf_counter() - sent_at)
+                peak = max(peak, read_proc(server.pid)[1])
+            cpu_after, _ = read_proc(server.pid)
+            done, _ = flooder.communicate(timeout=seconds + 30)
+            polite.close()
+            chunks, received = (int(x) for x in done.split())
+            latencies.sort()
+            out[mode] = {
+                "requests": len(latencies),
+                "p50_ms": _percentile_ms(latencies, 0.50),
+                "p99_ms": _percentile_ms(latencies, 0.99),
+                "max_ms": 1000 * latencies[-1],
+                "rss_before_kb": rss_before,
+                "rss_growth_kb": peak - rss_before,
+                "flood_chunks_sent": chunks,
+                "flood_bytes_received": received,
+                "server_cpu_s": cpu_after - cpu_before,
+                "seconds": seconds,
+            }
+    return out
+
+
 def run_arrays(
     kind: str, values: int, probes: int, workdir: Path, numd_help: str
 ) -> dict[str, Any]:
@@ -856,7 +940,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small N, short runs (a few minutes)")
     parser.add_argument("--out", default=str(BENCH / "results" / "results.json"))
     parser.add_argument(
-        "--only", default="", help="comma list: micro,startup,schedule,flood,arrays,http"
+        "--only",
+        default="",
+        help="comma list: micro,startup,schedule,flood,fairness,arrays,http",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the W=64 floods")
     parser.add_argument(
@@ -1084,6 +1170,10 @@ def main() -> None:
                         "replies_per_s": r["replies_per_s"],
                     }
                     save()
+        if want("fairness") and results["numd_features"]["api"]:
+            log("fairness: numd under a 64 KiB-per-send array flood")
+            results["fairness"] = run_fairness(workdir, numd_help, 5 if cfg.quick else 10)
+            save()
         if want("arrays"):
             results["arrays"] = {}
             for kind in ("baseline", "numd"):

@@ -872,6 +872,50 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
             "The loadgen CPU column shows the generator is not the bottleneck: it drives the baseline faster "
             "than numd with a fraction of a core.\n"
         )
+    fairness = results.get("fairness") or {}
+    if fairness:
+        add("## Fairness under an array flood\n")
+        add(
+            "One connection sends 64 KiB of `[1] ` at a time (16,384 array requests per send; at most 64 "
+            "sends) against a list of 10,000 wide values, so every reply is at the 64 KiB cap "
+            "(`bench/flood_arrays.py`), reading its replies or never reading them. Meanwhile another "
+            "client sends `even` 100 times a second and times each answer; numd's RSS is sampled after "
+            "each. Issue 13's targets: p99 under 50 ms, RSS growth under 100 MB.\n"
+        )
+        rows = []
+        for mode, f in fairness.items():
+            rows.append(
+                [
+                    "reads its replies" if mode == "read" else "never reads",
+                    fmt(f["requests"]),
+                    fmt(f["p50_ms"]),
+                    fmt(f["p99_ms"]),
+                    fmt(f["max_ms"]),
+                    fmt(f["rss_growth_kb"] / 1024, 1),
+                    fmt(f["flood_chunks_sent"]),
+                    fmt(f["flood_bytes_received"] / 2**20, 1),
+                    fmt(f["server_cpu_s"] / f["seconds"] * 100, 0) + " %",
+                    verdict(f["p99_ms"] < 50 and f["rss_growth_kb"] < 100 * 1024),
+                ]
+            )
+        add(
+            table(
+                [
+                    "flooder",
+                    "probes",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "RSS growth MiB",
+                    "64 KiB sends taken",
+                    "replies read MiB",
+                    "numd CPU",
+                    "target",
+                ],
+                rows,
+            )
+            + "\n"
+        )
     arrays = results.get("arrays") or {}
     if arrays:
         add("## Arrays on a large list\n")

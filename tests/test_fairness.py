@@ -17,43 +17,8 @@ from .daemon import recv_tokens, running_numd
 
 pytestmark = pytest.mark.timeout(90)
 
-FLOODER = r"""
-import socket, sys, threading, time
-port, seconds, read = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "read"
-sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-sock.sendall(b"9999 ")
-chunk = b"[1] " * 16384  # 64 KiB: 16,384 array requests in one send
-deadline = time.monotonic() + seconds
-received = 0
-
-def reader():
-    global received
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(1 << 20)
-        except OSError:
-            return
-        if not data:
-            return
-        received += len(data)
-
-if read:
-    threading.Thread(target=reader, daemon=True).start()
-sock.settimeout(0.2)
-sent = 0
-while time.monotonic() < deadline and sent < 64:
-    try:
-        sock.sendall(chunk)
-        sent += 1
-    except socket.timeout:
-        continue  # numd stopped reading us: its backpressure
-    except OSError:
-        break
-while time.monotonic() < deadline:
-    time.sleep(0.05)
-print(sent, received)
-sock.close()
-"""
+FLOODER = Path(__file__).resolve().parent.parent / "bench" / "flood_arrays.py"
+"""The flooding client (shared with the bench's fairness part)."""
 
 
 def rss_bytes(pid: int) -> int:
@@ -97,7 +62,7 @@ def test_an_array_flood_neither_starves_others_nor_grows_memory(
                 recv_tokens(polite, 1)
             before = rss_bytes(numd.process.pid)
             flooder = subprocess.Popen(
-                [sys.executable, "-c", FLOODER, str(numd.port), "4", "read" if reads else "hold"],
+                [sys.executable, str(FLOODER), str(numd.port), "4", "read" if reads else "hold"],
                 stdout=subprocess.PIPE,
                 text=True,
             )
