@@ -6,6 +6,10 @@ import itertools
 import os
 import pickle
 import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 
 from numd.legacy_array import (
     BadRequest,
@@ -22,6 +27,7 @@ from numd.legacy_array import (
     RefusingUnpickler,
     decode_request,
     find_pickle_end,
+    unpickle_list,
 )
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 
@@ -312,6 +318,161 @@ def test_reply_fits_the_old_clients_1024_byte_read_up_to_a_few_hundred_values(
     assert len(transport.writes[-1]) > 1024
 
 
+# -- memory and integer width, bounded while framing ---------------------------------------------
+
+
+@contextmanager
+def logged_events() -> Iterator[list[LogEvent]]:
+    """Every log event emitted meanwhile (Twisted logs an escaping exception as a failure)."""
+    events: list[LogEvent] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def failures(events: list[LogEvent]) -> list[LogEvent]:
+    """The events that carry a traceback, or are logged as errors."""
+    return [
+        e
+        for e in events
+        if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x02]r\xff\xff\xff\x7f.",  # LONG_BINPUT 0x7fffffff: a 32 GiB memo
+        b"\x80\x02]r\x00\x00\x40\x00.",  # LONG_BINPUT 2**22: a 64 MiB memo
+        b"\x80\x02]p99999999999999999999\n.",  # PUT with a huge decimal
+        b"\x80\x02]p4194304\n.",  # PUT 2**22
+        b"\x80\x02]q\xff.",  # BINPUT 255, at offset 3
+        b"\x80\x04\x95\x07\x00\x00\x00\x00\x00\x00\x00]r\x00\x00\x40\x00.",  # inside a FRAME
+    ],
+    ids=[
+        "long-binput-2**31-1",
+        "long-binput-2**22",
+        "put-huge",
+        "put-2**22",
+        "binput-255",
+        "framed",
+    ],
+)
+def test_memo_index_beyond_the_request_is_refused_without_allocating(
+    factory: LegacyArrayFactory, data: bytes
+) -> None:
+    """A memo put whose index is not below its own offset is refused while framing, quickly,
+    without the unpickler growing its memo to the index (it would allocate 16 bytes an index)."""
+    protocol, transport = connect(factory)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        protocol.dataReceived(data)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_refused(factory, transport, "memo-index")
+    assert peak < 256 * 1024
+    assert elapsed < 1.0
+
+
+def test_memo_index_is_refused_before_the_rest_of_a_long_put_arrives(
+    factory: LegacyArrayFactory,
+) -> None:
+    """A text PUT whose index has more digits than any index below the cap is refused at once."""
+    protocol, transport = connect(factory)
+    protocol.dataReceived(b"\x80\x02]p" + b"9" * 11)
+    assert_refused(factory, transport, "memo-index")
+
+
+def test_integer_wider_than_64_bits_is_refused_while_framing(factory: LegacyArrayFactory) -> None:
+    """A LONG4 of 5,000 bytes is refused as soon as its length is read: counted as not-int,
+    the connection closed, no traceback logged, and its bytes never awaited or decoded."""
+    protocol, transport = connect(factory)
+    with logged_events() as events:
+        protocol.dataReceived(b"\x80\x02]q\x00(\x8b" + (5000).to_bytes(4, "little"))
+        assert_refused(factory, transport, "not-int")
+        protocol.dataReceived(b"\x01" * 5000 + b"e.")
+    assert factory.stats.errors == {"not-int": 1}
+    assert not failures(events)
+    assert factory.stats.received["array"] == 0
+
+
+def test_a_whole_huge_integer_in_one_read_is_a_counted_error(
+    factory: LegacyArrayFactory,
+) -> None:
+    """The same LONG4 sent whole is a counted not-int error, never an escaping exception."""
+    protocol, transport = connect(factory)
+    with logged_events() as events:
+        protocol.dataReceived(pickle.dumps([1, 256**5000 - 1], protocol=2))
+    assert_refused(factory, transport, "not-int")
+    assert not failures(events)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x02]q\x00(I" + b"9" * 21 + b"\ne.",  # INT with 21 digits
+        b"\x80\x02]q\x00(I-" + b"1" * 21 + b"\ne.",
+        b"\x80\x02]q\x00(L" + b"9" * 21 + b"L\ne.",  # LONG with 21 digits
+        b"\x80\x02]q\x00(L" + b"9" * 5000,  # LONG of 5,000 digits, refused before its newline
+        b"\x80\x02]q\x00(\x8a\x09" + b"\x00" * 9 + b"e.",  # LONG1 of 9 bytes
+        b"\x80\x02]q\x00(\x8a\xff",  # LONG1 of 255 bytes, refused before they come
+    ],
+    ids=["int-21", "int-minus-21", "long-21", "long-5000", "long1-9", "long1-255"],
+)
+def test_wide_integers_of_every_kind_are_refused_while_framing(
+    factory: LegacyArrayFactory, data: bytes
+) -> None:
+    """Text INT/LONG of more than 20 digits and LONG1/LONG4 of more than 8 bytes are not-int."""
+    protocol, transport = connect(factory)
+    protocol.dataReceived(data)
+    assert_refused(factory, transport, "not-int")
+
+
+@pytest.mark.parametrize(
+    "value", [INT64_MAX, INT64_MIN, 99999999999999999999, -99999999999999999999, 10**19]
+)
+def test_text_integers_up_to_20_digits_are_framed_then_range_checked(value: int) -> None:
+    """A text INT or LONG of up to 20 digits passes framing; the 64-bit range is checked after."""
+    for opcode, suffix in ((b"I", b""), (b"L", b"L")):
+        data = b"\x80\x02]q\x00(" + opcode + str(value).encode() + suffix + b"\ne."
+        assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
+        if INT64_MIN <= value <= INT64_MAX:
+            assert decode_request(data) == [value]
+        else:
+            with pytest.raises(BadRequest) as raised:
+                decode_request(data)
+            assert raised.value.reason == "not-int"
+
+
+def test_unpickle_list_never_formats_a_huge_integer() -> None:
+    """Even past framing, an integer of 12,000 digits is a short not-int error (formatting it
+    would raise ValueError: Python refuses int-to-text conversions past 4,300 digits)."""
+    with pytest.raises(BadRequest) as raised:
+        unpickle_list(pickle.dumps([10**12000], protocol=4))
+    assert raised.value.reason == "not-int"
+    assert len(raised.value.detail) < 100
+
+
+def test_decode_request_walks_the_opcodes_first() -> None:
+    """decode_request is safe for bytes that were never framed: the memo bomb and trailing or
+    missing bytes are refused before unpickling."""
+    cases = [
+        (b"\x80\x02]r\x00\x00\x40\x00.", "memo-index"),
+        (pickle.dumps([1], protocol=2) + b"x", "bad-pickle"),
+        (pickle.dumps([1], protocol=2)[:-1], "bad-pickle"),
+    ]
+    for data, reason in cases:
+        with pytest.raises(BadRequest) as raised:
+            decode_request(data)
+        assert raised.value.reason == reason
+
+
 # -- properties ---------------------------------------------------------------------------------------
 
 
@@ -360,6 +521,129 @@ def test_arbitrary_bytes_never_crash(data: bytes, start: bytes) -> None:
                 decode_request((start + data)[:end])
             except BadRequest:
                 assert transport.disconnecting
+
+
+edge_int64s = st.sampled_from(
+    [0, 1, -1, 255, 256, 65535, 65536, 2**31 - 1, -(2**31), 2**31, 2**32, INT64_MAX, INT64_MIN]
+)
+old_client_lists = st.lists(st.one_of(int64s, edge_int64s), min_size=10, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(old_client_lists, st.lists(st.integers(0, 70000), max_size=1500)),
+    protocol_version=st.sampled_from(PROTOCOLS),
+    pure_python=st.booleans(),
+)
+def test_every_list_the_old_client_sends_is_accepted(
+    value: list[int], protocol_version: int, pure_python: bool
+) -> None:
+    """Any list of 64-bit ints pickled with protocol 2-5, by the C or the pure-Python pickler
+    (10-20 values as the old client sends, or over a thousand: several APPENDS batches and
+    frames), passes framing whole and decodes to itself."""
+    dumps = pickle._dumps if pure_python else pickle.dumps  # type: ignore[attr-defined]
+    data = dumps(value, protocol=protocol_version)
+    assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
+    assert decode_request(data) == value
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | int64s | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_like, protocol_version=st.sampled_from(PROTOCOLS))
+def test_memo_and_integer_bounds_refuse_no_real_pickle(
+    value: object, protocol_version: int
+) -> None:
+    """The memo-index and integer bounds never refuse what pickle.dumps writes, even with many
+    memoized objects (strings, lists, dicts, tuples, shared references)."""
+    data = pickle.dumps([value, value], protocol=protocol_version)
+    assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
+
+
+@st.composite
+def mutated_pickles(draw: st.DrawFn) -> bytes:
+    """Valid request streams with a few bytes replaced, inserted (hostile opcodes among them)
+    or deleted."""
+    lists = draw(st.lists(st.lists(int64s, max_size=12), min_size=1, max_size=3))
+    protocol_version = draw(st.sampled_from(PROTOCOLS))
+    data = bytearray(b"".join(pickle.dumps(v, protocol=protocol_version) for v in lists))
+    hostile = st.sampled_from(
+        [
+            b"r\xff\xff\xff\x7f",
+            b"q\xff",
+            b"p4194304\n",
+            b"\x8b\x88\x13\x00\x00",
+            b"\x8a\x09",
+            b"L" + b"9" * 30,
+            b"h\x05",
+            b"\x95\xff\xff\xff\xff\xff\xff\xff\x7f",
+            b"c__builtin__\neval\n",
+            b"(",
+            b"e",
+            b".",
+        ]
+    )
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["replace", "insert", "delete"]))
+        if kind == "replace" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(hostile | st.binary(min_size=1, max_size=6))
+        else:
+            del data[at : at + draw(st.integers(1, 4))]
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=300) | mutated_pickles())
+def test_decode_request_raises_only_bad_request(data: bytes) -> None:
+    """decode_request returns a list of 64-bit ints or raises BadRequest, for any bytes."""
+    try:
+        value = decode_request(data)
+    except BadRequest:
+        return
+    assert type(value) is list
+    assert all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.binary(max_size=300) | mutated_pickles(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_no_exception_escapes_data_received_and_bad_input_is_counted(
+    data: bytes, cuts: list[int]
+) -> None:
+    """Random bytes and mutated valid pickles, cut into random reads: nothing escapes
+    dataReceived, nothing is logged as a failure, a closed connection counts exactly one
+    error, an open one none, and every reply is the sorted list as it was then."""
+    service = NumberService(Clock())
+    factory = LegacyArrayFactory(service, max_bytes=256, clock=Clock())
+    protocol, transport = connect(factory)
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    with logged_events() as events:
+        for start, end in itertools.pairwise(points):
+            protocol.dataReceived(data[start:end])
+    assert not failures(events)
+    errors = sum(factory.stats.errors.values())
+    assert errors == (1 if transport.disconnecting else 0)
+    if data[:1] not in (b"", b"\x80"):
+        assert transport.disconnecting
+    replies = [pickle.loads(r) for r in transport.writes]
+    assert len(replies) == factory.stats.sent["array"] == factory.stats.received["array"]
+    assert all(r == sorted(r) and len(r) <= len(service.values) for r in replies)
+    if replies:
+        assert len(replies[-1]) == len(service.values) or transport.disconnecting
 
 
 # -- durability ------------------------------------------------------------------------------------------
