@@ -5,28 +5,37 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import socket
 import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 
 from numd.legacy_array import (
+    TRANSPORT_BUFFER,
     BadRequest,
     LegacyArrayFactory,
     LegacyArrayProtocol,
     RefusingUnpickler,
     decode_request,
     find_pickle_end,
+    reply_size_bound,
     unpickle_list,
 )
 from numd.service import INT64_MAX, INT64_MIN, NumberService
@@ -47,6 +56,11 @@ class CountingTransport(StringTransport):
         """Record the write, then buffer it as usual."""
         self.writes.append(data)
         super().write(data)
+
+    def abortConnection(self) -> None:
+        """Note the abort (StringTransport's own sets `disconnected`, not the `aborted` it documents)."""
+        self.aborted = True
+        super().abortConnection()
 
 
 @pytest.fixture
@@ -653,8 +667,6 @@ def test_replies_wait_for_the_store_and_keep_their_order(
     factory: LegacyArrayFactory, service: NumberService
 ) -> None:
     """With a store, a reply goes out once its merge is stored, and later replies wait behind it."""
-    from twisted.internet.defer import Deferred
-
     first: Deferred[None] = Deferred()
     answers = iter([first, None])
     service.set_durability(lambda: next(answers))
@@ -669,8 +681,6 @@ def test_a_merge_that_cannot_be_stored_closes_the_connection(
     factory: LegacyArrayFactory, service: NumberService
 ) -> None:
     """If the store fails, the old client (which has no way to read an error) is disconnected."""
-    from twisted.internet.defer import Deferred
-
     durable: Deferred[None] = Deferred()
     service.set_durability(lambda: durable)
     protocol, transport = connect(factory)
@@ -679,8 +689,10 @@ def test_a_merge_that_cannot_be_stored_closes_the_connection(
     assert_refused(factory, transport, "store-failed")
 
 
-def test_idle_connection_is_closed(factory: LegacyArrayFactory, clock: Clock) -> None:
-    """An old array client silent for the idle timeout is disconnected; one that talks is kept."""
+def test_idle_connection_is_closed(service: NumberService, clock: Clock) -> None:
+    """With an idle timeout set, an old array client silent for it is disconnected; one that
+    talks is kept."""
+    factory = LegacyArrayFactory(service, idle_timeout=120.0, clock=clock)
     quiet, quiet_transport = connect(factory)
     busy, busy_transport = connect(factory)
     for _ in range(5):
@@ -692,6 +704,359 @@ def test_idle_connection_is_closed(factory: LegacyArrayFactory, clock: Clock) ->
     quiet.connectionLost(None)
     busy.connectionLost(None)
     assert not clock.getDelayedCalls()
+
+
+def test_no_idle_timeout_by_default(factory: LegacyArrayFactory, clock: Clock) -> None:
+    """By default a silent old array client is never closed (the older server never timed out):
+    still open after ten times the counter protocol's idle timeout, with no timer pending."""
+    assert factory.idle_timeout is None
+    protocol, transport = connect(factory)
+    protocol.dataReceived(pickle.dumps([1], protocol=2))
+    for _ in range(10):
+        clock.advance(120)
+    assert not transport.disconnecting and not getattr(transport, "aborted", False)
+    assert not clock.getDelayedCalls()
+    assert factory.stats.connections["idle-timeout"] == 0
+
+
+def test_the_idle_timeout_option_closes_a_silent_client(
+    service: NumberService, clock: Clock
+) -> None:
+    """With an idle timeout of 5 s, a client silent for 5 s is aborted and counted."""
+    factory = LegacyArrayFactory(service, idle_timeout=5.0, clock=clock)
+    protocol, transport = connect(factory)
+    clock.advance(4.9)
+    assert not getattr(transport, "aborted", False)
+    clock.advance(0.1)
+    assert transport.aborted
+    assert factory.stats.connections["idle-timeout"] == 1
+
+
+# -- the per-connection budget, backpressure and the write-stall cut-off ----------------------------
+
+
+class BufferedTransport(CountingTransport):
+    """A transport that, like Twisted's TCP transport, calls its streaming producer's
+    pauseProducing from inside write while more than `bufferSize` bytes are unsent, and
+    resumeProducing once a `drain` has sent them all."""
+
+    bufferSize = TRANSPORT_BUFFER
+    producerPaused = False
+
+    def write(self, data: bytes) -> None:
+        """Buffer the write; pause the producer if the buffer is past its size."""
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.bufferSize:
+            self.producerPaused = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """The client reads every unsent byte: resume a paused producer."""
+        self.clear()
+        if self.producerPaused and self.producer is not None:
+            self.producerPaused = False
+            self.producer.resumeProducing()
+
+    @property
+    def reading(self) -> bool:
+        """Whether the protocol lets the transport read (it has not paused it)."""
+        return self.producerState == "producing"
+
+
+def buffered(factory: LegacyArrayFactory) -> tuple[LegacyArrayProtocol, BufferedTransport]:
+    """A protocol connected to a `BufferedTransport`."""
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert isinstance(protocol, LegacyArrayProtocol)
+    transport = BufferedTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+READ_SIZE = 65536
+"""Bytes a Twisted TCP transport reads at most at once."""
+
+
+def deliver(protocol: LegacyArrayProtocol, transport: BufferedTransport, stream: bytes) -> int:
+    """Feed `stream` in reads of READ_SIZE for as long as the protocol lets the transport read,
+    as a real transport would; return how many bytes were delivered."""
+    offset = 0
+    while offset < len(stream) and transport.reading and not transport.disconnecting:
+        protocol.dataReceived(stream[offset : offset + READ_SIZE])
+        offset += READ_SIZE
+    return min(offset, len(stream))
+
+
+def pipelined(count: int, first: int = 0) -> tuple[list[list[int]], bytes]:
+    """`count` small requests like the old client's (15 values each) and their byte stream."""
+    requests = [[first + i] * 15 for i in range(count)]
+    return requests, b"".join(pickle.dumps(r, protocol=2) for r in requests)
+
+
+@pytest.fixture
+def crowded(service: NumberService) -> NumberService:
+    """A service whose list holds 3,000 values, so each reply is about 9 KB."""
+    service.merge(range(1000, 4000))
+    return service
+
+
+def test_the_reply_size_bound_holds(crowded: NumberService) -> None:
+    """reply_size_bound is an upper bound of the pickled reply, for small and 8-byte values."""
+    for values in ([], list(crowded.values), [INT64_MIN, INT64_MAX] * 5000, list(range(70000))):
+        assert len(pickle.dumps(values, protocol=4)) <= reply_size_bound(len(values))
+
+
+def test_handling_stops_inside_a_read_when_the_transport_is_full(
+    crowded: NumberService, clock: Clock
+) -> None:
+    """One read of 200 pipelined requests: once the transport has more than its buffer size
+    unsent, the rest of the read waits in the input buffer and reading stops; each drain lets
+    the next replies out, until all 200 are answered in order."""
+    factory = LegacyArrayFactory(crowded, clock=clock)
+    protocol, transport = buffered(factory)
+    requests, stream = pipelined(200)
+    protocol.dataReceived(stream)
+    answered = len(transport.writes)
+    assert 0 < answered < 20
+    assert len(transport.value()) <= TRANSPORT_BUFFER + len(transport.writes[-1])
+    assert not transport.reading
+    assert factory.stats.received["array"] == answered
+    while not transport.reading:
+        transport.drain()
+    assert len(transport.writes) == factory.stats.sent["array"] == 200
+    expected = list(crowded.values)
+    assert pickle.loads(transport.writes[-1]) == expected
+    assert sorted(v for r in requests for v in r) == [v for v in expected if v < 1000]
+
+
+def test_a_pipelining_client_that_never_reads_holds_a_bounded_amount(
+    crowded: NumberService, clock: Clock
+) -> None:
+    """Thousands of small pickles sent without reading a reply: numd answers only until the
+    transport is full, then holds at most one read and one partial request of input, and its
+    unsent replies stay under the transport's buffer and one reply, all within the budget."""
+    factory = LegacyArrayFactory(crowded, clock=clock)
+    protocol, transport = buffered(factory)
+    _, stream = pipelined(5000)
+    delivered = deliver(protocol, transport, stream)
+    assert delivered < len(stream)
+    assert factory.stats.received["array"] < 20
+    reply = len(transport.writes[-1])
+    assert len(transport.value()) <= TRANSPORT_BUFFER + reply
+    assert protocol.pending_bytes <= READ_SIZE + factory.max_bytes
+    assert len(transport.value()) + protocol.pending_bytes <= factory.budget
+    assert not transport.reading
+
+
+def test_a_client_that_never_reads_is_cut_off(crowded: NumberService, clock: Clock) -> None:
+    """A client whose replies stay unread for the write-stall timeout is aborted and counted as
+    write-stalled; nothing more is answered; no timer is left once the connection is gone."""
+    factory = LegacyArrayFactory(crowded, write_stall_timeout=5.0, clock=clock)
+    protocol, transport = buffered(factory)
+    _, stream = pipelined(5000)
+    deliver(protocol, transport, stream)
+    clock.advance(4.9)
+    assert not getattr(transport, "aborted", False)
+    clock.advance(0.1)
+    assert transport.aborted
+    assert factory.stats.connections["write-stalled"] == 1
+    answered = factory.stats.sent["array"]
+    transport.drain()
+    assert factory.stats.sent["array"] == answered
+    protocol.connectionLost(None)
+    assert not clock.getDelayedCalls()
+
+
+def test_a_client_that_reads_in_time_is_kept(crowded: NumberService, clock: Clock) -> None:
+    """A client that reads its replies before the write-stall timeout is served on."""
+    factory = LegacyArrayFactory(crowded, write_stall_timeout=5.0, clock=clock)
+    protocol, transport = buffered(factory)
+    _, stream = pipelined(300)
+    offset = deliver(protocol, transport, stream)
+    while offset < len(stream) or not transport.reading:
+        clock.advance(4)
+        transport.drain()
+        offset += deliver(protocol, transport, stream[offset:])
+    assert not transport.disconnecting
+    assert factory.stats.sent["array"] == 300
+    assert factory.stats.connections["write-stalled"] == 0
+    assert not clock.getDelayedCalls()
+
+
+def test_replies_waiting_for_the_store_stay_within_the_budget(clock: Clock) -> None:
+    """While the store has not answered, replies wait; the requests that would push them past the
+    budget stay unhandled in the input buffer and reading stops; each stored merge lets more in,
+    and every request is answered, in order."""
+    service = NumberService(Clock())
+    service.merge(range(1000, 11000))  # replies of about 30 KB, bounded at 110 KB
+    waiting: list[Deferred[None]] = []
+
+    def durable() -> Deferred[None]:
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    service.set_durability(durable)
+    factory = LegacyArrayFactory(service, clock=clock)
+    protocol, transport = buffered(factory)
+    requests, stream = pipelined(500)
+    protocol.dataReceived(stream)
+    assert transport.writes == []
+    assert not transport.reading
+    assert 1 <= len(waiting) < 40  # about 30 replies of 30 KB: 500 would be 15 MB
+    assert protocol.pending_bytes + TRANSPORT_BUFFER <= factory.budget
+    while waiting:
+        waiting.pop(0).callback(None)
+        assert protocol.pending_bytes + len(transport.value()) <= factory.budget
+        transport.drain()
+    assert transport.reading
+    assert factory.stats.sent["array"] == 500
+    assert [v for v in pickle.loads(transport.writes[-1]) if v < 1000] == sorted(
+        v for r in requests for v in r
+    )
+
+
+def test_a_reply_larger_than_the_budget_is_the_only_one_held(clock: Clock) -> None:
+    """With a budget smaller than one reply, each reply is built only once the one before it
+    has been written: one is held at a time."""
+    service = NumberService(Clock())
+    service.merge(range(1000, 6000))  # replies of about 15 KB
+    waiting: list[Deferred[None]] = []
+
+    def durable() -> Deferred[None]:
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    service.set_durability(durable)
+    factory = LegacyArrayFactory(service, budget=10_000, clock=clock)
+    protocol, transport = buffered(factory)
+    _, stream = pipelined(3)
+    protocol.dataReceived(stream)
+    for answered in range(3):
+        assert len(waiting) == 1
+        assert len(transport.writes) == answered
+        waiting.pop().callback(None)
+        transport.drain()
+    assert len(transport.writes) == 3 and transport.reading
+
+
+def test_a_refused_client_that_does_not_read_is_aborted(
+    crowded: NumberService, clock: Clock
+) -> None:
+    """A bad request closes the connection once the replies before it are sent; if the client
+    does not read them within the write-stall timeout, it is aborted."""
+    factory = LegacyArrayFactory(crowded, write_stall_timeout=5.0, clock=clock)
+    protocol, transport = buffered(factory)
+    protocol.dataReceived(pickle.dumps([1], protocol=2) + b"garbage")
+    assert transport.disconnecting and transport.producer is None
+    assert factory.stats.errors == {"not-pickle": 1}
+    clock.advance(5)
+    assert transport.aborted
+    protocol.connectionLost(None)
+    assert not clock.getDelayedCalls()
+
+
+class RecordingFactory(LegacyArrayFactory):
+    """A LegacyArrayFactory that keeps its protocols."""
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """Build and keep the protocol."""
+        protocol = super().buildProtocol(addr)
+        self.built: list[LegacyArrayProtocol] = [*getattr(self, "built", []), protocol]
+        return protocol
+
+
+class SilentClient(Protocol):
+    """Sends what it is given and never reads a reply."""
+
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        """Stop reading at once."""
+        self.transport.pauseProducing()
+
+    def connectionLost(self, reason: object = None) -> None:
+        """Note that the server closed the connection."""
+        self.closed.callback(None)
+
+
+def unsent(transport: Any) -> int:
+    """Bytes a Twisted TCP transport holds unsent (its dataBuffer past offset, and its list)."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_client_pipelining_pickles_without_reading() -> None:
+    """Over a real socket, a client that pipelines 2,000 pickles against a 20,000-value list and
+    never reads: numd stops handling once its socket and buffer are full, holds less than the
+    budget plus one reply, and cuts the client off after the write-stall timeout."""
+    from twisted.internet import reactor
+
+    stall_clock = Clock()
+    service = NumberService(stall_clock)
+    service.merge(range(1000, 21000))  # replies of about 60 KB: 2,000 would be 120 MB
+    factory = RecordingFactory(service, write_stall_timeout=30.0, clock=stall_clock)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, timeout=5)
+        client = await endpoint.connect(Factory.forProtocol(SilentClient)).addTimeout(5, reactor)
+        (protocol,) = factory.built
+        protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        _, stream = pipelined(2000)
+        client.transport.write(stream)
+        deadline = reactor.seconds() + 5
+        while protocol._stall_timer is None:
+            assert reactor.seconds() < deadline, "numd never paused"
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0.1)
+        reply = reply_size_bound(len(service.values))
+        assert factory.stats.received["array"] < 2000
+        assert unsent(protocol.transport) + protocol.pending_bytes <= factory.budget + reply
+        stall_clock.advance(30)
+        assert factory.stats.connections["write-stalled"] == 1
+        client.transport.resumeProducing()  # to see the connection go
+        await client.closed.addTimeout(5, reactor)
+        assert factory.stats.connections["closed"] == 1
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_refusal_while_paused_still_closes() -> None:
+    """Over a real socket, a connection refused while the transport has paused it (here a merge
+    the store fails to keep) closes once the client reads what was sent before: the protocol
+    unregisters as producer, without which Twisted's transport would wait for it forever."""
+    from twisted.internet import reactor
+
+    waiting: list[Deferred[None]] = []
+
+    def durable() -> Deferred[None]:
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    service = NumberService(reactor)
+    service.merge(range(1000, 21000))
+    service.set_durability(durable)
+    factory = RecordingFactory(service, clock=reactor)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, timeout=5)
+        client = await endpoint.connect(Factory.forProtocol(SilentClient)).addTimeout(5, reactor)
+        (protocol,) = factory.built
+        protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.transport.write(pipelined(2000)[1])
+        deadline = reactor.seconds() + 5
+        while not protocol._transport_paused:
+            assert reactor.seconds() < deadline, "numd never paused"
+            while len(waiting) > 1:
+                waiting.pop(0).callback(None)
+            await deferLater(reactor, 0.01)
+        waiting.pop().errback(OSError("disk full"))
+        assert factory.stats.errors == {"store-failed": 1}
+        client.transport.resumeProducing()
+        await client.closed.addTimeout(5, reactor)
+        assert factory.stats.connections["closed"] == 1
+    finally:
+        await port.stopListening()
 
 
 def test_connections_over_the_limit_are_refused(service: NumberService) -> None:
