@@ -24,8 +24,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.python import usage
 
 from numd.legacy_array import (
     TRANSPORT_BUFFER,
@@ -39,6 +40,7 @@ from numd.legacy_array import (
     unpickle_list,
 )
 from numd.service import INT64_MAX, INT64_MIN, NumberService
+from numd.tap import Options, makeService
 
 PROTOCOLS = [2, 3, 4, 5]
 CANARY = "this"
@@ -1068,3 +1070,52 @@ def test_connections_over_the_limit_are_refused(service: NumberService) -> None:
     assert factory.stats.connections["refused"] == 1
     first.connectionLost(None)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None
+
+
+# -- wiring: options to the listener ------------------------------------------------------------
+
+
+def built_listener(tmp_path: Path, *args: str) -> LegacyArrayFactory:
+    """The legacy listener's factory as ``twistd numd`` builds it from `args`, on a memory reactor."""
+    options = Options()
+    options.parseOptions(
+        [
+            "--message-log",
+            str(tmp_path / "m.log"),
+            "--db",
+            ":memory:",
+            "--legacy-array-listen",
+            "tcp:6000:interface=127.0.0.1",
+            *args,
+        ]
+    )
+    daemon = makeService(options, reactor=MemoryReactorClock())
+    assert daemon.legacy_array_factory is not None
+    return daemon.legacy_array_factory
+
+
+def test_listener_defaults_no_idle_timeout_and_the_shared_write_stall_timeout(
+    tmp_path: Path,
+) -> None:
+    """By default the listener has no idle timeout (whatever --idle-timeout says) and the
+    daemon's write-stall timeout (30 s)."""
+    factory = built_listener(tmp_path, "--idle-timeout", "60")
+    assert factory.idle_timeout is None
+    assert factory.write_stall_timeout == 30.0
+    assert factory.budget == 1024 * 1024
+
+
+def test_listener_options_reach_the_listener(tmp_path: Path) -> None:
+    """--legacy-array-idle-timeout sets the listener's own idle timeout; --write-stall-timeout
+    applies to it as to the counter protocol."""
+    factory = built_listener(
+        tmp_path, "--legacy-array-idle-timeout", "45", "--write-stall-timeout", "7"
+    )
+    assert (factory.idle_timeout, factory.write_stall_timeout) == (45.0, 7.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_bad_legacy_idle_timeout_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    """A legacy idle timeout that is not a number of at least 1 s is a usage error naming it."""
+    with pytest.raises(usage.UsageError, match="legacy-array-idle-timeout"):
+        built_listener(tmp_path, "--legacy-array-idle-timeout", value)
