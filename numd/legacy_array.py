@@ -561,6 +561,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
             return
         self._closing = True
         self._drop_pending()
+        self.setTimeout(None)
         self.factory.stats.errors[error.reason] += 1
         self.log.warn(
             "legacy array listener: closing {peer}: {reason} ({detail})",

@@ -944,14 +944,17 @@ def test_a_refused_client_that_does_not_read_is_aborted(
     crowded: NumberService, clock: Clock
 ) -> None:
     """A bad request closes the connection once the replies before it are sent; if the client
-    does not read them within the write-stall timeout, it is aborted."""
-    factory = LegacyArrayFactory(crowded, write_stall_timeout=5.0, clock=clock)
+    does not read them within the write-stall timeout, it is aborted (as write-stalled: the
+    idle clock stopped at the refusal)."""
+    factory = LegacyArrayFactory(crowded, idle_timeout=2.0, write_stall_timeout=5.0, clock=clock)
     protocol, transport = buffered(factory)
     protocol.dataReceived(pickle.dumps([1], protocol=2) + b"garbage")
     assert transport.disconnecting and transport.producer is None
     assert factory.stats.errors == {"not-pickle": 1}
     clock.advance(5)
     assert transport.aborted
+    assert factory.stats.connections["write-stalled"] == 1
+    assert factory.stats.connections["idle-timeout"] == 0
     protocol.connectionLost(None)
     assert not clock.getDelayedCalls()
 
