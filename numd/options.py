@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from numd.api import DEFAULT_MAX_BODY
 from numd.http_guard import is_loopback_name
+from numd.legacy_array import DEFAULT_IDLE_TIMEOUT as LEGACY_ARRAY_IDLE_TIMEOUT
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
 from numd.legacy_array import DEFAULT_MAX_CLIENTS as LEGACY_ARRAY_MAX_CLIENTS
 from numd.protocol import (
@@ -155,25 +156,25 @@ class Options(usage.Options):
             "idle-timeout",
             None,
             DEFAULT_IDLE_TIMEOUT,
-            "Seconds without a complete token after which a counter (or legacy array) "
-            "connection is closed (counter clients report every 0.5 s).",
+            "Seconds without a complete token after which a counter connection is "
+            "closed (counter clients report every 0.5 s).",
             _checked("idle-timeout", float, 1),
         ],
         [
             "write-stall-timeout",
             None,
             DEFAULT_WRITE_STALL_TIMEOUT,
-            "Seconds a client may leave its replies unread (numd stops reading "
-            "from it meanwhile) before it is cut off.",
+            "Seconds a client (counter or legacy array) may leave its replies unread "
+            "(numd stops reading from it meanwhile) before it is cut off.",
             _checked("write-stall-timeout", float, 0.1),
         ],
         [
             "connection-budget",
             None,
             DEFAULT_CONNECTION_BUDGET,
-            "Bytes one counter connection may hold in numd (replies not yet written, "
-            "input not yet handled, its log records not yet written); past it numd "
-            "handles none of its requests until they drain.",
+            "Bytes one counter (or legacy array) connection may hold in numd (replies "
+            "not yet written, input not yet handled, its log records not yet written); "
+            "past it numd handles none of its requests until they drain.",
             _checked("connection-budget", int, MIN_CONNECTION_BUDGET),
         ],
         [
@@ -241,8 +242,17 @@ class Options(usage.Options):
             None,
             LEGACY_ARRAY_MAX_CLIENTS,
             "Most connections open at once on the legacy array listener; the next "
-            "is closed at once. (--idle-timeout applies there too.)",
+            "is closed at once.",
             _checked("legacy-array-max-clients", int, 1),
+        ],
+        [
+            "legacy-array-idle-timeout",
+            None,
+            LEGACY_ARRAY_IDLE_TIMEOUT,
+            "Seconds of silence after which a legacy array connection is closed "
+            "(off unless given: the older server never timed out, and its client "
+            "loops forever on a closed socket).",
+            _checked("legacy-array-idle-timeout", float, 1),
         ],
     ]
 

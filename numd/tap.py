@@ -162,7 +162,9 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
             state,
             max_bytes=config["legacy-array-max-bytes"],
             max_clients=config["legacy-array-max-clients"],
-            idle_timeout=config["idle-timeout"],
+            idle_timeout=config["legacy-array-idle-timeout"],
+            write_stall_timeout=config["write-stall-timeout"],
+            budget=config["connection-budget"],
             clock=reactor,
         )
         metrics.add_stats("legacy-array", listener.stats)
