@@ -397,6 +397,17 @@ class CounterProtocol(TokenReceiver):
         self.stop_reading_tokens()
         self.abort()
 
+    def close(self) -> None:
+        """Close once what was written is sent.
+
+        Unregistered as the transport's producer first: a TCP transport whose
+        producer is paused when its buffer drains resumes the producer instead of
+        finishing the close, and the connection would stay half-closed.
+        """
+        if getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def abort(self) -> None:
         """Drop the connection now, and with it every reply not yet sent (even one released later)."""
         self._write = self.transport.write  # the aborted transport discards what it is given
@@ -422,7 +433,7 @@ class CounterProtocol(TokenReceiver):
         self._log.received(token[:64] + b"...")
         self._error("too-long")
         self._send_replies()
-        self.transport.loseConnection()
+        self.close()
 
     def _quiet_time_passed(self) -> None:
         self._quiet_timer = None
@@ -485,7 +496,7 @@ class CounterProtocol(TokenReceiver):
             self._error("id-in-use")
             self._send_replies()
             self.stop_reading_tokens()
-            self.transport.loseConnection()
+            self.close()
             return
         self.client_id = client_id
         self._log.identify(client_id)
@@ -529,7 +540,7 @@ class CounterProtocol(TokenReceiver):
         )
         self._log.event("http-refused")
         self.stop_reading_tokens()
-        self.transport.loseConnection()
+        self.close()
 
     # -- replies -----------------------------------------------------------------
 
@@ -824,7 +835,7 @@ class CounterFactory(Factory):
         self._close_waiters.append(waiter)
         for protocol in list(self.connections):
             protocol.stop_reading_tokens()
-            protocol.transport.loseConnection()
+            protocol.close()
         waiter.addTimeout(timeout, clock)
         waiter.addErrback(self._abort_stragglers)
         return waiter

@@ -209,3 +209,28 @@ async def test_flooding_client_does_not_starve_others(tmp_path: Path) -> None:
         assert worst < 2.0  # loose: the benchmark measures the real figure
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_connection_still_closes_once_its_client_reads(tmp_path: Path) -> None:
+    """A connection closed while numd's transport is paused on it (its client is not reading)
+    finishes closing once the client reads everything: the transport does not wait for its
+    paused producer instead of closing."""
+    import socket
+
+    server = await Server(tmp_path).start()
+    try:
+        client = await server.connect()
+        client.transport.pauseProducing()  # do not read
+        await until(lambda: len(server.factory.connections) == 1)
+        (protocol,) = server.factory.connections
+        protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.transport.write(b"1 " + b"odd " * 60_000)
+        await until(lambda: protocol._transport_paused, timeout=10)
+        closing = server.factory.close_all(reactor, timeout=30)
+        client.transport.resumeProducing()  # now read it all
+        await client.closed.addTimeout(5, reactor)
+        await closing.addTimeout(5, reactor)
+        assert client.received.count(b" ") == server.factory.stats.sent["odd"] + 1
+    finally:
+        await server.stop()
