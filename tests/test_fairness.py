@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import recv_tokens, running_numd
+from .daemon import free_port, recv_tokens, running_numd
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,14 +45,19 @@ def fill_list(api_port: int, count: int = 10_000) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RSS")
+@pytest.mark.parametrize("kind", ["arrays", "pickles"])
 @pytest.mark.parametrize("reads", [True, False], ids=["flooder-reads", "flooder-never-reads"])
-def test_an_array_flood_neither_starves_others_nor_grows_memory(
-    tmp_path: Path, reads: bool
+def test_a_flood_neither_starves_others_nor_grows_memory(
+    tmp_path: Path, kind: str, reads: bool
 ) -> None:
-    """While one connection sends 64 KiB reads of `[1] ` against a list of 10,000 values (every
-    reply at the 64 KiB cap), another client's requests are answered within 50 ms at p99 and
-    numd's RSS grows by less than 100 MB."""
-    with running_numd(tmp_path, "--seed", "3") as numd:
+    """While one connection sends 64 KiB reads of `[1] ` (counter port) or of pickles of `[1]`
+    (legacy array port) against a list of 10,000 values (every counter reply at the 64 KiB
+    cap), another client's requests are answered within 50 ms at p99 and numd's RSS grows by
+    less than 100 MB."""
+    legacy = free_port()
+    with running_numd(
+        tmp_path, "--seed", "3", "--legacy-array-listen", f"tcp:{legacy}:interface=127.0.0.1"
+    ) as numd:
         fill_list(numd.api_port)
         with numd.connect() as polite:
             polite.sendall(b"1 ")
@@ -61,8 +66,9 @@ def test_an_array_flood_neither_starves_others_nor_grows_memory(
                 polite.sendall(b"even ")
                 recv_tokens(polite, 1)
             before = rss_bytes(numd.process.pid)
+            target = legacy if kind == "pickles" else numd.port
             flooder = subprocess.Popen(
-                [sys.executable, str(FLOODER), str(numd.port), "4", "read" if reads else "hold"],
+                [sys.executable, str(FLOODER), str(target), "4", "read" if reads else "hold", kind],
                 stdout=subprocess.PIPE,
                 text=True,
             )
