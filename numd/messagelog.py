@@ -23,6 +23,13 @@ second of log. The file rotates by size and keeps a bounded number of old files
 never rotated). If writing fails, or the disk falls more than ``max_behind``
 bytes behind, the daemon keeps serving: records are counted as dropped and
 `writable` turns false until a write succeeds again.
+
+The file outlives outside rotation (``logrotate``): `MessageLog.reopen` (numd's
+SIGHUP) opens the path anew, on the writer thread after every record handed over
+before it; before each batch the writer also checks that the path still names
+the open file and opens it anew if it was moved or deleted. Writes append
+(``O_APPEND``), so ``copytruncate`` leaves no hole, and a write that fails half
+way is cut off again, so every line stays a whole record (`numd.logfile`).
 """
 
 from __future__ import annotations
@@ -30,15 +37,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.logfile import LogFile
 
+from numd.logfile import AppendLogFile
 from numd.timers import cancel
 from numd.writer import Runner, Writer
 
@@ -188,16 +195,19 @@ def _pieces(chunks: list[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(piece)
 
 
-def _rotatable(path: str) -> bool:
-    """Whether `path` is (or will be) a regular file, which rotation may rename.
+@dataclass
+class _Outcome:
+    """What the writer did with one batch, reported back to the reactor thread."""
 
-    ``--message-log /dev/null`` (or a FIFO) must never be renamed: as root,
-    rotating it would replace the system's /dev/null with a plain file.
-    """
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
+    written: int = 0
+    """Records now in the file."""
+    dropped: int = 0
+    """Records lost: the write failed (the file keeps none of the failed piece)."""
+    error: Exception | None = None
+    moved: bool = False
+    """The path no longer named the open file (moved or deleted): a new one was opened."""
+    rotate_error: OSError | None = None
+    """Why the file could not be rotated at its cap (it keeps growing meanwhile)."""
 
 
 class MessageLog(Service):
@@ -236,7 +246,9 @@ class MessageLog(Service):
         self._stamp_ms: int | None = None
         self._stamp = b""
         self._timer: IDelayedCall | None = None
-        self._file: LogFile | None = None
+        self._file: AppendLogFile | None = None
+        """Used on the writer thread only (and before it starts and after it stops)."""
+        self._rotate_failing = False
         self.written = 0
         """Records written to the file so far."""
         self.dropped = 0
@@ -270,18 +282,50 @@ class MessageLog(Service):
             return False
         return True
 
-    def _new_file(self) -> LogFile:
-        return LogFile(
-            os.path.basename(self.path),
-            os.path.dirname(self.path),
-            rotateLength=self.max_bytes if _rotatable(self.path) else None,
-            maxRotatedFiles=self.max_files,
-        )
+    def _new_file(self) -> AppendLogFile:
+        return AppendLogFile(self.path, self.max_bytes, self.max_files)
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def reopen(self) -> Deferred[None]:
+        """Open the log's path anew, once every record buffered so far is written.
+
+        For outside rotation (``logrotate`` moves the file, then sends SIGHUP):
+        the records buffered before the call go to the old file, the later ones
+        to the new file at `path`, and the old file is closed. It runs on the
+        writer thread in order with the writes, so no record is lost or torn.
+        Fires once done. If the path cannot be opened, the error is logged and
+        the old file stays open: nothing is dropped until a batch finds the path
+        still missing past `numd.logfile.MISSING_GRACE` and cannot create it.
+        """
+        if not self.enabled or not self.running:
+            return succeed(None)
+        self.flush()
+        return self._run(self._reopen_file).addCallback(self._reopened)
+
+    def _reopen_file(self) -> OSError | None:
+        """On the writer: open `path` anew, closing the old file; the error if it cannot."""
+        try:
+            if self._file is None:
+                self._file = self._new_file()
+            else:
+                self._file.reopen()
+        except OSError as e:
+            return e
+        return None
+
+    def _reopened(self, error: OSError | None) -> None:
+        if error is None:
+            self.log.info("message log {path} reopened", path=self.path)
+        else:  # nothing is lost yet: the old file stays open (see `_write` for what follows)
+            self.log.error(
+                "message log {path} cannot be reopened ({error}); writing on to the old file",
+                path=self.path,
+                error=error,
+            )
 
     # -- records -----------------------------------------------------------------
 
@@ -347,7 +391,8 @@ class MessageLog(Service):
             self._fail(OSError(f"the disk is more than {self.max_behind} bytes behind"))
             return
         self._behind += size
-        self._run(lambda: self._write(chunks)).addCallback(self._wrote, size)
+        now = self._clock.seconds()
+        self._run(lambda: self._write(chunks, now)).addCallback(self._wrote, size)
 
     def when_written(self) -> Deferred[None]:
         """Hand the buffer over now; fire once every record buffered so far is written (or dropped).
@@ -360,27 +405,51 @@ class MessageLog(Service):
             return succeed(None)
         return self._run(lambda: None)  # the writer runs work in order
 
-    def _write(self, chunks: list[bytes]) -> tuple[int, Exception | None]:
-        """On the writer: write `chunks`, (re)opening the file if need be; (records, error if any)."""
-        count = _count_records(chunks)
+    def _write(self, chunks: list[bytes], now: float) -> _Outcome:
+        """On the writer: write `chunks`, (re)opening the file if need be.
+
+        Once per batch, before writing, the path is checked to still name the
+        open file (`now` is the time of the flush); moved or deleted, a new file
+        is opened (see `AppendLogFile.reopen_if_moved`). Each piece is
+        written whole or not at all, so a failure drops the records of that
+        piece and of the rest of the batch, and the file keeps whole records.
+        """
+        outcome = _Outcome()
         try:
             if self._file is None:
                 self._file = self._new_file()
+            else:
+                outcome.moved = self._file.reopen_if_moved(now)
             for piece in _pieces(chunks, WRITE_PIECE):
                 self._file.write(piece)
+                outcome.written += piece.count(b"\n")
         except (OSError, ValueError) as e:
-            return count, e
-        return count, None
+            outcome.error = e
+            outcome.dropped = _count_records(chunks) - outcome.written
+        if self._file is not None:
+            outcome.rotate_error = self._file.rotate_error
+        return outcome
 
-    def _wrote(self, result: tuple[int, Exception | None], size: int) -> None:
-        """Back on the reactor thread: count what was written or dropped."""
+    def _wrote(self, outcome: _Outcome, size: int) -> None:
+        """Back on the reactor thread: count what was written or dropped, report changes."""
         self._behind -= size
-        count, error = result
-        if error is not None:
-            self.dropped += count
-            self._fail(error)
+        self.written += outcome.written
+        if outcome.moved:
+            self.log.info(
+                "message log {path} was moved or deleted: writing to a new file there",
+                path=self.path,
+            )
+        if outcome.rotate_error is not None and not self._rotate_failing:
+            self.log.warn(
+                "message log {path} cannot be rotated ({error}): it grows past its cap",
+                path=self.path,
+                error=outcome.rotate_error,
+            )
+        self._rotate_failing = outcome.rotate_error is not None
+        if outcome.error is not None:
+            self.dropped += outcome.dropped
+            self._fail(outcome.error)
             return
-        self.written += count
         if not self.writable:
             self.log.info("message log {path} is writable again", path=self.path)
         self.writable = True

@@ -1,27 +1,26 @@
-"""Clean starts and exits under twistd: start-up failures as one line, exit 0 on SIGTERM/SIGINT."""
+"""Clean starts and exits under twistd: start-up failures as one line, exit 0 on SIGTERM/SIGINT,
+and SIGHUP to reopen the log files after an outside rotation (``logrotate``)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
-from twisted.logger import Logger
+from twisted.logger import FileLogObserver, Logger, LogPublisher, globalLogPublisher
+from twisted.python.logfile import BaseLogFile
 
 
-class ExitZeroOnSignal(Service):
-    """Makes SIGTERM and SIGINT stop the reactor cleanly so that twistd exits 0.
+class _SignalHandlers(Service):
+    """Installs `_handle` for `signals` while running, and puts the previous handlers back."""
 
-    twistd's own handlers re-raise the signal after shutdown (exit status 143 for
-    SIGTERM), which supervisors and scripts read as a failure. These handlers are
-    installed after the reactor's, once it runs, and stop it the same way, so
-    every service still stops in order.
-    """
-
-    log = Logger()
-    name = "exit-zero-on-signal"
+    signals: tuple[int, ...] = ()
 
     def __init__(self, reactor: IReactorCore) -> None:
         self._reactor = reactor
@@ -45,17 +44,125 @@ class ExitZeroOnSignal(Service):
     def _install(self) -> None:
         if not self.running or threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in self.signals:
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
-        # From a signal handler the reactor may be mid-iteration or not yet
-        # running: callFromThread is safe in both cases.
+        raise NotImplementedError
+
+    def _call_from_signal(self, f: Callable[[], object]) -> None:
+        """Run `f` on the reactor thread soon.
+
+        From a signal handler the reactor may be mid-iteration or not yet
+        running: callFromThread is safe in both cases.
+        """
         call_from_thread = getattr(self._reactor, "callFromThread", None)
         if call_from_thread is not None:
-            call_from_thread(self._reactor.stop)
+            call_from_thread(f)
+
+
+class ExitZeroOnSignal(_SignalHandlers):
+    """Makes SIGTERM and SIGINT stop the reactor cleanly so that twistd exits 0.
+
+    twistd's own handlers re-raise the signal after shutdown (exit status 143 for
+    SIGTERM), which supervisors and scripts read as a failure. These handlers are
+    installed after the reactor's, once it runs, and stop it the same way, so
+    every service still stops in order.
+    """
+
+    log = Logger()
+    name = "exit-zero-on-signal"
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
+        self._call_from_signal(self._reactor.stop)
+
+
+Reopener = Callable[[], "defer.Deferred[Any] | None"]
+"""Reopens one log file (on the reactor thread); may return a Deferred that fires once done."""
+
+
+class ReopenLogsOnHangup(_SignalHandlers):
+    """Makes SIGHUP reopen numd's log files, for ``logrotate`` (move, then SIGHUP).
+
+    Without a handler SIGHUP would end the daemon at once, without closing its
+    clients or flushing its log. With it, the daemon keeps serving; each of the
+    `reopeners` runs on the reactor thread (the message log hands its reopening
+    to its writer thread, after the records buffered before the signal), and one
+    that fails is logged, not raised, so the others still run.
+    """
+
+    log = Logger()
+    name = "reopen-logs-on-hangup"
+    signals = (signal.SIGHUP,)
+
+    def __init__(self, reactor: IReactorCore, reopeners: Sequence[Reopener]) -> None:
+        super().__init__(reactor)
+        self.reopeners = list(reopeners)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self._call_from_signal(self.reopen)
+
+    def reopen(self) -> defer.Deferred[None]:
+        """Reopen every log file; fires once all are done (failures are logged)."""
+        self.log.info("received SIGHUP, reopening the log files")
+        done = []
+        for reopener in self.reopeners:
+            d = defer.maybeDeferred(reopener)
+            d.addErrback(lambda failure: self.log.failure("could not reopen a log file", failure))
+            done.append(d)
+        return defer.gatherResults(done).addCallback(
+            lambda _: self.log.info("log files reopened")  # in the new files
+        )
+
+
+def twistd_log_file(publisher: LogPublisher = globalLogPublisher) -> BaseLogFile | None:
+    """The log file twistd writes its own log to, if it writes one (else None).
+
+    twistd gives no handle on it, so it is found the way twistd set it up: for
+    ``--logfile PATH`` (or its default ``twistd.log`` when it daemonizes) twistd's
+    ``AppLogger`` opens a `twisted.python.logfile.LogFile`, wraps it in a
+    `textFileLogObserver` and passes that to ``globalLogBeginner.beginLoggingTo``,
+    which adds it to the global log publisher. This reads the publisher's
+    observers and each `FileLogObserver`'s file. Both attributes
+    (``LogPublisher._observers``, ``FileLogObserver._outFile``) are private to
+    Twisted and read with `getattr`: if a later Twisted renames them, this returns
+    None and twistd's own SIGUSR1 (which rotates that file itself) remains. With
+    ``-n`` and no ``--logfile``, or ``--logfile -``, twistd writes to stdout: None.
+    """
+    for observer in getattr(publisher, "_observers", ()):
+        if isinstance(observer, FileLogObserver):
+            out = getattr(observer, "_outFile", None)
+            if isinstance(out, BaseLogFile):
+                return out
+    return None
+
+
+def reopen_log_file(find: Callable[[], object]) -> Reopener:
+    """A reopener for the `twisted.python.logfile` file that `find()` gives when called.
+
+    For twistd's log (`twistd_log_file`) and the HTTP access log. The file is
+    reopened on the reactor thread, where twistd's own SIGUSR1 rotates it too;
+    anything else (no file, stdout, a closed file) is left alone. `LogFile.reopen`
+    closes the file before it opens the new one, and a file it cannot open leaves
+    it closed for good (every later event would fail): so it is only called when
+    the directory is writable, else an `OSError` says why and the old file stays.
+    """
+
+    def reopen() -> None:
+        log_file = find()
+        if not isinstance(log_file, BaseLogFile) or log_file.closed:
+            return
+        path = log_file.path
+        if not os.access(log_file.directory, os.W_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)
+        ):
+            raise PermissionError(errno.EACCES, "cannot reopen: not writable", path)
+        log_file.reopen()
+
+    return reopen
 
 
 class StartupError(SystemExit, Exception):

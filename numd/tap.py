@@ -27,7 +27,13 @@ from numd.metrics import Metrics
 from numd.options import Options
 from numd.protocol import CounterFactory
 from numd.service import NumberService
-from numd.signals import ExitZeroOnSignal, StartupError
+from numd.signals import (
+    ExitZeroOnSignal,
+    ReopenLogsOnHangup,
+    StartupError,
+    reopen_log_file,
+    twistd_log_file,
+)
 from numd.stats import Stats
 from numd.store import Store, make_store
 
@@ -242,4 +248,13 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     _add_http_api(top, config, reactor)
     if IReactorCore.providedBy(reactor):
         ExitZeroOnSignal(reactor).setServiceParent(top)
+        site = top.site
+        ReopenLogsOnHangup(
+            reactor,
+            [
+                message_log.reopen,
+                reopen_log_file(twistd_log_file),
+                reopen_log_file(lambda: getattr(site, "logFile", None)),  # --access-log
+            ],
+        ).setServiceParent(top)
     return top

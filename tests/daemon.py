@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +88,13 @@ class Daemon:
 
 
 @contextmanager
-def running_numd(directory: Path, *args: str, plugin: str = "numd") -> Iterator[Daemon]:
+def running_numd(
+    directory: Path, *args: str, plugin: str = "numd", twistd_args: Sequence[str] = ()
+) -> Iterator[Daemon]:
     """Start `twistd -n numd` with its counter and HTTP listeners on free 127.0.0.1 ports.
 
-    ARGS come last, so a test may override any option (a later --api-listen wins).
+    ARGS come last, so a test may override any option (a later --api-listen wins);
+    `twistd_args` go to twistd itself (e.g. ``--logfile``, ``--pidfile``), after its defaults.
     """
     port = free_port()
     api_port = free_port()
@@ -102,6 +105,7 @@ def running_numd(directory: Path, *args: str, plugin: str = "numd") -> Iterator[
                 *TWISTD,
                 "-n",
                 "--pidfile=",
+                *twistd_args,
                 plugin,
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
@@ -276,3 +279,217 @@ def test_a_large_batch_is_written_in_pieces_in_order(tmp_path: Path) -> None:
     records = read(log.path)
     assert [r["msg"].encode() for r in records if r["dir"] == "out"] == replies
     assert log.written == 80
+
+
+# -- outside rotation and full disks
+
+
+def open_paths() -> set[str]:
+    """The files this process has open (Linux's /proc)."""
+    paths = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            paths.add(os.readlink(fd))
+        except OSError:
+            pass  # closed meanwhile (the listing's own descriptor)
+    return paths
+
+
+def test_copytruncate_leaves_no_hole(tmp_path: Path) -> None:
+    """Truncated to 0 from outside (logrotate's copytruncate), the file is written from its
+    start: no NUL bytes, and its first line is a whole record."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    connection = log.connection("127.0.0.1:1")
+    connection.records([b"%d" % i for i in range(100)], [])
+    log.flush()
+    os.truncate(log.path, 0)
+    connection.records([b"after"], [])
+    log.stopService()
+    data = Path(log.path).read_bytes()
+    assert b"\0" not in data
+    assert [r["msg"] for r in read(log.path)] == ["after"]
+
+
+@pytest.mark.parametrize("how", ["moved", "deleted"])
+def test_a_moved_or_deleted_log_is_replaced_by_a_new_file(tmp_path: Path, how: str) -> None:
+    """Once the path has named no file for a second, the next batch opens a new file there;
+    until then records go to the old file; the old file is closed."""
+    clock = Clock()
+    log = MessageLog(str(tmp_path / "m.log"), clock)
+    log.startService()
+    connection = log.connection("p")
+    connection.records([b"1"], [])
+    log.flush()
+    moved = str(tmp_path / "m.log.moved")
+    if how == "moved":
+        os.rename(log.path, moved)
+    else:
+        os.link(log.path, moved)  # keep a name to read it by
+        os.remove(log.path)
+    connection.records([b"2"], [])
+    log.flush()
+    assert not os.path.exists(log.path)
+    clock.advance(1)
+    connection.records([b"3"], [])
+    log.flush()
+    assert [r["msg"] for r in read(moved)] == ["1", "2"]
+    assert [r["msg"] for r in read(log.path)] == ["3"]
+    if how == "moved":
+        assert moved not in open_paths()
+    log.stopService()
+    assert (log.written, log.dropped) == (3, 0)
+
+
+def test_a_file_created_in_place_of_the_log_is_taken_at_the_next_batch(tmp_path: Path) -> None:
+    """logrotate's create mode: moved aside and a new file made; numd writes to the new one
+    at its next batch even without a SIGHUP, and closes the moved one."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    connection = log.connection("p")
+    connection.records([b"1"], [])
+    log.flush()
+    moved = str(tmp_path / "m.log-20250101")
+    os.rename(log.path, moved)
+    Path(log.path).touch()
+    connection.records([b"2"], [])
+    log.flush()
+    assert moved not in open_paths()
+    log.stopService()
+    assert [r["msg"] for r in read(moved)] == ["1"]
+    assert [r["msg"] for r in read(log.path)] == ["2"]
+
+
+def test_reopen_writes_earlier_records_to_the_old_file_and_later_ones_to_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP's reopen runs on the writer after the writes handed over before it: records
+    buffered before it end in the moved file, later ones in a new file at the path."""
+    writer = ManualWriter()
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), run=writer)
+    log.startService()
+    connection = log.connection("p")
+    connection.records([b"1"], [])
+    log.flush()  # handed over, not written yet
+    connection.records([b"2"], [])  # buffered
+    moved = str(tmp_path / "m.log.1")
+    os.rename(log.path, moved)
+    reopened = log.reopen()
+    connection.records([b"3"], [])
+    log.flush()
+    assert not reopened.called
+    writer.finish_all()
+    assert reopened.called
+    assert moved not in open_paths()
+    log.stopService()
+    writer.finish_all()
+    assert [r["msg"] for r in read(moved)] == ["1", "2"]
+    assert [r["msg"] for r in read(log.path)] == ["3"]
+    assert (log.written, log.dropped, log.writable) == (3, 0, True)
+
+
+def test_reopen_of_a_log_that_is_off_or_stopped_does_nothing(tmp_path: Path) -> None:
+    """With --no-message-log, or once stopped, a SIGHUP opens no file."""
+    off = MessageLog(str(tmp_path / "off.log"), Clock(), enabled=False)
+    off.startService()
+    assert off.reopen().called
+    off.stopService()
+    stopped = MessageLog(str(tmp_path / "stopped.log"), Clock())
+    stopped.startService()
+    stopped.stopService()
+    os.remove(stopped.path)
+    assert stopped.reopen().called
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_path_that_cannot_be_opened_again_drops_records_until_it_can(tmp_path: Path) -> None:
+    """Its directory gone: SIGHUP's reopen fails (logged) and the old file stays in use; past
+    the grace the records are dropped and counted, `writable` is false; the log recovers
+    once the directory is back."""
+    clock = Clock()
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log = MessageLog(str(directory / "m.log"), clock)
+    log.startService()
+    os.rename(directory, tmp_path / "gone")
+    log.reopen()
+    connection = log.connection("p")
+    connection.records([b"kept"], [])
+    log.flush()
+    assert (log.written, log.writable) == (1, True)
+    clock.advance(1)
+    connection.records([b"lost"], [])
+    log.flush()
+    assert (log.dropped, log.writable) == (1, False)
+    directory.mkdir()
+    connection.records([b"back"], [])
+    log.flush()
+    log.stopService()
+    assert [r["msg"] for r in read(str(tmp_path / "gone" / "m.log"))] == ["kept"]
+    assert [r["msg"] for r in read(log.path)] == ["back"]
+    assert (log.written, log.dropped, log.writable) == (2, 1, True)
+
+
+def _half_then_full(fd: int, data: bytes | memoryview) -> int:
+    """A disk that fills up in the middle of a write: half of it lands, then ENOSPC."""
+    os.write(fd, data[: len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _short_then_full(fd: int, data: bytes | memoryview) -> int:
+    """The kernel's way: a short write (part of the bytes), then ENOSPC on the rest."""
+    if len(data) < 50:
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    return os.write(fd, data[: len(data) - 40])
+
+
+@pytest.mark.parametrize(
+    "fault", [_half_then_full, _short_then_full], ids=["half-then-ENOSPC", "short-then-EDQUOT"]
+)
+def test_a_write_that_fails_half_way_leaves_only_whole_records(
+    tmp_path: Path, fault: Callable[[int, bytes | memoryview], int]
+) -> None:
+    """A full disk in the middle of a batch: the batch's records are dropped (counted), the
+    partial record is cut off, and the next records start a line of their own."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock())
+    log.startService()
+    connection = log.connection("127.0.0.1:1")
+    connection.records([b"1", b"2"], [])
+    log.flush()
+    assert log._file is not None
+    log._file._os_write = fault
+    connection.records([b"3", b"4", b"5"], [b"6"])
+    log.flush()
+    assert (log.written, log.dropped, log.writable) == (2, 4, False)
+    log._file._os_write = os.write
+    connection.records([b"7"], [])
+    log.flush()
+    log.stopService()
+    assert [r["msg"] for r in read(log.path)] == ["1", "2", "7"]  # every line parses
+    assert (log.written, log.dropped, log.writable) == (3, 4, True)
+
+
+def test_a_batch_that_fails_after_its_first_pieces_counts_only_the_rest_as_dropped(
+    tmp_path: Path,
+) -> None:
+    """A large batch is written in pieces: those written before the disk filled are kept
+    and counted as written, the failed piece and the rest as dropped."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), flush_records=10_000)
+    log.startService()
+    assert log._file is not None
+    pieces = 0
+
+    def second_piece_fails(fd: int, data: bytes | memoryview) -> int:
+        nonlocal pieces
+        pieces += 1
+        return _half_then_full(fd, data) if pieces == 2 else os.write(fd, data)
+
+    log._file._os_write = second_piece_fails
+    connection = log.connection("p")
+    for i in range(3):
+        connection.new_read(0.0)
+        connection.records([b"%d" % i + b"7" * 200_000], [])
+    log.flush()
+    assert (log.written, log.dropped) == (2, 1)
+    log.stopService()
+    assert [r["msg"][:1] for r in read(log.path)] == ["0", "1"]

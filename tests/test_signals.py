@@ -1,12 +1,24 @@
-"""numd.signals: clean exits on SIGTERM/SIGINT, and start-up errors that say why."""
+"""numd.signals: clean exits on SIGTERM/SIGINT, log files reopened on SIGHUP, start-up errors that say why."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+from pathlib import Path
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogPublisher, capturedLogs, textFileLogObserver
+from twisted.python.logfile import LogFile
 
-from numd.signals import ExitZeroOnSignal, StartupError
+from numd.signals import (
+    ExitZeroOnSignal,
+    ReopenLogsOnHangup,
+    StartupError,
+    reopen_log_file,
+    twistd_log_file,
+)
 
 
 class ThreadSafeMemoryReactor(MemoryReactorClock):
@@ -43,3 +55,82 @@ def test_startup_error_is_both_an_exit_and_an_exception() -> None:
     error = StartupError("numd: cannot listen on 127.0.0.1:2004: busy")
     assert isinstance(error, SystemExit) and isinstance(error, Exception)
     assert str(error) == error.code == "numd: cannot listen on 127.0.0.1:2004: busy"
+
+
+def test_sighup_reopens_every_log_and_keeps_running() -> None:
+    """SIGHUP runs every reopener on the reactor thread, never stops the reactor; one that
+    fails is logged and the others still run; stop restores the old handler."""
+    before = signal.getsignal(signal.SIGHUP)
+    reactor = ThreadSafeMemoryReactor()
+    calls: list[str] = []
+
+    def broken() -> None:
+        calls.append("broken")
+        raise OSError("cannot open")
+
+    service = ReopenLogsOnHangup(
+        reactor, [lambda: calls.append("first"), broken, lambda: calls.append("last")]
+    )
+    service.startService()
+    try:
+        handler = signal.getsignal(signal.SIGHUP)
+        assert handler == service._handle
+        handler(signal.SIGHUP, None)  # type: ignore[operator]
+        assert reactor.from_threads == [service.reopen] and calls == []
+        with capturedLogs() as events:
+            done = reactor.from_threads[0]()  # type: ignore[operator]
+        assert done.called
+        assert calls == ["first", "broken", "last"]
+        assert [e["log_format"] for e in events if "log_failure" in e] == [
+            "could not reopen a log file"
+        ]
+        assert not reactor.hasStopped and not reactor.hasRun
+    finally:
+        service.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_twistd_log_file_is_found_through_its_observer(tmp_path: Path) -> None:
+    """twistd's --logfile is the LogFile behind the text observer twistd gave the publisher;
+    a twistd that logs to stdout has none."""
+    log_file = LogFile.fromFullPath(str(tmp_path / "twistd.log"))
+    try:
+        found = LogPublisher(lambda event: None, textFileLogObserver(log_file))
+        assert twistd_log_file(found) is log_file
+    finally:
+        log_file.close()
+    assert twistd_log_file(LogPublisher(textFileLogObserver(sys.stdout))) is None
+    assert twistd_log_file(LogPublisher()) is None
+
+
+def test_a_moved_twisted_log_file_is_reopened_at_its_path(tmp_path: Path) -> None:
+    """After a move, reopening gives a new file at the path; a closed file is left alone."""
+    path = tmp_path / "twistd.log"
+    log_file = LogFile.fromFullPath(str(path))
+    reopen = reopen_log_file(lambda: log_file)
+    log_file.write("before\n")
+    os.rename(path, tmp_path / "twistd.log.moved")
+    reopen()
+    log_file.write("after\n")
+    log_file.close()
+    reopen()  # closed: nothing happens
+    assert log_file.closed
+    assert (tmp_path / "twistd.log.moved").read_text() == "before\n"
+    assert path.read_text() == "after\n"
+    reopen_log_file(lambda: None)()  # no file (stdout, no access log): nothing to do
+
+
+def test_a_twisted_log_file_that_cannot_be_reopened_stays_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory numd may not write: the reopen fails before closing anything, and
+    logging goes on in the old file."""
+    path = tmp_path / "twistd.log"
+    log_file = LogFile.fromFullPath(str(path))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user
+    with pytest.raises(PermissionError):
+        reopen_log_file(lambda: log_file)()
+    monkeypatch.undo()
+    log_file.write("still here\n")
+    log_file.close()
+    assert path.read_text() == "still here\n"
