@@ -1,4 +1,4 @@
-"""Protections in front of the HTTP API: Host allowlist, bearer token, CORS, body cap, deadlines.
+"""Protections in front of the HTTP API: Host checks, bearer token, CORS, body cap, deadlines.
 
 Two layers, so each check happens as early as it can:
 
@@ -15,8 +15,10 @@ Two layers, so each check happens as early as it can:
   and the connection is closed. Past the site's connection cap a new
   connection gets `TooManyConnections`: a JSON 503 and a close, before any of
   its bytes are read.
-- `Guard` wraps the API resource: a Host header that is not a loopback name or
-  a configured one gets 403 (against DNS rebinding); with a
+- `Guard` wraps the API resource: more than one Host header, or a Host that is
+  not a host name or address with an optional port (userinfo such as
+  ``localhost:80@evil.example`` included), gets 400; a Host that is not a
+  loopback name or a configured one gets 403 (against DNS rebinding); with a
   token set, every request that changes state must carry
   ``Authorization: Bearer <token>`` (compared in constant time) or gets 401
   with ``WWW-Authenticate``; CORS headers are sent only for configured origins.
@@ -428,6 +430,30 @@ class GuardedRequest(Request):
 # -- the resource: Host, token, CORS ------------------------------------------------
 
 
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[0-9A-Za-z.%_~!$&'()*+,;=-]*)(?::[0-9]*)?")
+"""RFC 9110's ``Host = uri-host [ ":" port ]``: a name or an address (IPv6 in brackets), no userinfo."""
+
+
+def host_problem(values: Sequence[bytes] | None) -> str | None:
+    """What is wrong with a request's Host header lines (`values`), or None if nothing is.
+
+    More than one Host header, userinfo (anything with ``@``, such as
+    ``localhost:80@evil.example``, which must not pass as ``localhost``) and
+    anything that is not a host name or address with an optional port are
+    wrong. No Host at all is left to the allowlist.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        return "the request has more than one Host header"
+    value = values[0]
+    if b"@" in value:
+        return "the Host header has userinfo (@); send only a host name or address and a port"
+    if _HOST.fullmatch(value) is None:
+        return "the Host header is not a host name or address with an optional port"
+    return None
+
+
 def host_name(host_header: bytes | None) -> str | None:
     """The name part of a Host header (no port, no brackets), lower-cased; None if absent."""
     if not host_header:
@@ -451,7 +477,10 @@ def is_loopback_name(name: str) -> bool:
 
 
 class Guard(Resource):
-    """Checks Host, the bearer token and CORS before the wrapped (leaf) resource renders."""
+    """Checks Host, the bearer token and CORS before the wrapped (leaf) resource renders.
+
+    A malformed or repeated Host is refused even with ``*`` in the allowed hosts.
+    """
 
     isLeaf = True
     log = Logger()
@@ -492,10 +521,17 @@ class Guard(Resource):
         return hmac.compare_digest(credentials.strip(), self._token)
 
     def render(self, request: IRequest) -> Any:
-        """Answer 403/401/CORS preflight here, or let the API answer."""
+        """Answer 400/403/401/CORS preflight here, or let the API answer."""
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        problem = host_problem(hosts)
+        if problem is not None:
+            self.log.info("refused a request with Host {hosts!r}: {problem}",
+                          hosts=[h.decode("latin-1") for h in hosts or ()], problem=problem)  # fmt: skip
+            return json_response(request, {"error": "bad-host", "message": problem}, 400)
         if not self.host_allowed(request):
             host = request.getHeader(b"host")
-            self.log.warn("refused a request for Host {host!r}", host=host)
+            self.log.warn("refused a request for Host {host!r}",
+                          host=None if host is None else host.decode("latin-1"))  # fmt: skip
             return json_response(
                 request,
                 {"error": "host-not-allowed",

@@ -18,11 +18,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
 from numd.api import ApiSite, NumdApi
-from numd.http_guard import host_name, is_loopback_name, json_body
+from numd.http_guard import host_name, host_problem, is_loopback_name, json_body
 from numd.service import NumberService
 from numd.tap import Options
 
@@ -881,3 +882,81 @@ def test_any_bytes_get_only_well_formed_answers(data: list[bytes], cut: int) -> 
         if answer.status >= 400:
             assert answer.header(b"Content-Type") == b"application/json", answer
             assert set(answer.json()) == {"error", "message"}
+
+
+# 12. Host: one header, no userinfo
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        [b"127.0.0.1", b"127.0.0.1"],
+        [b"127.0.0.1", b"evil.example"],
+        [b"localhost:80@evil.example"],
+        [b"user:pass@localhost"],
+        [b"@localhost"],
+        [b"localhost/evil"],
+        [b"localhost:80:81"],
+        [b"localhost:http"],
+        [b"local host"],
+        [b"::1"],
+    ],
+)
+@pytest.mark.parametrize("allowed", [[], ["*"]])
+def test_repeated_or_malformed_host_is_400(
+    service: NumberService, hosts: list[bytes], allowed: list[str]
+) -> None:
+    """Two Host headers, userinfo (``@``) or a Host that is not name[:port] get 400 bad-host.
+
+    Even with ``--allowed-host '*'``; with userinfo the name is never taken as localhost.
+    """
+    site = NumdApi(service, allowed_hosts=allowed).site(reactor=Clock())
+    wire = Wire(site)
+    wire.send(
+        b"POST /api/v1/values HTTP/1.1\r\n"
+        + b"".join(b"Host: " + h + b"\r\n" for h in hosts)
+        + b"Content-Length: 3\r\n\r\n[1]"
+    )
+    (answer,) = wire.answers()
+    assert_json_error(answer, 400, "bad-host", closes=False)
+    if len(hosts) == 1 and b"@" in hosts[0]:
+        assert "userinfo" in answer.json()["message"]
+    assert len(service.values) == 0
+
+
+@pytest.mark.parametrize(
+    "host", [b"127.0.0.1", b"localhost:8080", b"[::1]:8080", b"LOCALHOST.", b"127.0.0.1:"]
+)
+def test_well_formed_loopback_hosts_are_still_served(service: NumberService, host: bytes) -> None:
+    """The Host syntax check lets every well-formed loopback Host through."""
+    wire = Wire(NumdApi(service).site(reactor=Clock()))
+    wire.send(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert [a.status for a in wire.answers()] == [200]
+
+
+@given(
+    name=st.from_regex(
+        r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}", fullmatch=True
+    ),
+    port=st.none() | st.integers(0, 65535),
+    userinfo=st.binary(max_size=20),
+)
+def test_host_problem_finds_every_userinfo(name: str, port: int | None, userinfo: bytes) -> None:
+    """A name with an optional port is well formed; the same with any ``userinfo@`` in front never is."""
+    host = name.encode() + (b"" if port is None else b":%d" % port)
+    assert host_problem([host]) is None
+    assert host_problem([userinfo + b"@" + host]) is not None
+    assert host_problem([host, host]) is not None
+
+
+def test_refused_host_is_logged_as_text(service: NumberService) -> None:
+    """A refused Host appears in the log as text ('evil.example'), never as a bytes repr (b'...')."""
+    from twisted.logger import formatEvent
+
+    events: list[dict] = []
+    resource = NumdApi(service).guarded_resource()
+    guard_log = resource.log  # type: ignore[attr-defined]
+    resource.log = Logger(namespace=guard_log.namespace, observer=events.append)  # type: ignore[attr-defined]
+    call(resource, "GET", "http://127.0.0.1/healthz", headers={"Host": "evil.example"})
+    text = [formatEvent(e) for e in events]
+    assert text == ["refused a request for Host 'evil.example'"]
