@@ -137,7 +137,7 @@ def request_line_problem(line: bytes) -> Problem:
 def header_problem(line: bytes, earlier: Headers) -> Problem:
     """What is wrong with a header line that Twisted refused; `earlier` holds the request's accepted headers.
 
-    A missing, repeated or conflicting ``Content-Length`` / ``Transfer-Encoding``
+    A repeated, conflicting or unreadable ``Content-Length`` / ``Transfer-Encoding``
     is ``bad-length`` (they decide where the body ends: request smuggling lives
     there); any other malformed line is ``bad-header``. Both are 400.
     """
@@ -187,11 +187,6 @@ class GuardedChannel(HTTPChannel):
     _header_line = b""
     _head_bytes = 0
     _header_count = 0
-
-    @property
-    def refused(self) -> bool:
-        """Whether this connection was refused (an error was written and it is closing)."""
-        return self._refused
 
     def connectionMade(self) -> None:
         """Count the connection against the site's cap, then start as Twisted does."""
@@ -306,10 +301,10 @@ class GuardedChannel(HTTPChannel):
         self.site.stats.errors[code] += 1
         self.log.info("refused a request from {peer}: {status} {code}",
                       peer=str(self.transport.getPeer()), status=status, code=code)  # fmt: skip
+        if self.abortTimeout is not None:  # before the close, which may be at once
+            self._abort_call = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.transport.write(raw_json_response(status, code, message, headers))
         self.loseConnection()
-        if self.abortTimeout is not None:
-            self._abort_call = self.callLater(self.abortTimeout, self.forceAbortClient)
 
     def _start_deadline(self) -> None:
         self._deadline = self.callLater(self.site.request_timeout, self._too_slow)

@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
@@ -538,10 +538,12 @@ def test_every_malformed_request_gets_a_json_error_and_a_close(
     """Each kind of malformed request gets a status line, a compact JSON error and Connection: close.
 
     Twisted alone answers most of these with a bare 400 and no body, or closes
-    silently (a line over 16 KiB). Nothing is changed, and the refusal is counted.
+    silently (a line over 16 KiB). Nothing is changed, the refusal is counted,
+    and once closed the connection leaves no timer behind.
     """
     data, status, code = MALFORMED[name]
-    site = NumdApi(service, max_body=1024).site(reactor=Clock())
+    clock = Clock()
+    site = NumdApi(service, max_body=1024).site(reactor=clock)
     wire = Wire(site)
     wire.send(data)
     (answer,) = wire.answers()
@@ -549,6 +551,7 @@ def test_every_malformed_request_gets_a_json_error_and_a_close(
     assert wire.closed
     assert len(service.values) == 0
     assert site.stats.errors == {code: 1}
+    assert not clock.getDelayedCalls()  # no deadline, idle timer or abort left behind
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))
@@ -632,6 +635,35 @@ async def test_malformed_requests_over_loopback(service: NumberService, name: st
     raw = await exchange_over_loopback(NumdApi(service).site(), data)
     (answer,) = parse_answers(raw)
     assert_json_error(answer, status, code)
+
+
+def test_a_client_gone_mid_request_leaves_no_timer_and_frees_its_slot(
+    service: NumberService,
+) -> None:
+    """A connection lost in the middle of a request stops its deadline and leaves the cap's count."""
+    clock = Clock()
+    site = NumdApi(service).site(reactor=clock)
+    wire = Wire(site)
+    wire.send(GET)
+    assert site.connections == {wire.protocol}
+    wire.transport.loseConnection()
+    assert not clock.getDelayedCalls()
+    assert site.connections == set()
+    assert site.stats.connections == {"opened": 1, "closed": 1}
+
+
+def test_a_refused_client_that_reads_nothing_is_aborted(service: NumberService) -> None:
+    """A refused connection that does not close (its client never reads) is aborted after 15 s."""
+    clock = Clock()
+    transport = StringTransport()
+    channel = NumdApi(service).site(reactor=clock).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /healthz HTTP/9.9\r\n\r\n")
+    assert transport.disconnecting and not transport.disconnected
+    clock.advance(14.9)
+    assert not transport.disconnected
+    clock.advance(0.1)
+    assert transport.disconnected
 
 
 def test_twisteds_own_408_and_413_bodies_use_the_compact_json(service: NumberService) -> None:
