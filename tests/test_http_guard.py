@@ -828,6 +828,21 @@ def test_connections_past_the_cap_get_503_and_a_slot_frees_on_close(service: Num
     assert site.connections == set()
 
 
+def test_reaching_the_cap_is_logged_once_each_time(service: NumberService) -> None:
+    """The first refusal after the cap is reached is logged; later ones only counted, until a slot frees."""
+    site = NumdApi(service, max_connections=1).site(reactor=Clock())
+    events: list[dict] = []
+    site._logger = Logger(namespace="numd.api.ApiSite", observer=events.append)
+    held = Wire(site)
+    Wire(site), Wire(site)
+    assert len(events) == 1 and events[0]["count"] == 1
+    held.transport.loseConnection()
+    Wire(site)
+    Wire(site)
+    assert len(events) == 2
+    assert site.stats.connections["refused"] == 3
+
+
 def test_refused_connections_are_in_the_metrics(service: NumberService) -> None:
     """/metrics counts HTTP refusals under protocol="http": connections refused, errors by code."""
     api = NumdApi(service, max_connections=1)
