@@ -46,11 +46,18 @@ from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from numd.dashboard import Dashboard
-from numd.http_guard import Guard, GuardedRequest, json_response
+from numd.http_guard import (
+    Guard,
+    GuardedChannel,
+    GuardedRequest,
+    TooManyConnections,
+    json_response,
+)
 from numd.messagelog import MessageLog
 from numd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from numd.metrics import Metrics
 from numd.service import INT64_MAX, INT64_MIN, NumberService
+from numd.stats import Stats
 
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 100
@@ -63,6 +70,11 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 """Seconds a request's line, headers and body may take to arrive; then 408."""
 DEFAULT_IDLE_TIMEOUT = 60.0
 """Seconds an HTTP connection may sit idle between requests before it is closed."""
+DEFAULT_MAX_CONNECTIONS = 256
+"""HTTP connections open at once (event streams included); the next one gets 503 and is closed.
+
+Each one holds a file descriptor: without a cap, a few hundred idle or slow
+sockets took every descriptor and new counter clients were reset."""
 
 JSON_TYPE = b"application/json"
 LEGACY_TYPE = b"text/html; charset=utf-8"
@@ -173,17 +185,25 @@ class _CappedBody(io.BytesIO):
 
 
 class ApiSite(Site):
-    """A `Site` that refuses big bodies and slow requests early (see `numd.http_guard`).
+    """A `Site` that refuses big bodies, slow requests and connections past its cap early.
 
-    Request bodies are held in memory up to the API's cap only; a connection idle
-    for `idle_timeout` seconds between requests is closed. Requests are written to
-    an access log (combined log format, rotated by size) only when `access_log`
-    names a file: by default they are only counted in ``/metrics``, since
-    twisted.web's default of one line per request in the daemon's own log costs
-    more than serving a small GET.
+    See `numd.http_guard` for the wire-level checks: every request must arrive
+    within `request_timeout` seconds from its first byte; request bodies are
+    held in memory up to the API's cap only; a malformed request gets a JSON
+    error. A connection idle for `idle_timeout` seconds between requests is
+    closed; past `max_connections` open connections a new one gets a JSON 503
+    and is closed at once. `stats` counts connections (``opened``, ``closed``,
+    ``refused``) and refusals by error code (exported under ``protocol="http"``).
+
+    Requests are written to an access log (combined log format, rotated by
+    size) only when `access_log` names a file: by default they are only counted
+    in ``/metrics``, since twisted.web's default of one line per request in the
+    daemon's own log costs more than serving a small GET.
     """
 
+    _logger = Logger()  # not `log`: that is Site's access-log method
     requestFactory = GuardedRequest
+    protocol = GuardedChannel  # type: ignore[assignment]  # no ALPN/HTTP/2 wrapper: HTTP/1.1 only
 
     def __init__(
         self,
@@ -192,11 +212,35 @@ class ApiSite(Site):
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         access_log: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, timeout=idle_timeout, logPath=access_log, **kwargs)
         self.max_body = max_body
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.connections: set[GuardedChannel] = set()
+        self.stats = Stats()
+        self._full = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, or past `max_connections` open ones, a JSON 503 and a close.
+
+        The first refusal after the cap is reached is logged; every one is counted.
+        """
+        if len(self.connections) >= self.max_connections:
+            self.stats.connections["refused"] += 1
+            self.stats.errors["too-many-connections"] += 1
+            if not self._full:
+                self._full = True
+                self._logger.warn(
+                    "{count} HTTP connections are open: refusing new ones until one closes "
+                    "(--api-max-connections)",
+                    count=len(self.connections),
+                )
+            return TooManyConnections(self.max_connections)
+        self._full = False
+        return super().buildProtocol(addr)
 
     def startFactory(self) -> None:
         """Open the access log if one is configured; else log no requests."""
@@ -283,6 +327,7 @@ class NumdApi:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         dashboard: Dashboard | None = None,
         access_log: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.service = service
         self.message_log = message_log
@@ -297,6 +342,7 @@ class NumdApi:
         self.request_timeout = request_timeout
         self.dashboard = dashboard
         self.access_log = access_log
+        self.max_connections = max_connections
         self._openapi = _openapi_document(legacy_routes)
 
     def resource(self) -> IResource:
@@ -314,15 +360,21 @@ class NumdApi:
         )
 
     def site(self, reactor: IReactorTime | None = None) -> ApiSite:
-        """A `Site` for this API: guarded routes, bodies capped at `max_body`, deadlines."""
+        """A `Site` for this API: guarded routes, bodies capped at `max_body`, deadlines, a connection cap.
+
+        Its connection and refusal counts are exported in ``/metrics`` under ``protocol="http"``.
+        """
         kwargs: dict[str, Any] = {} if reactor is None else {"reactor": reactor}
-        return ApiSite(
+        site = ApiSite(
             self.guarded_resource(),
             max_body=self.max_body,
             request_timeout=self.request_timeout,
             access_log=self.access_log,
+            max_connections=self.max_connections,
             **kwargs,
         )
+        self.metrics.add_stats("http", site.stats)
+        return site
 
     # -- plumbing ------------------------------------------------------------------
 

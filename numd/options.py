@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from numd.api import DEFAULT_MAX_BODY
+from numd.api import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from numd.http_guard import is_loopback_name
 from numd.legacy_array import DEFAULT_IDLE_TIMEOUT as LEGACY_ARRAY_IDLE_TIMEOUT
 from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
@@ -203,10 +203,18 @@ class Options(usage.Options):
         [
             "request-timeout",
             None,
-            10.0,
-            "Seconds an HTTP request's line, headers and body may take to arrive; "
-            "a slower one gets 408 and is closed.",
+            DEFAULT_REQUEST_TIMEOUT,
+            "Seconds an HTTP request's line, headers and body may take to arrive, "
+            "from its first byte; a slower one gets 408 and is closed.",
             _checked("request-timeout", float, 0.1),
+        ],
+        [
+            "api-max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Most HTTP connections open at once (event streams included); the next "
+            "one gets 503 too-many-connections and is closed.",
+            _checked("api-max-connections", int, 1),
         ],
         [
             "access-log",

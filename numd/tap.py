@@ -17,9 +17,8 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Site
 
-from numd.api import NumdApi
+from numd.api import ApiSite, NumdApi
 from numd.dashboard import Dashboard
 from numd.legacy_array import LegacyArrayFactory
 from numd.messagelog import MessageLog
@@ -50,10 +49,14 @@ RESERVED_FILES = 64
 """Open files numd needs besides its client connections (listeners, logs, store)."""
 
 
-def check_open_files(max_clients: int) -> int:
-    """Raise the open-file soft limit to the hard limit; warn if it cannot fit `max_clients`.
+def check_open_files(
+    max_clients: int, *, api_max_connections: int = 0, legacy_max_clients: int = 0
+) -> int:
+    """Raise the open-file soft limit to the hard limit; warn if it cannot fit every listener's cap.
 
-    Returns the soft limit now in force.
+    The caps are `max_clients` (counter protocol), `api_max_connections` (HTTP
+    API) and `legacy_max_clients` (the legacy array listener, 0 when it is
+    off), plus `RESERVED_FILES`. Returns the soft limit now in force.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
@@ -67,12 +70,19 @@ def check_open_files(max_clients: int) -> int:
                 hard=hard,
                 e=e,
             )
-    if soft != resource.RLIM_INFINITY and soft < max_clients + RESERVED_FILES:
+    caps = [("--max-clients", max_clients), ("--api-max-connections", api_max_connections),
+            ("--legacy-array-max-clients", legacy_max_clients)]  # fmt: skip
+    connections = max_clients + api_max_connections + legacy_max_clients
+    needed = connections + RESERVED_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
         _log.warn(
-            "--max-clients {max_clients} needs about {needed} open files but the limit is "
-            "{soft}: connections past about {usable} will fail to be accepted",
+            "{caps} need about {needed} open files but the limit is {soft}: connections "
+            "past about {usable} in all will fail to be accepted",
+            caps=" + ".join(f"{option} {cap}" for option, cap in caps if cap),
             max_clients=max_clients,
-            needed=max_clients + RESERVED_FILES,
+            api_max_connections=api_max_connections,
+            legacy_max_clients=legacy_max_clients,
+            needed=needed,
             soft=soft,
             usable=max(soft - RESERVED_FILES, 0),
         )
@@ -85,7 +95,7 @@ class Daemon(MultiService):
     store: Store | None
     metrics: Metrics
     api: NumdApi
-    site: Site
+    site: ApiSite
     legacy_array_factory: LegacyArrayFactory | None
 
     def __init__(
@@ -106,7 +116,12 @@ class Daemon(MultiService):
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port ends start-up with a clear message."""
-        check_open_files(self.counter_factory.max_clients)
+        legacy = self.legacy_array_factory
+        check_open_files(
+            self.counter_factory.max_clients,
+            api_max_connections=self.site.max_connections,
+            legacy_max_clients=0 if legacy is None else legacy.max_clients,
+        )
         try:
             super().privilegedStartService()
         except CannotListenError as e:
@@ -190,6 +205,7 @@ def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
         allowed_hosts=config["allowed-host"],
         cors_origins=config["cors-origin"],
         request_timeout=config["request-timeout"],
+        max_connections=config["api-max-connections"],
         access_log=config["access-log"],
         dashboard=Dashboard(
             state, reactor, stats=[top.stats] + ([legacy.stats] if legacy is not None else [])

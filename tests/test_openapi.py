@@ -128,3 +128,12 @@ def test_every_operation_lists_what_the_guard_answers() -> None:
                 or path.encode() in LEGACY_STATE_CHANGING_PATHS
             )
             assert ("401" in responses) == needs_token, (path, method)
+
+
+def test_every_operation_lists_the_bad_host_400() -> None:
+    """Every operation may answer 400 bad-host (a repeated or malformed Host), and the document says so."""
+    for path, item in packaged_document()["paths"].items():
+        for method in HTTP_METHODS & set(item):
+            answer = item[method]["responses"].get("400", {})
+            text = answer.get("description", "") + answer.get("$ref", "")
+            assert "BadHost" in text or "bad-host" in text, (path, method)

@@ -127,6 +127,63 @@ def test_open_file_limit_is_raised_and_checked(monkeypatch: pytest.MonkeyPatch) 
     assert warning["max_clients"] == 10_000 and warning["soft"] == 2048
 
 
+def test_open_file_check_counts_every_listeners_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counter clients, HTTP connections and legacy array clients all need a descriptor each."""
+    import resource
+
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from numd.tap import RESERVED_FILES, check_open_files
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (2048, 2048))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert check_open_files(2048 - RESERVED_FILES) == 2048
+        assert not [e for e in events if e["log_level"] == LogLevel.warn]
+        check_open_files(2048 - RESERVED_FILES, api_max_connections=1)
+        check_open_files(1000, api_max_connections=256, legacy_max_clients=1000)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    first, second = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert (first["needed"], second["needed"]) == (2049, 1000 + 256 + 1000 + RESERVED_FILES)
+    assert formatEvent(second).startswith(
+        "--max-clients 1000 + --api-max-connections 256 + --legacy-array-max-clients 1000 "
+        f"need about {2256 + RESERVED_FILES} open files but the limit is 2048"
+    )
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_start_checks_open_files_against_every_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
+    """At start the open-file check gets --max-clients, --api-max-connections and, if on, the legacy cap."""
+    import numd.tap
+
+    calls: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(numd.tap, "check_open_files", lambda *a, **k: calls.append((a, k)) or 1024)
+    args = ["--message-log", str(tmp_path / "m.log"), "--db", ":memory:", "--max-clients", "10",
+            "--api-max-connections", "20", "--legacy-array-max-clients", "30"]  # fmt: skip
+    if legacy:
+        args += ["--legacy-array-listen", "tcp:6000:interface=127.0.0.1"]
+    service = makeService(parse(*args), reactor=MemoryReactorClock())
+    service.privilegedStartService()
+    assert calls == [
+        ((10,), {"api_max_connections": 20, "legacy_max_clients": 30 if legacy else 0})
+    ]
+    assert service.site.max_connections == 20
+
+
+def test_api_max_connections_option(tmp_path: Path) -> None:
+    """--api-max-connections defaults to 256 and must be a positive integer."""
+    log = ["--message-log", str(tmp_path / "m.log")]
+    assert parse(*log)["api-max-connections"] == 256
+    assert parse(*log, "--api-max-connections", "3")["api-max-connections"] == 3
+    for bad in ("0", "many"):
+        with pytest.raises(usage.UsageError, match="api-max-connections"):
+            parse(*log, "--api-max-connections", bad)
+
+
 def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
     """The state service is started first, so it is stopped last."""
     service = makeService(
