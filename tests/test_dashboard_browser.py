@@ -28,7 +28,7 @@ import pytest
 
 from numd.store import Batch, Database
 
-from .daemon import ROOT, running_numd, wait_for_port
+from .daemon import ROOT, running_numd, subprocess_env, wait_for_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -172,6 +172,7 @@ def live_daemon(tmp_path: Path) -> Iterator[Any]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=tmp_path,
+                env=subprocess_env(),  # this checkout's numd, as the daemon runs it
             )
             stack.callback(_stop, client)
         yield daemon
