@@ -35,19 +35,21 @@ class TokenReceiver(Protocol):
     _buffer = b""
     """The partial token (or, while tokens are held, the unhandled input)."""
     _pieces: list[bytes] | None = None
-    """A partial token spread over several reads, joined once its delimiter comes."""
+    """The reads after `_buffer` of a partial token spread over several reads (never
+    set while `_buffer` is empty), joined once its delimiter comes."""
     _pieces_length = 0
     _stopped = False
     _holding = False
+    _blocked = False
+    """`_stopped or _holding`: one test on the common path."""
 
     def dataReceived(self, data: bytes) -> None:
         """Split the buffered partial token plus `data` into tokens and dispatch them."""
-        if self._stopped:
+        if self._blocked:
+            if self._holding:
+                self._buffer += data  # bounded: the holder stopped reading from the transport
             return
-        if self._holding:
-            self._buffer += data  # bounded: the holder stopped reading from the transport
-            return
-        if self._buffer or self._pieces is not None:
+        if self._buffer:
             data = self._gather(data)
             if not data:  # still no delimiter
                 self.readReceived([])
@@ -75,16 +77,17 @@ class TokenReceiver(Protocol):
         Until then the pieces are only listed: a token trickled in byte by byte
         is joined once, not copied on every read.
         """
-        if self._pieces is None:
+        pieces = self._pieces
+        if pieces is None:
             if _ends_token(data):
                 return self._buffer + data
-            self._pieces = [self._buffer]
+            self._pieces = pieces = []
             self._pieces_length = len(self._buffer)
-            self._buffer = b""
-        self._pieces.append(data)
+        pieces.append(data)
         self._pieces_length += len(data)
         if _ends_token(data) or self._pieces_length > self.MAX_LENGTH:
-            data = b"".join(self._pieces)
+            data = b"".join([self._buffer, *pieces])
+            self._buffer = b""
             self._pieces = None
             self._pieces_length = 0
             return data
@@ -140,7 +143,7 @@ class TokenReceiver(Protocol):
     def pending(self) -> bytes:
         """The partial token received so far, waiting for its delimiter."""
         if self._pieces is not None:
-            return b"".join(self._pieces)
+            return b"".join([self._buffer, *self._pieces])
         return self._buffer
 
     def take_pending(self) -> bytes:
@@ -155,13 +158,14 @@ class TokenReceiver(Protocol):
         The caller should also stop reading from the transport, which is what
         bounds the input kept.
         """
-        self._holding = True
+        self._holding = self._blocked = True
 
     def release_tokens(self) -> None:
         """Handle the input kept since `hold_tokens` (and go on taking new input)."""
         if not self._holding:
             return
         self._holding = False
+        self._blocked = self._stopped
         if self._stopped:
             return
         data, self._buffer = self._buffer, b""
@@ -169,7 +173,7 @@ class TokenReceiver(Protocol):
 
     def stop_reading_tokens(self) -> None:
         """Ignore every token from now on (the connection is being closed)."""
-        self._stopped = True
+        self._stopped = self._blocked = True
         self._holding = False
         self._buffer = b""
         self._pieces = None

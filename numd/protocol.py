@@ -181,11 +181,7 @@ class CounterProtocol(TokenReceiver):
         if self._quiet_timer is not None:
             self._cancel_quiet_timer()
         self._log.new_read(now)
-        self._in_read = True
-        try:
-            super().dataReceived(data)
-        finally:
-            self._in_read = False
+        super().dataReceived(data)
 
     def readReceived(self, tokens: list[bytes]) -> None:
         """Handle a read of a registered client's reports and requests in one pass; else token by token.
@@ -317,11 +313,14 @@ class CounterProtocol(TokenReceiver):
                 self.hold_tokens()
                 self.transport.pauseProducing()
 
-    _in_read = False
-
     def _resume(self) -> None:
-        """Something drained: handle the kept tokens if under budget, then read again."""
-        if self._lost or self._transport_paused or self._in_read:
+        """Something drained: handle the kept tokens if under budget, then read again.
+
+        Called only from outside the handling of a read: by the transport, by the
+        store's acknowledgement (`_release_later`) and by the log writer
+        (`_wait_for_log`), each from a reactor callback of its own.
+        """
+        if self._lost or self._transport_paused:
             return
         if self.holding:
             hold_at = self.factory.hold_at
@@ -329,11 +328,7 @@ class CounterProtocol(TokenReceiver):
                 self._wait_for_log()
             if self._unsent() > hold_at:
                 return
-            self._in_read = True
-            try:
-                self.release_tokens()
-            finally:
-                self._in_read = False
+            self.release_tokens()
         if not self.holding and not self._transport_paused and not self._lost:
             self.transport.resumeProducing()
 
