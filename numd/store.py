@@ -617,16 +617,20 @@ class Store(Service):
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 
-    async def _stop(self) -> None:
+    def _unfollow(self) -> None:
+        """Stop observing the service and stop every timer of the store."""
         self.service.remove_observer(self._list_changed)
         self.service.remove_observer(self._client_changed)  # type: ignore[arg-type]
-        self.service.set_durability(None)
         if self._ticker.running:
             self._ticker.stop()
         cancel(self._call)
         self._call = None
         cancel(self._slice_call)
         self._slice_call = None
+
+    async def _stop(self) -> None:
+        self._unfollow()
+        self.service.set_durability(None)
         try:
             while self._inflight is not None or self._pending or self._lazy or self._draining:
                 await self.flush()
@@ -795,14 +799,7 @@ class Store(Service):
             then="" if wal else f" (it then loads whatever file is at {self.path})",
         )
         # Nothing more to write: stop following the service, and drop what waits.
-        self.service.remove_observer(self._list_changed)
-        self.service.remove_observer(self._client_changed)  # type: ignore[arg-type]
-        if self._ticker.running:
-            self._ticker.stop()
-        cancel(self._call)
-        self._call = None
-        cancel(self._slice_call)
-        self._slice_call = None
+        self._unfollow()
         self._lazy.clear()
         self._draining.clear()
         pending, self._pending = self._pending, Batch()

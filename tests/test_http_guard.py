@@ -230,6 +230,22 @@ def test_cors_for_a_configured_origin(service: NumberService) -> None:
 # 13. Body cap without reading the body; slow requests time out (fake clock, real socket)
 
 
+async def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the non-blocking `sock` reads until the server closes (5 s at most)."""
+    received = b""
+    deadline = reactor.seconds() + 5
+    while reactor.seconds() < deadline:
+        await deferLater(reactor, 0.01)
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the server did not close; got {received!r}")
+
+
 async def raw_exchange(site: Any, request: bytes, then: Any = None) -> bytes:
     """Send raw bytes to `site` over 127.0.0.1 and return everything read until it closes."""
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
@@ -240,18 +256,7 @@ async def raw_exchange(site: Any, request: bytes, then: Any = None) -> bytes:
         if then is not None:
             await deferLater(reactor, 0.05)
             then()
-        received = b""
-        deadline = reactor.seconds() + 5
-        while reactor.seconds() < deadline:
-            await deferLater(reactor, 0.01)
-            try:
-                chunk = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return received
-            received += chunk
-        raise AssertionError(f"the server did not close; got {received!r}")
+        return await read_until_closed(sock)
     finally:
         sock.close()
         await port.stopListening()
@@ -894,18 +899,7 @@ async def exchange_over_loopback_to(address: tuple[str, int], data: bytes) -> by
     sock.setblocking(False)
     try:
         sock.sendall(data)
-        received = b""
-        deadline = reactor.seconds() + 5
-        while reactor.seconds() < deadline:
-            await deferLater(reactor, 0.01)
-            try:
-                chunk = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return received
-            received += chunk
-        raise AssertionError(f"the server did not close; got {received!r}")
+        return await read_until_closed(sock)
     finally:
         sock.close()
 
