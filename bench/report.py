@@ -551,7 +551,7 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"{base.get('requests, 1 per read')} us, a report {on.get('reports, 1 per read')} us against "
             f"{base.get('reports, 1 per read')} us (registry, counters, observers, the log's records). "
             "These go through a `StringTransport`: Twisted's TCP write path, which numd's replies skip "
-            "while the socket takes them whole (`numd/direct_write.py`), is only in the W=1 flood."
+            "while the socket takes them whole (`numd/counter/direct_write.py`), is only in the W=1 flood."
         )
     runs = results.get("schedule") or []
     sizes = sorted({r["clients"] for r in runs if r["server_kind"] == "numd --db :memory:"})

@@ -104,7 +104,7 @@ def load_seconds(directory: Path, count: int = 1_000_000) -> float:
     from twisted.internet.task import Clock
 
     from numd.service import NumberService
-    from numd.store import Batch, Database, Store
+    from numd.store.service import Batch, Database, Store
 
     path = str(directory / "million.db")
     db = Database(path)

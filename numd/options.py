@@ -14,12 +14,10 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from numd.api import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
-from numd.http_guard import is_loopback_name
-from numd.legacy_array import DEFAULT_IDLE_TIMEOUT as LEGACY_ARRAY_IDLE_TIMEOUT
-from numd.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
-from numd.legacy_array import DEFAULT_MAX_CLIENTS as LEGACY_ARRAY_MAX_CLIENTS
-from numd.protocol import (
+from numd.counter.legacy_array import DEFAULT_IDLE_TIMEOUT as LEGACY_ARRAY_IDLE_TIMEOUT
+from numd.counter.legacy_array import DEFAULT_MAX_BYTES as LEGACY_ARRAY_MAX_BYTES
+from numd.counter.legacy_array import DEFAULT_MAX_CLIENTS as LEGACY_ARRAY_MAX_CLIENTS
+from numd.counter.protocol import (
     DEFAULT_CONNECTION_BUDGET,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
@@ -31,7 +29,9 @@ from numd.protocol import (
     MIN_CONNECTION_BUDGET,
     MIN_REPLY_CAP,
 )
-from numd.store import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
+from numd.http.api import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
+from numd.http.guard import is_loopback_name
+from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"

@@ -8,9 +8,9 @@ protocols and routes parse their input, call it, and format its answers.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 from sortedcontainers import SortedList
 from twisted.application.service import Service
@@ -55,18 +55,47 @@ class ClientRecord:
         }
 
 
-ChangeObserver = Callable[[str, object], None]
-CHANGE_KINDS = ("register", "disconnect", "report", "give", "merge", "clear")
-"""The kinds of change observers are told of."""
+class StateObserver:
+    """What an observer of `NumberService` is told: one method per kind of change.
+
+    Each is called synchronously right after its change, on the reactor thread,
+    in the order the observers were added. The defaults do nothing, and the
+    service calls only the methods an observer's class overrides, so following
+    some kinds of change costs nothing for the others. Observers must not
+    change the state.
+    """
+
+    def registered(self, record: ClientRecord) -> None:
+        """`record`'s client registered (it is connected now)."""
+
+    def disconnected(self, record: ClientRecord) -> None:
+        """`record`'s client lost its connection (its record stays)."""
+
+    def reported(self, record: ClientRecord) -> None:
+        """`record`'s client reported a new number."""
+
+    def given(self, record: ClientRecord) -> None:
+        """`record`'s client was given an even/odd number (`record.last_given`)."""
+
+    def merged(self, values: list[int]) -> None:
+        """`values` were added to the sorted list."""
+
+    def cleared(self) -> None:
+        """The sorted list was emptied."""
+
+
+_CLIENT_CHANGES = ("registered", "disconnected", "reported", "given")
+_LIST_CHANGES = ("merged", "cleared")
 
 
 class NumberService(Service):
     """Holds the registry and the sorted list; every change goes through here.
 
-    Observers added with `add_observer` are called synchronously after each
-    change with a kind (``"register"``, ``"disconnect"``, ``"report"``,
-    ``"give"``, ``"merge"``, ``"clear"``) and a payload, so that the message log,
-    metrics, the store or a dashboard can follow along without driving it.
+    Observers (`StateObserver`) added with `add_observer` are told of each
+    change, so that the store, the array reply cache or the dashboard can follow
+    along without driving it. Reads go through methods too (`list_size`,
+    `values_page`, `client`, `clients_page`...): `docs/architecture.md` lists what
+    a second implementation of the state must provide.
     """
 
     name = "numd-state"
@@ -76,28 +105,37 @@ class NumberService(Service):
         self.rng = rng if rng is not None else random.Random()
         self.clients: dict[int, ClientRecord] = {}
         self.values: SortedList = SortedList()
-        self._observers: dict[str, list[ChangeObserver]] = {}
-        """The observers of each kind of change."""
+        self._observers: list[StateObserver] = []
+        self._registered: tuple[Callable[[ClientRecord], None], ...] = ()
+        self._disconnected: tuple[Callable[[ClientRecord], None], ...] = ()
+        self._reported: tuple[Callable[[ClientRecord], None], ...] = ()
+        self._given: tuple[Callable[[ClientRecord], None], ...] = ()
+        self._merged: tuple[Callable[[list[int]], None], ...] = ()
+        self._cleared: tuple[Callable[[], None], ...] = ()
         self._when_durable: Callable[[], Deferred[None] | None] | None = None
 
     # -- observers -----------------------------------------------------------
 
-    def add_observer(self, observer: ChangeObserver, kinds: Iterable[str] = CHANGE_KINDS) -> None:
-        """Call `observer(kind, payload)` after every change of these kinds (all by default)."""
-        for kind in kinds:
-            if kind not in CHANGE_KINDS:
-                raise ValueError(f"unknown change kind {kind!r}")
-            # A new list: a loop running over the old one is not disturbed.
-            self._observers[kind] = [*self._observers.get(kind, ()), observer]
+    def add_observer(self, observer: StateObserver) -> None:
+        """Tell `observer` of every change of the kinds its class overrides, after those added before."""
+        self._observers.append(observer)
+        self._bind()
 
-    def remove_observer(self, observer: ChangeObserver) -> None:
-        """Stop calling `observer`."""
-        for kind, observers in self._observers.items():
-            self._observers[kind] = [o for o in observers if o != observer]
+    def remove_observer(self, observer: StateObserver) -> None:
+        """Stop telling `observer` of changes."""
+        self._observers = [o for o in self._observers if o is not observer]
+        self._bind()
 
-    def _changed(self, kind: str, payload: object) -> None:
-        for observer in self._observers.get(kind, ()):
-            observer(kind, payload)
+    def _bind(self) -> None:
+        """Keep, per kind of change, the bound methods to call (new tuples: a loop over
+        the old ones, from an observer that adds or removes one, is not disturbed)."""
+        for name in (*_CLIENT_CHANGES, *_LIST_CHANGES):
+            calls = tuple(
+                getattr(o, name)
+                for o in self._observers
+                if getattr(type(o), name) is not getattr(StateObserver, name)
+            )
+            setattr(self, "_" + name, calls)
 
     # -- durability ------------------------------------------------------------
 
@@ -146,7 +184,8 @@ class NumberService(Service):
             raise IdInUse(client_id)
         record.connected = True
         record.last_seen = self._clock.seconds()
-        self._changed("register", record)
+        for call in self._registered:
+            call(record)
         return record.number
 
     def disconnect(self, client_id: int) -> None:
@@ -154,14 +193,16 @@ class NumberService(Service):
         record = self.clients[client_id]
         record.connected = False
         record.last_seen = self._clock.seconds()
-        self._changed("disconnect", record)
+        for call in self._disconnected:
+            call(record)
 
     def report(self, client_id: int, number: int) -> None:
         """Record `number` as the current number of `client_id`."""
         record = self.clients[client_id]
         record.number = number
         record.last_seen = self._clock.seconds()
-        self._changed("report", record)
+        for call in self._reported:
+            call(record)
 
     def give(self, client_id: int, parity: Parity) -> int:
         """Draw a uniformly random even (0-98) or odd (1-99) number for a client."""
@@ -170,7 +211,8 @@ class NumberService(Service):
         record = self.clients[client_id]
         record.last_given = number
         record.last_seen = self._clock.seconds()
-        self._changed("give", record)
+        for call in self._given:
+            call(record)
         return number
 
     def give_many(self, client_id: int, odd: list[bool]) -> list[int]:
@@ -180,7 +222,8 @@ class NumberService(Service):
         record = self.clients[client_id]
         record.last_given = numbers[-1]
         record.last_seen = self._clock.seconds()
-        self._changed("give", record)
+        for call in self._given:
+            call(record)
         return numbers
 
     # -- the sorted list -------------------------------------------------------
@@ -192,7 +235,8 @@ class NumberService(Service):
             if isinstance(value, bool) or not INT64_MIN <= value <= INT64_MAX:
                 raise ValueError(f"{value!r} is not a 64-bit integer")
         self.values.update(added)
-        self._changed("merge", added)
+        for call in self._merged:
+            call(added)
         return added
 
     def add_random(self) -> int:
@@ -207,4 +251,107 @@ class NumberService(Service):
     def clear(self) -> None:
         """Empty the sorted list."""
         self.values.clear()
-        self._changed("clear", None)
+        for call in self._cleared:
+            call()
+
+    # -- reads -----------------------------------------------------------------
+
+    @property
+    def list_size(self) -> int:
+        """How many values the sorted list holds."""
+        return len(self.values)
+
+    def value_at(self, index: int) -> int:
+        """The value at `index` of the sorted list (negative counts from the end)."""
+        return int(self.values[index])
+
+    def values_slice(self, start: int, stop: int) -> list[int]:
+        """The values from `start` to `stop` (exclusive) of the sorted list."""
+        return list(self.values.islice(start, stop))
+
+    def all_values(self) -> list[int]:
+        """The whole sorted list (for the older server's clients, which want it whole)."""
+        return list(self.values)
+
+    def count_below(self, value: int) -> int:
+        """How many values of the list are smaller than `value`."""
+        return int(self.values.bisect_left(value))
+
+    def values_page(
+        self, offset: int, limit: int, low: int | None = None, high: int | None = None
+    ) -> tuple[int, list[int]]:
+        """One page of the values within `low`-`high` (each None: unbounded).
+
+        Returns how many values are in the range, and `limit` of them from `offset`.
+        """
+        values = self.values
+        start = 0 if low is None else values.bisect_left(low)
+        stop = len(values) if high is None else values.bisect_right(high)
+        stop = max(start, stop)
+        first = min(start + offset, stop)
+        return stop - start, list(values.islice(first, min(first + limit, stop)))
+
+    @property
+    def known_count(self) -> int:
+        """How many client IDs the registry knows, connected or not."""
+        return len(self.clients)
+
+    def client(self, client_id: int) -> ClientRecord | None:
+        """The record of `client_id`, or None if the registry has never seen it."""
+        return self.clients.get(client_id)
+
+    def clients_page(self, offset: int = 0, limit: int | None = None) -> list[ClientRecord]:
+        """Records ordered by client ID: `limit` of them (all when None) from `offset`."""
+        ids = sorted(self.clients)
+        chosen = ids[offset:] if limit is None else ids[offset : offset + limit]
+        return [self.clients[client_id] for client_id in chosen]
+
+    def clients_by_id(self, client_ids: Iterable[int]) -> list[ClientRecord]:
+        """The records of those of `client_ids` the registry knows, in the order given."""
+        clients = self.clients
+        return [clients[i] for i in client_ids if i in clients]
+
+    # -- restoring -------------------------------------------------------------
+
+    def restore(self, values: Iterable[int], clients: Iterable[ClientRecord]) -> None:
+        """Replace the state with a stored one (at start-up, before any connection).
+
+        Observers are not told: what is restored is what they were told of before.
+        Every restored client is disconnected.
+        """
+        self.values.clear()
+        self.values.update(values)
+        self.clients.clear()
+        for record in clients:
+            record.connected = False
+            self.clients[record.client_id] = record
+
+
+class SortedValues(Sequence[int]):
+    """A service's sorted list as a read-only sequence, read through the service's methods
+    (`list_size`, `value_at`, `values_slice`, `count_below`), for code that formats or
+    summarises a sorted sequence (array replies, the dashboard's histogram)."""
+
+    def __init__(self, service: NumberService) -> None:
+        self._service = service
+
+    def __len__(self) -> int:
+        return self._service.list_size
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("only contiguous slices")
+            return self._service.values_slice(start, stop)
+        return self._service.value_at(index)
+
+    def bisect_left(self, value: int) -> int:
+        """How many values are smaller than `value` (as `SortedList.bisect_left`)."""
+        return self._service.count_below(value)

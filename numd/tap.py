@@ -18,13 +18,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
-from numd.api import ApiSite, NumdApi
-from numd.dashboard import Dashboard
-from numd.legacy_array import LegacyArrayFactory
+from numd.counter.legacy_array import LegacyArrayFactory
+from numd.counter.protocol import CounterFactory
+from numd.http.api import ApiSite, NumdApi
+from numd.http.dashboard import Dashboard
+from numd.http.metrics import Metrics
 from numd.messagelog import MessageLog
-from numd.metrics import Metrics
 from numd.options import Options
-from numd.protocol import CounterFactory
 from numd.service import NumberService
 from numd.signals import (
     ExitZeroOnSignal,
@@ -34,7 +34,7 @@ from numd.signals import (
     twistd_log_file,
 )
 from numd.stats import Stats
-from numd.store import Store, make_store
+from numd.store.service import Store, make_store
 
 __all__ = ["Daemon", "Options", "check_open_files", "makeService"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from numd.counter.protocol import CounterFactory
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
 

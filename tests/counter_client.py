@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from numd.protocol import CounterFactory, CounterProtocol
+from numd.counter.protocol import CounterFactory, CounterProtocol
 
 
 class WriteRecordingTransport(StringTransport):

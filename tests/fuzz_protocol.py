@@ -20,8 +20,8 @@ import atheris  # noqa: E402
 with atheris.instrument_imports():
     from twisted.internet.task import Clock
 
+    from numd.counter.protocol import CounterFactory
     from numd.messagelog import MessageLog
-    from numd.protocol import CounterFactory
     from numd.service import NumberService
     from numd.stats import Stats
 

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from numd.api import (
+from numd.http.api import (
     DEFAULT_MAX_BODY,
     MAX_LIMIT,
     ApiError,

@@ -11,8 +11,8 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from numd.api import ApiSite, NumdApi
-from numd.legacy_array import LegacyArrayFactory
+from numd.counter.legacy_array import LegacyArrayFactory
+from numd.http.api import ApiSite, NumdApi
 from numd.tap import Daemon, Options, makeService
 
 

@@ -16,12 +16,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from numd.client import HELP, CounterClient, ParityChoice
-from numd.client_console import CommandPrompt, PromptService
-from numd.client_output import ClientOutput, CounterState, Mode
-from numd.client_testing import MemoryServerEndpoint, StringEndpoint
+from numd.client.console import CommandPrompt, PromptService
+from numd.client.counter import HELP, CounterClient, ParityChoice
+from numd.client.output import ClientOutput, CounterState, Mode
+from numd.client.testing import MemoryServerEndpoint, StringEndpoint
+from numd.counter.protocol import CounterFactory
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
 

@@ -14,7 +14,7 @@ from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from numd.client_array import (
+from numd.client.array import (
     ArrayClient,
     ArrayReply,
     BadReply,
@@ -22,12 +22,12 @@ from numd.client_array import (
     parse_array_reply,
     random_array,
 )
-from numd.client_console import CommandPrompt
-from numd.client_output import ClientOutput, Mode
-from numd.client_testing import MemoryServerEndpoint, StringEndpoint
+from numd.client.console import CommandPrompt
+from numd.client.output import ClientOutput, Mode
+from numd.client.testing import MemoryServerEndpoint, StringEndpoint
+from numd.counter.protocol import CounterFactory
+from numd.counter.replies import format_values
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory
-from numd.replies import format_values
 from numd.service import NumberService
 from numd.stats import Stats
 

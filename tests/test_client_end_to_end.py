@@ -36,7 +36,7 @@ def console_script() -> list[str]:
     script = Path(sys.executable).parent / "numd-client"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from numd.client_tap import main; main()"]
+    return [sys.executable, "-c", "from numd.client.tap import main; main()"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -14,11 +14,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from numd import client_tap
-from numd.client import CounterClient
-from numd.client_array import ArrayClient
-from numd.client_console import PromptService
-from numd.client_tap import Options, build_client, main, makeService
+from numd.client import tap as client_tap
+from numd.client.array import ArrayClient
+from numd.client.console import PromptService
+from numd.client.counter import CounterClient
+from numd.client.tap import Options, build_client, main, makeService
 
 
 def parse(*args: str) -> Options:
@@ -149,8 +149,8 @@ def test_console_script_refuses_bad_options(capsys: pytest.CaptureFixture[str]) 
 def test_importing_the_client_does_not_install_a_reactor() -> None:
     """The client modules (as `twistd --help` and the plugin load them) leave the reactor alone."""
     code = (
-        "import sys, numd.client_tap, numd.client, numd.client_array, numd.client_console; "
+        "import sys, numd.client.tap, numd.client.counter, numd.client.array, numd.client.console; "
         "sys.exit('twisted.internet.reactor' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(client_tap.__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(client_tap.__file__).parent.parent.parent)}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0

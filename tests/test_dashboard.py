@@ -33,8 +33,8 @@ from twisted.internet.testing import (
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from numd.api import ApiSite, NumdApi
-from numd.dashboard import (
+from numd.http.api import ApiSite, NumdApi
+from numd.http.dashboard import (
     CLIENT_FIELDS,
     DEFAULT_HEARTBEAT,
     Dashboard,
@@ -487,7 +487,7 @@ def test_closing_every_stream_stops_the_timer(
     """With no stream open the dashboard keeps no timer and is not called for changes."""
     service = dashboard.service
     seen: list[str] = []
-    dashboard._changed = lambda kind, payload: seen.append(kind)  # type: ignore[method-assign]
+    dashboard._client_changed = lambda record: seen.append("report")  # type: ignore[method-assign]
     service.register(3)
     assert seen == []  # nobody watches: not an observer
     connections = [Connection(site), Connection(site)]

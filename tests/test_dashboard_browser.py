@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from numd.store import Batch, Database
+from numd.store.service import Batch, Database
 
 from .daemon import ROOT, running_numd, subprocess_env, wait_for_port
 

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from zope.interface import directlyProvides
 
-from numd.direct_write import DirectWriter, writer_for
+from numd.counter.direct_write import DirectWriter, writer_for
 
 
 class QueueingTransport:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.task import Clock
 
-from numd.replies import ListReply, format_values
+from numd.counter.replies import ListReply, format_values
 from numd.service import NumberService
 
 HARNESS = Path(__file__).parent / "fuzz_protocol.py"

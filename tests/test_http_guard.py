@@ -22,8 +22,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from numd.api import ApiSite, NumdApi
-from numd.http_guard import host_name, host_problem, is_loopback_name, json_body
+from numd.http.api import ApiSite, NumdApi
+from numd.http.guard import host_name, host_problem, is_loopback_name, json_body
 from numd.service import NumberService
 from numd.tap import Options
 
@@ -326,9 +326,9 @@ async def test_request_in_time_is_served_and_its_deadline_cancelled(service: Num
 
 def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
     """When the log cannot be written, clients are still answered, /readyz is degraded, drops are counted."""
+    from numd.counter.protocol import CounterFactory
+    from numd.http.metrics import Metrics
     from numd.messagelog import MessageLog
-    from numd.metrics import Metrics
-    from numd.protocol import CounterFactory
     from numd.stats import Stats
 
     from .counter_client import FakeClient
@@ -751,7 +751,7 @@ def test_silence_mid_request_past_the_idle_timeout_is_a_408_too(service: NumberS
 
 def test_a_long_answer_is_not_cut_by_the_request_deadline(service: NumberService) -> None:
     """While a request is being answered (an event stream) its deadline is off."""
-    from numd.dashboard import Dashboard
+    from numd.http.dashboard import Dashboard
 
     clock = Clock()
     api = NumdApi(service, request_timeout=10, dashboard=Dashboard(service, clock))
@@ -809,7 +809,7 @@ def test_connections_past_the_cap_get_503_and_a_slot_frees_on_close(service: Num
 
     An open event stream is a connection like any other.
     """
-    from numd.dashboard import Dashboard
+    from numd.http.dashboard import Dashboard
 
     clock = Clock()
     api = NumdApi(service, max_connections=2, dashboard=Dashboard(service, clock))
@@ -837,7 +837,7 @@ def test_reaching_the_cap_is_logged_once_each_time(service: NumberService) -> No
     """The first refusal after the cap is reached is logged; later ones only counted, until a slot frees."""
     site = NumdApi(service, max_connections=1).site(reactor=Clock())
     events: list[dict] = []
-    site._logger = Logger(namespace="numd.api.ApiSite", observer=events.append)
+    site._logger = Logger(namespace="numd.http.api.ApiSite", observer=events.append)
     held = Wire(site)
     Wire(site), Wire(site)
     assert len(events) == 1 and events[0]["count"] == 1

@@ -28,7 +28,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python import usage
 
-from numd.legacy_array import (
+from numd.counter.legacy_array import (
     TRANSPORT_BUFFER,
     BadRequest,
     LegacyArrayFactory,

@@ -11,8 +11,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
+from numd.counter.protocol import CounterFactory
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
 

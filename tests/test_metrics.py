@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
+from numd.http.metrics import Metrics
 from numd.messagelog import MessageLog
-from numd.metrics import Metrics
 from numd.service import NumberService
 from numd.stats import Stats
 

@@ -14,7 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 from twisted.internet.task import Clock
 
-from numd.api import LEGACY_PATHS, NumdApi
+from numd.http.api import LEGACY_PATHS, NumdApi
 from numd.service import NumberService
 
 from .test_api_end_to_end import running_api_daemon
@@ -23,8 +23,8 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 
 def packaged_document() -> dict[str, Any]:
-    """numd/openapi.json as shipped in the package."""
-    return json.loads(resources.files("numd").joinpath("openapi.json").read_text("utf-8"))  # type: ignore[no-any-return]
+    """numd/http/openapi.json as shipped in the package."""
+    return json.loads(resources.files("numd.http").joinpath("openapi.json").read_text("utf-8"))  # type: ignore[no-any-return]
 
 
 def served_routes() -> dict[str, set[str]]:
@@ -117,7 +117,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
 def test_every_operation_lists_what_the_guard_answers() -> None:
     """403 (Host), 408 (slow request) and 413 (body too large) everywhere; 401 exactly where a token is needed."""
-    from numd.api import LEGACY_STATE_CHANGING_PATHS, STATE_CHANGING_METHODS
+    from numd.http.api import LEGACY_STATE_CHANGING_PATHS, STATE_CHANGING_METHODS
 
     for path, item in packaged_document()["paths"].items():
         for method in HTTP_METHODS & set(item):

@@ -36,5 +36,6 @@ def test_wheel_contains_plugin_and_no_plugin_package_init(tmp_path: Path) -> Non
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "twisted/plugins/numd_plugins.py" in names
     assert "twisted/plugins/__init__.py" not in names
-    assert "numd/protocol.py" in names
+    assert "numd/counter/protocol.py" in names
+    assert {"numd/http/openapi.json", "numd/http/static/dashboard.js"} <= names
     assert not any(name.startswith("tests/") for name in names)

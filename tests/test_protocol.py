@@ -11,10 +11,10 @@ import pytest
 from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
-from numd.framing import TokenReceiver
+from numd.counter.framing import TokenReceiver
+from numd.counter.protocol import CounterFactory, CounterProtocol, parse_array, parse_integer
+from numd.counter.replies import format_values
 from numd.messagelog import MessageLog
-from numd.protocol import CounterFactory, CounterProtocol, parse_array, parse_integer
-from numd.replies import format_values
 from numd.service import NumberService
 from numd.stats import Stats
 

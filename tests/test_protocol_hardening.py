@@ -10,9 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from numd.framing import TokenReceiver
-from numd.messagelog import MessageLog
-from numd.protocol import (
+from numd.counter.framing import TokenReceiver
+from numd.counter.protocol import (
     DEFAULT_CONNECTION_BUDGET,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
@@ -20,6 +19,7 @@ from numd.protocol import (
     CounterFactory,
     tune_keepalive,
 )
+from numd.messagelog import MessageLog
 from numd.service import NumberService
 from numd.stats import Stats
 

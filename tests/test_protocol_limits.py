@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from numd.counter.protocol import IDLE_SWEEP_SLICE, CounterFactory, parse_array, parse_integer
 from numd.messagelog import MessageLog
-from numd.protocol import IDLE_SWEEP_SLICE, CounterFactory, parse_array, parse_integer
 from numd.service import NumberService
 from numd.stats import Stats
 

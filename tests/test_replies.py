@@ -7,8 +7,8 @@ import random
 import pytest
 from twisted.internet.task import Clock
 
-import numd.replies
-from numd.replies import ListReply, format_values
+import numd.counter.replies
+from numd.counter.replies import ListReply, format_values
 from numd.service import NumberService
 
 
@@ -37,13 +37,13 @@ def test_a_merge_does_not_format_the_list_again(monkeypatch: pytest.MonkeyPatch)
     first = kept.reply()
     assert first.endswith(b",...]/28572")
     formatted: list[int] = []
-    original = numd.replies.format_values
+    original = numd.counter.replies.format_values
 
     def counting(values: object, cap: int) -> bytes:
         formatted.append(cap)
         return original(values, cap)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(numd.replies, "format_values", counting)
+    monkeypatch.setattr(numd.counter.replies, "format_values", counting)
     for value in (3, -5, 100_000, 2**40, 8):
         service.merge([value])
         assert kept.reply() == original(service.values, 64 * 1024)

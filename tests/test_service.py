@@ -7,7 +7,7 @@ import random
 import pytest
 from twisted.internet.task import Clock
 
-from numd.service import IdInUse, NumberService
+from numd.service import ClientRecord, IdInUse, NumberService, StateObserver
 
 
 def test_register_new_and_returning(state: NumberService, clock: Clock) -> None:
@@ -74,13 +74,35 @@ def test_merge_refuses_non_64_bit(state: NumberService, bad: int) -> None:
     assert len(state.values) == 0
 
 
+class Recorder(StateObserver):
+    """Notes the kind of every change it is told of."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def registered(self, record: ClientRecord) -> None:
+        self.seen.append("register")
+
+    def disconnected(self, record: ClientRecord) -> None:
+        self.seen.append("disconnect")
+
+    def reported(self, record: ClientRecord) -> None:
+        self.seen.append("report")
+
+    def given(self, record: ClientRecord) -> None:
+        self.seen.append("give")
+
+    def merged(self, values: list[int]) -> None:
+        self.seen.append("merge")
+
+    def cleared(self) -> None:
+        self.seen.append("clear")
+
+
 def test_observers_see_every_change(state: NumberService) -> None:
     """Observers are told of each change, in order, until removed."""
-    seen: list[str] = []
-
-    def observer(kind: str, payload: object) -> None:
-        seen.append(kind)
-
+    observer = Recorder()
+    seen = observer.seen
     state.add_observer(observer)
     state.register(1)
     state.report(1, 2)
@@ -94,17 +116,47 @@ def test_observers_see_every_change(state: NumberService) -> None:
 
 
 def test_observers_of_some_kinds_see_only_those(state: NumberService) -> None:
-    """An observer added for some kinds is called for those only; an unknown kind is refused."""
+    """An observer whose class overrides some kinds is called for those only, and the
+    service keeps no call for the kinds nobody follows."""
     seen: list[str] = []
-    state.add_observer(lambda kind, payload: seen.append(kind), kinds=("merge", "clear"))
+
+    class ListOnly(StateObserver):
+        def merged(self, values: list[int]) -> None:
+            seen.append("merge")
+
+        def cleared(self) -> None:
+            seen.append("clear")
+
+    state.add_observer(ListOnly())
     state.register(1)
     state.give(1, "odd")
     state.merge([3])
     state.report(1, 9)
     state.clear()
     assert seen == ["merge", "clear"]
-    with pytest.raises(ValueError, match="unknown change kind"):
-        state.add_observer(lambda kind, payload: None, kinds=("merged",))
+    assert state._reported == () and state._given == ()
+
+
+def test_observers_run_in_the_order_they_were_added(state: NumberService) -> None:
+    """Two observers of one kind are told in the order they were added, and a removed one
+    no more."""
+    order: list[str] = []
+
+    class Named(StateObserver):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def reported(self, record: ClientRecord) -> None:
+            order.append(self.name)
+
+    first, second = Named("first"), Named("second")
+    state.add_observer(first)
+    state.add_observer(second)
+    state.register(1)
+    state.report(1, 2)
+    state.remove_observer(first)
+    state.report(1, 3)
+    assert order == ["first", "second", "second"]
 
 
 def test_record_as_dict(state: NumberService) -> None:

@@ -19,9 +19,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
-from numd.protocol import CounterFactory
+from numd.counter.protocol import CounterFactory
 from numd.service import NumberService
-from numd.store import (
+from numd.store.service import (
     CREATE_V1,
     CREATE_V2,
     LAZY_SLICE,
@@ -711,8 +711,8 @@ def test_http_and_legacy_array_answers_wait_for_the_real_store(
     from treq.testing import StubTreq
     from twisted.internet.address import IPv4Address
 
-    from numd.api import NumdApi
-    from numd.legacy_array import LegacyArrayFactory
+    from numd.counter.legacy_array import LegacyArrayFactory
+    from numd.http.api import NumdApi
 
     http = StubTreq(NumdApi(state).resource())
     answers: list[int] = []
@@ -838,8 +838,8 @@ def test_a_lost_wal_stops_acknowledging_changes_until_restart(
     restart, /readyz is degraded, and what was acknowledged before is copied into the file."""
     from twisted.logger import Logger, formatEvent
 
-    from numd.api import NumdApi
-    from numd.store import StoreFileLost
+    from numd.http.api import NumdApi
+    from numd.store.service import StoreFileLost
 
     from .counter_client import FakeClient
 

@@ -3,4 +3,4 @@
 from twisted.application.service import ServiceMaker
 
 numd = ServiceMaker("numd", "numd.tap", "The numd number service daemon", "numd")
-numd_client = ServiceMaker("numd-client", "numd.client_tap", "A numd counter client", "numd-client")
+numd_client = ServiceMaker("numd-client", "numd.client.tap", "A numd counter client", "numd-client")

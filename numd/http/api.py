@@ -1,7 +1,7 @@
 """The HTTP API: Klein routes over the shared sorted list and the client registry.
 
 Routes (all answers JSON unless said otherwise; ``docs/api.md`` has curl examples
-and ``numd/openapi.json`` the exact schema, served at ``/openapi.json``):
+and ``numd/http/openapi.json`` the exact schema, served at ``/openapi.json``):
 
 - ``GET /api/v1/values?offset=&limit=&min=&max=``: one page of the sorted list
 - ``POST /api/v1/values``: add an integer or an array of integers (JSON body),
@@ -13,7 +13,7 @@ and ``numd/openapi.json`` the exact schema, served at ``/openapi.json``):
   ``GET /openapi.json``
 - ``GET /`` (with ``/static/dashboard.css`` and ``/static/dashboard.js``): the live
   dashboard page; ``GET /api/v1/snapshot`` (JSON) and ``GET /api/v1/events``
-  (Server-Sent Events) carry what it shows (see `numd.dashboard`)
+  (Server-Sent Events) carry what it shows (see `numd.http.dashboard`)
 - with ``legacy_routes``, the older server's plain-text ``/get_array``,
   ``/add_value`` and ``/clean_array``
 
@@ -45,17 +45,17 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from numd.dashboard import Dashboard
-from numd.http_guard import (
+from numd.http.dashboard import Dashboard
+from numd.http.guard import (
     Guard,
     GuardedChannel,
     GuardedRequest,
     TooManyConnections,
     json_response,
 )
+from numd.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from numd.http.metrics import Metrics
 from numd.messagelog import MessageLog
-from numd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from numd.metrics import Metrics
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.stats import Stats
 
@@ -187,7 +187,7 @@ class _CappedBody(io.BytesIO):
 class ApiSite(Site):
     """A `Site` that refuses big bodies, slow requests and connections past its cap early.
 
-    See `numd.http_guard` for the wire-level checks: every request must arrive
+    See `numd.http.guard` for the wire-level checks: every request must arrive
     within `request_timeout` seconds from its first byte; request bodies are
     held in memory up to the API's cap only; a malformed request gets a JSON
     error. A connection idle for `idle_timeout` seconds between requests is
@@ -304,7 +304,7 @@ class NumdApi:
     that ``/readyz`` runs besides the message log, e.g. one per listener; a false
     one makes numd ``not-ready``. `degraded_checks` names those that, when false,
     leave numd serving but ``degraded`` (the store's, like the message log's).
-    `dashboard` serves the live page and its data (`numd.dashboard`); without
+    `dashboard` serves the live page and its data (`numd.http.dashboard`); without
     one, its routes answer 404.
     """
 
@@ -435,17 +435,12 @@ class NumdApi:
         low = _query_int(request, "min", None, INT64_MIN, INT64_MAX)
         high = _query_int(request, "max", None, INT64_MIN, INT64_MAX)
         assert offset is not None and limit is not None
-        values = self.service.values
-        start = 0 if low is None else values.bisect_left(low)
-        stop = len(values) if high is None else values.bisect_right(high)
-        stop = max(start, stop)
-        first = min(start + offset, stop)
-        page = list(values.islice(first, min(first + limit, stop)))
+        matched, page = self.service.values_page(offset, limit, low, high)
         return _json(
             request,
             {
-                "size": len(values),
-                "matched": stop - start,
+                "size": self.service.list_size,
+                "matched": matched,
                 "offset": offset,
                 "limit": limit,
                 "values": page,
@@ -461,15 +456,15 @@ class NumdApi:
             added = self.service.merge(parse_values(body))
         else:
             added = [self.service.add_random()]
-        return self._when_stored(_json(request, {"added": added, "size": len(self.service.values)}))
+        return self._when_stored(_json(request, {"added": added, "size": self.service.list_size}))
 
     @_route(API_PREFIX + "/values", "DELETE")
     def clear_values(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Empty the sorted list."""
-        removed = len(self.service.values)
+        removed = self.service.list_size
         self.service.clear()
         return self._when_stored(
-            _json(request, {"removed": removed, "size": len(self.service.values)})
+            _json(request, {"removed": removed, "size": self.service.list_size})
         )
 
     # -- the registry ----------------------------------------------------------------
@@ -480,22 +475,20 @@ class NumdApi:
         offset = _query_int(request, "offset", 0, 0, INT64_MAX)
         limit = _query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
         assert offset is not None and limit is not None
-        clients = self.service.clients
-        ids = sorted(clients)[offset : offset + limit]
         return _json(
             request,
             {
-                "total": len(clients),
+                "total": self.service.known_count,
                 "offset": offset,
                 "limit": limit,
-                "clients": [clients[client_id].as_dict() for client_id in ids],
+                "clients": [r.as_dict() for r in self.service.clients_page(offset, limit)],
             },
         )
 
     @_route(API_PREFIX + "/clients/<int:client_id>", "GET")
     def get_client(self, request: IRequest, client_id: int) -> bytes:
         """One client's record, or 404 for an ID the registry has never seen."""
-        record = self.service.clients.get(client_id)
+        record = self.service.client(client_id)
         if record is None:
             raise ApiError(404, "unknown-client", f"no client with ID {client_id}")
         return _json(request, record.as_dict())
@@ -543,7 +536,7 @@ class NumdApi:
         request.setHeader(b"Content-Type", JSON_TYPE)
         return self._openapi
 
-    # -- the dashboard (numd.dashboard) -----------------------------------------------------
+    # -- the dashboard (numd.http.dashboard) -----------------------------------------------------
 
     def _dashboard(self) -> Dashboard:
         if self.dashboard is None:
@@ -590,11 +583,10 @@ class NumdApi:
     def legacy_get_array(self, request: IRequest) -> bytes:
         """The whole sorted list, as the older server printed it."""
         self._require_legacy()
-        values = self.service.values
         return _legacy(
             request,
             "REST API Server[EndPoint = get_array] response : "
-            f"Array Size: {len(values)}, Array: {values!r}",
+            f"Array Size: {self.service.list_size}, Array: {_old_repr(self.service)}",
         )
 
     @_route("/add_value", "GET", "POST")
@@ -602,10 +594,10 @@ class NumdApi:
         """Add one random integer in 1000-10000, as the older server did."""
         self._require_legacy()
         value = self.service.add_random()
-        values = self.service.values
         text = (
             "REST API Server[EndPoint = add_value] response : "
-            f"Added random integer: {value}, New Size: {len(values)}, New Array: {values!r}"
+            f"Added random integer: {value}, New Size: {self.service.list_size}, "
+            f"New Array: {_old_repr(self.service)}"
         )
         return self._when_stored(_legacy(request, text))
 
@@ -614,10 +606,10 @@ class NumdApi:
         """Empty the sorted list, as the older server did."""
         self._require_legacy()
         self.service.clear()
-        values = self.service.values
         text = (
             "REST API Server [EndPoint = clean_array] : "
-            f"Cleansed int array, New Size: {len(values)}, New Array: {values!r}"
+            f"Cleansed int array, New Size: {self.service.list_size}, "
+            f"New Array: {_old_repr(self.service)}"
         )
         return self._when_stored(_legacy(request, text))
 
@@ -673,6 +665,11 @@ class NumdApi:
         return _json(request, {"error": "internal", "message": "internal server error"}, 500)
 
 
+def _old_repr(service: NumberService) -> str:
+    """The list as the older server printed its `SortedList`: ``SortedList([1, 2, 3])``."""
+    return f"SortedList({service.all_values()!r})"
+
+
 def _legacy(request: IRequest, text: str) -> bytes:
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", LEGACY_TYPE)
@@ -681,7 +678,7 @@ def _legacy(request: IRequest, text: str) -> bytes:
 
 def _openapi_document(legacy_routes: bool) -> bytes:
     """The packaged OpenAPI document, without the legacy paths unless they are served."""
-    text = resources.files("numd").joinpath("openapi.json").read_text("utf-8")
+    text = resources.files("numd.http").joinpath("openapi.json").read_text("utf-8")
     document = json.loads(text)
     if not legacy_routes:
         document["paths"] = {

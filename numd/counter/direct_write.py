@@ -21,7 +21,7 @@ would bypass TLS; if TLS were started later, writes go back to the transport.
 
 Twisted's ``abortConnection`` drops the transport's queue but does not mark the
 transport as closing, so an owner that aborts must stop writing through the
-`DirectWriter` first (as `numd.protocol.CounterProtocol.abort` does).
+`DirectWriter` first (as `numd.counter.protocol.CounterProtocol.abort` does).
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from numd.counter.protocol import DEFAULT_CONNECTION_BUDGET, DEFAULT_WRITE_STALL_TIMEOUT
 from numd.messagelog import describe_peer
-from numd.protocol import DEFAULT_CONNECTION_BUDGET, DEFAULT_WRITE_STALL_TIMEOUT
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.stats import Stats
 from numd.timers import cancel
@@ -478,7 +478,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
                 return False
             factory.stats.received["array"] += 1
             service.merge(values)
-            reply = pickle.dumps(list(service.values), protocol=REPLY_PROTOCOL)
+            reply = pickle.dumps(service.all_values(), protocol=REPLY_PROTOCOL)
             self._answer_when_stored(reply)
         return False
 
@@ -487,7 +487,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
 
         The request adds at most one value per 2 bytes (BININT1 is the shortest).
         """
-        largest = reply_size_bound(len(self.factory.service.values) + request_length // 2)
+        largest = reply_size_bound(self.factory.service.list_size + request_length // 2)
         held = self._held_bytes + len(self._buffer) + TRANSPORT_BUFFER
         return held + largest <= self.factory.budget
 

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from numd.service import ClientRecord, NumberService
+from numd.service import ClientRecord, NumberService, SortedValues, StateObserver
 from numd.stats import Stats
 
 EVENT_STREAM_TYPE = b"text/event-stream"
@@ -141,6 +141,28 @@ class _Rates:
         )
 
 
+class _Changes(StateObserver):
+    """The dashboard's observer while a stream is open: it only notes what changed; the
+    dashboard's timer sends it."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        self._dashboard = dashboard
+
+    def registered(self, record: ClientRecord) -> None:
+        """A client's row changed."""
+        self._dashboard._client_changed(record)
+
+    disconnected = reported = given = registered
+
+    def merged(self, values: list[int]) -> None:
+        """The list changed."""
+        self._dashboard._list_changed()
+
+    def cleared(self) -> None:
+        """The list changed."""
+        self._dashboard._list_changed()
+
+
 class Dashboard:
     """What the dashboard page shows, as a snapshot and as a stream of changes.
 
@@ -178,6 +200,8 @@ class Dashboard:
         self._list_dirty = False
         self._last_totals: dict[str, Any] | None = None
         self._timer: LoopingCall | None = None
+        self._observer = _Changes(self)
+        """Added to the service only while a stream is open."""
         received, sent, _ = self._counts()
         self._rates = _Rates(clock.seconds(), received, sent)
         self._static = _load_static()
@@ -198,48 +222,48 @@ class Dashboard:
         in_rate, out_rate = self._rates.sample(self.clock.seconds(), received, sent)
         service = self.service
         return {
-            "clients_known": len(service.clients),
+            "clients_known": service.known_count,
             "clients_connected": service.connected_count,
             "messages_in": received,
             "messages_out": sent,
             "in_per_second": in_rate,
             "out_per_second": out_rate,
             "errors": errors,
-            "list_size": len(service.values),
+            "list_size": service.list_size,
         }
 
     def snapshot(self) -> dict[str, Any]:
         """The whole picture: every client's row, the totals and the list's histogram."""
-        clients = self.service.clients
         return {
             "time": round(self.clock.seconds(), 3),
             "interval": self.interval,
             "client_fields": list(CLIENT_FIELDS),
-            "clients": [client_row(clients[i]) for i in sorted(clients)],
+            "clients": [client_row(record) for record in self.service.clients_page()],
             "totals": self.totals(),
-            "list": histogram(self.service.values, self.bins),
+            "list": histogram(SortedValues(self.service), self.bins),
         }
 
-    def _changed(self, kind: str, payload: object) -> None:
-        """The service's observer while a stream is open: only remember what changed; the timer sends it."""
-        if isinstance(payload, ClientRecord):
-            self._dirty_clients.add(payload.client_id)
-        elif kind in ("merge", "clear"):
-            self._list_dirty = True
+    def _client_changed(self, record: ClientRecord) -> None:
+        self._dirty_clients.add(record.client_id)
+
+    def _list_changed(self, *_: object) -> None:
+        self._list_dirty = True
 
     def _update(self) -> bytes | None:
         """The coalesced changes since the last tick as one event, or None if nothing changed."""
         totals = self.totals()
         if not self._dirty_clients and not self._list_dirty and totals == self._last_totals:
             return None
-        clients = self.service.clients
         update: dict[str, Any] = {
             "time": round(self.clock.seconds(), 3),
-            "clients": [client_row(clients[i]) for i in sorted(self._dirty_clients)],
+            "clients": [
+                client_row(record)
+                for record in self.service.clients_by_id(sorted(self._dirty_clients))
+            ],
             "totals": totals,
         }
         if self._list_dirty:
-            update["list"] = histogram(self.service.values, self.bins)
+            update["list"] = histogram(SortedValues(self.service), self.bins)
         self._dirty_clients.clear()
         self._list_dirty = False
         self._last_totals = totals
@@ -271,7 +295,7 @@ class Dashboard:
             self._list_dirty = False
             self._last_totals = snapshot["totals"]
             # Follow the service only while someone watches: no call per change otherwise.
-            self.service.add_observer(self._changed)
+            self.service.add_observer(self._observer)
             self._timer = LoopingCall(self._tick)
             self._timer.clock = self.clock
             self._timer.start(self.interval, now=False)
@@ -282,7 +306,7 @@ class Dashboard:
         """Forget `stream`; stop the timer with the last one."""
         self.streams.discard(stream)
         if not self.streams and self._timer is not None:
-            self.service.remove_observer(self._changed)
+            self.service.remove_observer(self._observer)
             if self._timer.running:
                 self._timer.stop()
             self._timer = None
@@ -377,5 +401,5 @@ def _event(name: str, data: object) -> bytes:
 
 
 def _load_static() -> dict[str, bytes]:
-    folder = resources.files("numd").joinpath("static")
+    folder = resources.files("numd.http").joinpath("static")
     return {name: folder.joinpath(name).read_bytes() for name in STATIC_FILES}

@@ -93,12 +93,12 @@ class _NumdCollector(Collector):
         yield GaugeMetricFamily(
             "numd_clients_registered",
             "Client IDs in the registry, connected or not.",
-            value=len(service.clients),
+            value=service.known_count,
         )
         yield GaugeMetricFamily(
             "numd_list_size",
             "Values in the shared sorted list.",
-            value=len(service.values),
+            value=service.list_size,
         )
 
         for name, documentation, label, attribute in _PROTOCOL_FAMILIES:

@@ -39,9 +39,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from numd.client_output import ClientOutput, CounterState
-from numd.framing import TokenReceiver
-from numd.protocol import parse_integer
+from numd.client.output import ClientOutput, CounterState
+from numd.counter.framing import TokenReceiver
+from numd.counter.protocol import parse_integer
 from numd.timers import cancel
 
 ParityChoice = Literal["even", "odd", "random"]

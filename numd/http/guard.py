@@ -174,7 +174,7 @@ class GuardedChannel(HTTPChannel):
 
     Its site must have `request_timeout` (seconds), `connections` (a set this
     channel joins while connected) and `stats` (a `numd.stats.Stats`), as
-    `numd.api.ApiSite` has.
+    `numd.http.api.ApiSite` has.
     """
 
     log = Logger()

@@ -10,13 +10,12 @@ one join of strings, not the formatting of thousands of integers.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 
-from sortedcontainers import SortedList
-
-from numd.service import NumberService
+from numd.service import NumberService, SortedValues, StateObserver
 
 
-class ListReply:
+class ListReply(StateObserver):
     """The array reply for a service's list, kept up to date as values are merged.
 
     It holds the values the reply shows (a prefix of the sorted list) and their
@@ -26,7 +25,7 @@ class ListReply:
     """
 
     def __init__(self, service: NumberService, cap: int) -> None:
-        self._values = service.values
+        self._service = service
         self._cap = cap
         self._shown: list[int] | None = None
         """The values the reply shows, ascending; None when they must be read again."""
@@ -36,14 +35,17 @@ class ListReply:
         """``len(",".join(texts)) + 1``: every text with its comma."""
         self._next_hidden: int | None = None
         """The first value the reply does not show; None when it shows them all."""
-        service.add_observer(self._changed, kinds=("merge", "clear"))
+        service.add_observer(self)
 
-    def _changed(self, kind: str, payload: object) -> None:
-        if kind == "clear":
-            self._shown = None
-        elif self._shown is not None:
-            self._insert(payload)  # type: ignore[arg-type]
+    def merged(self, values: list[int]) -> None:
+        """Values merged: those that fall among the shown ones are shown, within the cap."""
+        if self._shown is not None:
+            self._insert(values)
             self._trim()
+
+    def cleared(self) -> None:
+        """The list was emptied: the reply is read again next time."""
+        self._shown = None
 
     def _insert(self, added: list[int]) -> None:
         shown, texts, hidden = self._shown, self._texts, self._next_hidden
@@ -63,7 +65,7 @@ class ListReply:
         """Drop the largest shown values until the reply fits the cap."""
         if self._next_hidden is None and self._chars - 1 + 2 <= self._cap:
             return  # the whole list fits: ``[...]``
-        budget = self._cap - 1 - len(f",...]/{len(self._values)}")
+        budget = self._cap - 1 - len(f",...]/{self._service.list_size}")
         shown, texts = self._shown, self._texts
         assert shown is not None
         while self._chars - 1 > budget:
@@ -77,22 +79,22 @@ class ListReply:
         body = ",".join(self._texts)
         if self._next_hidden is None:
             return ("[" + body + "]").encode("ascii")
-        return ("[" + body + f",...]/{len(self._values)}").encode("ascii")
+        return ("[" + body + f",...]/{self._service.list_size}").encode("ascii")
 
     def _read(self) -> bytes:
         """Format the reply from the list itself, and keep what it shows."""
-        values = self._values
-        reply = format_values(values, self._cap)
+        service = self._service
+        reply = format_values(SortedValues(service), self._cap)
         whole = reply.endswith(b"]")
         body = reply[1 : -1 if whole else reply.rindex(b",...]/")].decode("ascii")
         self._texts = body.split(",") if body else []
-        self._shown = list(values.islice(0, len(self._texts)))
+        self._shown = service.values_slice(0, len(self._texts))
         self._chars = len(body) + 1 if body else 0
-        self._next_hidden = None if whole else values[len(self._texts)]
+        self._next_hidden = None if whole else service.value_at(len(self._texts))
         return reply
 
 
-def format_values(values: SortedList, cap: int) -> bytes:
+def format_values(values: Sequence[int], cap: int) -> bytes:
     """The sorted list as one token of at most `cap` bytes.
 
     The whole list is ``[1,2,3]``. A list too long for `cap` is cut after the

@@ -27,8 +27,8 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from numd.client_output import ClientOutput
-from numd.framing import TokenReceiver
+from numd.client.output import ClientOutput
+from numd.counter.framing import TokenReceiver
 
 ARRAY_SIZE = (10, 20)
 """Bounds (inclusive) of the number of values in each array sent."""

@@ -22,10 +22,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from numd.direct_write import writer_for
-from numd.framing import TokenReceiver
+from numd.counter.direct_write import writer_for
+from numd.counter.framing import TokenReceiver
+from numd.counter.replies import ListReply
 from numd.messagelog import MessageLog, describe_peer
-from numd.replies import ListReply
 from numd.service import (
     INT64_MAX,
     INT64_MIN,
@@ -137,7 +137,7 @@ class CounterProtocol(TokenReceiver):
         self._logging = self.factory.message_log.enabled
         self._out: list[bytes] = []
         self._write = writer_for(self.transport)
-        """Where replies go: straight to the socket while it takes them (`numd.direct_write`)."""
+        """Where replies go: straight to the socket while it takes them (`numd.counter.direct_write`)."""
         self._held: deque[_HeldReply] = deque()
         self._unstored: list[_HeldReply] = []
         """Held replies to changes of the current read, not yet waiting for the store."""

@@ -64,7 +64,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from numd.service import ClientRecord, NumberService
+from numd.service import ClientRecord, NumberService, StateObserver
 from numd.signals import StartupError
 from numd.timers import cancel
 from numd.writer import Runner, Writer
@@ -474,7 +474,7 @@ def _row(record: ClientRecord) -> ClientRow:
     return (record.number, record.last_given, record.last_seen)
 
 
-class Store(Service):
+class Store(Service, StateObserver):
     """Keeps a `NumberService` in a SQLite file: loads it at start, writes its changes.
 
     `reactor` is the clock for the once-a-second flush and the retry delay; if it
@@ -544,11 +544,7 @@ class Store(Service):
             self.load()
         super().startService()
         self._writer.start()  # a thread only if the reactor takes calls from threads
-        self.service.add_observer(self._list_changed, kinds=("merge", "clear"))
-        self.service.add_observer(
-            self._client_changed,  # type: ignore[arg-type]
-            kinds=("register", "disconnect", "report", "give"),
-        )
+        self.service.add_observer(self)
         self.service.set_durability(self.when_durable)
         if self.sync == "everysec":
             self._ticker.start(self.interval, now=False)
@@ -588,14 +584,13 @@ class Store(Service):
             db.close()
             raise StartupError(f"numd: cannot use the database {self.path}: {e}") from None
         self._db = db
-        service = self.service
-        service.clients.clear()
-        for client_id, (number, last_given, last_seen) in clients.items():
-            service.clients[client_id] = ClientRecord(
-                client_id, number=number, last_given=last_given, last_seen=last_seen
-            )
-        service.values.clear()
-        service.values.update(values)
+        self.service.restore(
+            values,
+            (
+                ClientRecord(client_id, number=number, last_given=last_given, last_seen=last_seen)
+                for client_id, (number, last_given, last_seen) in clients.items()
+            ),
+        )
         self.load_seconds = time.perf_counter() - started
         if db.migrated_from is not None:
             self.log.info(
@@ -619,8 +614,7 @@ class Store(Service):
 
     def _unfollow(self) -> None:
         """Stop observing the service and stop every timer of the store."""
-        self.service.remove_observer(self._list_changed)
-        self.service.remove_observer(self._client_changed)  # type: ignore[arg-type]
+        self.service.remove_observer(self)
         if self._ticker.running:
             self._ticker.stop()
         cancel(self._call)
@@ -648,19 +642,25 @@ class Store(Service):
 
     # -- following the service --------------------------------------------------------
 
-    def _list_changed(self, kind: str, payload: object) -> None:
-        if kind == "merge":
-            self._pending.merge(payload)  # type: ignore[arg-type]
-        else:
-            self._pending.clear()
+    def merged(self, values: list[int]) -> None:
+        """Values merged: into the pending batch (answers to it wait for its commit)."""
+        self._pending.merge(values)
         self._schedule()
 
-    def _client_changed(self, kind: str, record: ClientRecord) -> None:
+    def cleared(self) -> None:
+        """The list was emptied: the pending batch starts with a clear."""
+        self._pending.clear()
+        self._schedule()
+
+    def _client_changed(self, record: ClientRecord) -> None:
+        """A client's record changed: written lazily (``everysec``) or in the next commit."""
         if self.sync == "always":
             self._pending.client(record.client_id, _row(record))
             self._schedule()
         else:
             self._lazy.add(record.client_id)
+
+    registered = disconnected = reported = given = _client_changed
 
     def when_durable(self) -> Deferred[None] | None:
         """A Deferred that fires once every change so far is committed; None if all are.
@@ -701,9 +701,11 @@ class Store(Service):
         """Put the rows of `count` clients (from those the last tick took) into the pending batch."""
         draining = self._draining
         taken, self._draining = draining[:count], draining[count:]
-        clients = self.service.clients
         self._pending.put_clients(
-            {cid: (r.number, r.last_given, r.last_seen) for cid in taken for r in (clients[cid],)}
+            {
+                r.client_id: (r.number, r.last_given, r.last_seen)
+                for r in self.service.clients_by_id(taken)
+            }
         )
 
     def _tick(self) -> None:

@@ -29,10 +29,10 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from numd.client import HELP, REQUEST_TIMEOUT, CounterClient
-from numd.client_array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
-from numd.client_console import PromptService
-from numd.client_output import ClientOutput, CounterState, Mode
+from numd.client.array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
+from numd.client.console import PromptService
+from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
+from numd.client.output import ClientOutput, CounterState, Mode
 from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID
 from numd.signals import ExitZeroOnSignal
 
