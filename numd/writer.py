@@ -75,7 +75,7 @@ class Writer:
         if IReactorCore.providedBy(self._reactor):
             # Should the reactor stop without stopping us, the thread must not keep
             # the process alive.
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
                 "during", "shutdown", self._pool.stop
             )
 

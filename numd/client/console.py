@@ -75,7 +75,7 @@ class _DescriptorReader:
         self._reading = False
 
     def start(self) -> None:
-        self._prompt.makeConnection(self)  # type: ignore[arg-type]
+        self._prompt.makeConnection(self)
         self._reading = True
         self._reactor.addReader(self)
 
