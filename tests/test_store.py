@@ -21,17 +21,10 @@ from twisted.python import usage
 
 from numd.counter.protocol import CounterFactory
 from numd.service import NumberService
-from numd.store.service import (
-    CREATE_V1,
-    CREATE_V2,
-    LAZY_SLICE,
-    ROWS_PER_STATEMENT,
-    SCHEMA_VERSION,
-    Batch,
-    Database,
-    Store,
-    make_store,
-)
+from numd.store.batch import Batch
+from numd.store.database import ROWS_PER_STATEMENT, Database
+from numd.store.schema import CREATE_V1, CREATE_V2, SCHEMA_VERSION
+from numd.store.service import LAZY_SLICE, Store, make_store
 from numd.tap import Options, makeService
 
 from .manual_writer import ManualWriter
@@ -839,7 +832,7 @@ def test_a_lost_wal_stops_acknowledging_changes_until_restart(
     from twisted.logger import Logger, formatEvent
 
     from numd.http.api import NumdApi
-    from numd.store.service import StoreFileLost
+    from numd.store.database import StoreFileLost
 
     from .counter_client import FakeClient
 
