@@ -21,8 +21,9 @@ from twisted.python import usage
 
 from numd.counter.protocol import CounterFactory
 from numd.service import NumberService
+from numd.signals import StartupError
 from numd.store.batch import Batch
-from numd.store.database import ROWS_PER_STATEMENT, Database
+from numd.store.database import ROWS_PER_STATEMENT, Database, StoreError
 from numd.store.schema import CREATE_V1, CREATE_V2, SCHEMA_VERSION
 from numd.store.service import LAZY_SLICE, Store, make_store
 from numd.tap import Options, makeService
@@ -81,6 +82,21 @@ def reloaded(path: str) -> NumberService:
     store.startService()
     store.stopService()
     return fresh
+
+
+def refused_at_startup(path: Path | str, directory: Path) -> str:
+    """The one line a daemon with ``--db path`` exits with when its start-up refuses the file.
+
+    The store raises a `StoreError`; the daemon's start-up turns it into a
+    `StartupError`, a `SystemExit` whose code is the line twistd prints.
+    """
+    options = Options()
+    options.parseOptions(["--db", str(path), "--message-log", str(directory / "m.log")])
+    daemon = makeService(options, reactor=MemoryReactorClock())
+    with pytest.raises(SystemExit) as exited:
+        daemon.privilegedStartService()
+    assert isinstance(exited.value, StartupError)
+    return str(exited.value.code)
 
 
 def fired(d: Deferred[Any] | None) -> bool:
@@ -527,9 +543,11 @@ def test_a_corrupt_database_refuses_to_start(
     path = tmp_path / "broken.db"
     path.write_bytes(content)
     store = Store(state, str(path), clock, run=maybeDeferred)
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(StoreError) as refused:
         store.privilegedStartService()
-    message = str(exited.value.code)
+    assert not isinstance(refused.value, SystemExit), "the store knows nothing of twistd's exit"
+    message = refused_at_startup(path, tmp_path)
+    assert message == f"numd: {refused.value}"
     assert message.startswith(f"numd: cannot use the database {path}") and reason in message
     assert "\n" not in message
     assert path.read_bytes() == content
@@ -544,8 +562,9 @@ def test_a_database_from_a_newer_numd_is_refused(
         c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
         c.execute("INSERT INTO meta VALUES ('schema_version', 99)")
     c.close()
-    with pytest.raises(SystemExit, match="schema version 99 was written by a newer numd"):
+    with pytest.raises(StoreError, match="schema version 99 was written by a newer numd"):
         Store(state, str(path), clock).load()
+    assert "schema version 99 was written by a newer numd" in refused_at_startup(path, tmp_path)
 
 
 def test_another_programs_database_is_refused(
@@ -556,8 +575,9 @@ def test_another_programs_database_is_refused(
     with sqlite3.connect(path) as c:
         c.execute("CREATE TABLE recipes (name TEXT)")
     c.close()
-    with pytest.raises(SystemExit, match="it is not a numd database"):
+    with pytest.raises(StoreError, match="it is not a numd database"):
         Store(state, str(path), clock).load()
+    assert "it is not a numd database" in refused_at_startup(path, tmp_path)
 
 
 def test_a_million_values_load_fast(tmp_path: Path, clock: Clock) -> None:
@@ -672,20 +692,25 @@ def test_a_damaged_page_refuses_to_start(
     data = bytearray(path.read_bytes())
     data[8192 : 8192 + 4096] = b"\xff" * 4096
     path.write_bytes(bytes(data))
-    with pytest.raises(
-        SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"
-    ):
+    malformed = f"cannot use the database {path}: database disk image is malformed"
+    with pytest.raises(StoreError, match=malformed):
         Store(state, str(path), clock).load()
+    assert f"numd: {malformed}" in refused_at_startup(path, tmp_path)
 
 
 def test_a_database_in_use_by_another_numd_is_refused(
-    state: NumberService, store: Store, db_path: str, clock: Clock, writer: ManualWriter
+    state: NumberService,
+    store: Store,
+    db_path: str,
+    clock: Clock,
+    writer: ManualWriter,
+    tmp_path: Path,
 ) -> None:
     """A second store on a file that a running one holds refuses to start; the lock goes when the first closes it."""
-    with pytest.raises(
-        SystemExit, match=f"numd: cannot use the database {db_path}: another process"
-    ):
+    in_use = f"cannot use the database {db_path}: another process"
+    with pytest.raises(StoreError, match=in_use):
         Store(NumberService(clock), db_path, clock).load()
+    assert f"numd: {in_use}" in refused_at_startup(db_path, tmp_path)
     stopped = store.stopService()
     writer.finish_all()
     assert fired(stopped)

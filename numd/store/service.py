@@ -52,7 +52,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from numd.service import ClientRecord, NumberService, StateObserver
-from numd.signals import StartupError
 from numd.store.batch import Batch
 from numd.store.database import Database, StoreError, StoreFileLost
 from numd.store.schema import SCHEMA_VERSION, ClientRow
@@ -169,20 +168,18 @@ class Store(Service, StateObserver):
     def load(self) -> None:
         """Open the database and fill the service with its registry and list.
 
-        Every client is loaded as not connected. A database numd cannot use ends
-        the start-up with a one-line message naming the file (`StartupError`).
+        Every client is loaded as not connected. A database numd cannot use is a
+        `StoreError` whose one line names the file (the daemon's start-up ends
+        with it); the service is then left as it was.
         """
         started = time.perf_counter()
-        try:
-            db = Database(self.path)
-        except StoreError as e:
-            raise StartupError(f"numd: {e}") from None
+        db = Database(self.path)
         try:
             clients = db.load_clients()
             values = db.load_values()
         except sqlite3.Error as e:
             db.close()
-            raise StartupError(f"numd: cannot use the database {self.path}: {e}") from None
+            raise StoreError(f"cannot use the database {self.path}: {e}") from None
         self._db = db
         self.service.restore(
             values,
