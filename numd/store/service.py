@@ -357,8 +357,8 @@ class Store(Service, StateObserver):
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._inflight = None
         self.failures += 1
-        if failure.check(StoreFileLost):
-            self._lose(failure, batch)
+        if isinstance(failure.value, StoreFileLost):
+            self._lose(failure.value, failure, batch)
             return
         self._failing = True
         self.log.failure(
@@ -377,7 +377,7 @@ class Store(Service, StateObserver):
         for waiter in waiters:
             waiter.errback(failure)
 
-    def _lose(self, failure: Failure, batch: Batch) -> None:
+    def _lose(self, lost: StoreFileLost, failure: Failure, batch: Batch) -> None:
         """The database file or its ``-wal`` is gone: stop storing, until a restart.
 
         The batch just written went into the lost file, so it is not acknowledged,
@@ -385,7 +385,6 @@ class Store(Service, StateObserver):
         the database file, so changes acknowledged before are not lost at a crash.
         The store stays stopped: reopening the files would hide what was lost.
         """
-        lost: StoreFileLost = failure.value  # type: ignore[assignment]
         self.lost = lost
         wal = lost.path != self.path
         self.log.error(
