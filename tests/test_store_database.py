@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from numd.service import NumberService
 from numd.signals import StartupError
 from numd.store.batch import Batch
-from numd.store.database import ROWS_PER_STATEMENT, Database, StoreError
+from numd.store.database import ROWS_PER_STATEMENT, Database, StoreError, StoreFileLost
 from numd.store.schema import SCHEMA_VERSION
 from numd.store.service import Store
 from numd.tap import Options, makeService
@@ -82,6 +83,7 @@ def test_a_corrupt_database_refuses_to_start(
     with pytest.raises(StoreError) as refused:
         store.privilegedStartService()
     assert not isinstance(refused.value, SystemExit), "the store knows nothing of twistd's exit"
+    assert (state.list_size, state.known_count) == (0, 0), "nothing was restored"
     message = refused_at_startup(path, tmp_path)
     assert message == f"numd: {refused.value}"
     assert message.startswith(f"numd: cannot use the database {path}") and reason in message
@@ -239,3 +241,37 @@ def test_an_outside_backup_and_checkpoint_keep_the_wal_file(db_path: str) -> Non
     with sqlite3.connect(db_path + ".backup") as c:
         assert c.execute("SELECT count(*) FROM list_values").fetchone() == (2,)
     c.close()
+
+
+def replace(path: str) -> None:
+    """Put another (empty) file at `path`, as a careless copy or restore would."""
+    os.remove(path)
+    Path(path).touch()
+
+
+@pytest.mark.parametrize(
+    "lose,suffix,what",
+    [
+        (os.remove, "-wal", "was deleted"),
+        (replace, "-wal", "was replaced by another file"),
+        (os.remove, "", "was deleted"),
+        (replace, "", "was replaced by another file"),
+    ],
+    ids=["wal-deleted", "wal-replaced", "file-deleted", "file-replaced"],
+)
+def test_a_commit_names_the_file_that_was_lost(
+    db_path: str, lose: Callable[[str], None], suffix: str, what: str
+) -> None:
+    """A -wal or database file deleted or replaced by name makes the commit's own check raise
+    `StoreFileLost` naming that file, so that commit is never taken for stored."""
+    db = Database(db_path)
+    db.check_files()  # the files as opened: nothing to say
+    lose(db_path + suffix)
+    batch = Batch()
+    batch.merge([1])
+    with pytest.raises(StoreFileLost) as lost:
+        db.write(batch)
+    assert (lost.value.path, lost.value.what) == (db_path + suffix, what)
+    assert str(lost.value) == f"{db_path}{suffix} {what}"
+    assert isinstance(lost.value, StoreError)
+    db.close()

@@ -1,15 +1,17 @@
-"""The store's schema: every older layout is migrated in place and loads the same list and registry."""
+"""The store's schema: every older layout is migrated in place, to the current tables, and loads
+the same list and registry."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from numd.service import NumberService
-from numd.store.schema import CREATE_V1, CREATE_V2, SCHEMA_VERSION
+from numd.store.schema import CREATE, CREATE_V1, CREATE_V2, MIGRATIONS, SCHEMA_VERSION
 from numd.store.service import Store
 
 
@@ -67,3 +69,40 @@ def test_migration_from_version_2(state: NumberService, tmp_path: Path, clock: C
         assert "sorted_values" not in tables
         assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
     c.close()
+
+
+def test_every_older_version_has_one_migration_step() -> None:
+    """A file of any version numd ever wrote can be brought up to `SCHEMA_VERSION`, one step each."""
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+
+
+def columns(connection: sqlite3.Connection) -> dict[str, list[tuple[str, str, int, int]]]:
+    """Each table's columns as (name, type, not null, primary key), by table name."""
+    tables = [
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        )
+    ]
+    return {
+        table: [
+            (name, kind, notnull, pk)
+            for _, name, kind, notnull, _, pk in connection.execute(f"PRAGMA table_info({table})")
+        ]
+        for table in tables
+    }
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_migrated_file_has_the_tables_of_a_new_one(old: int) -> None:
+    """Every migration path ends in the tables `CREATE` makes (defaults aside), so a migrated
+    file and a new one are read and written alike."""
+    new = sqlite3.connect(":memory:")
+    new.executescript(CREATE)
+    migrated = sqlite3.connect(":memory:")
+    migrated.executescript({1: CREATE_V1, 2: CREATE_V2}[old])
+    for version in range(old, SCHEMA_VERSION):
+        MIGRATIONS[version](migrated)
+    assert columns(migrated) == columns(new)
+    new.close()
+    migrated.close()
