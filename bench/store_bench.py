@@ -104,7 +104,9 @@ def load_seconds(directory: Path, count: int = 1_000_000) -> float:
     from twisted.internet.task import Clock
 
     from numd.service import NumberService
-    from numd.store.service import Batch, Database, Store
+    from numd.store.batch import Batch
+    from numd.store.database import Database
+    from numd.store.service import Store
 
     path = str(directory / "million.db")
     db = Database(path)

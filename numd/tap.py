@@ -34,6 +34,7 @@ from numd.signals import (
     twistd_log_file,
 )
 from numd.stats import Stats
+from numd.store.database import StoreError
 from numd.store.service import Store, make_store
 
 __all__ = ["Daemon", "Options", "check_open_files", "makeService"]
@@ -115,7 +116,8 @@ class Daemon(MultiService):
         self.counter_factory = counter_factory
 
     def privilegedStartService(self) -> None:
-        """Bind the listeners; a busy or forbidden port ends start-up with a clear message."""
+        """Bind the listeners; a busy or forbidden port, or an unusable database, ends start-up
+        with a clear message."""
         legacy = self.legacy_array_factory
         check_open_files(
             self.counter_factory.max_clients,
@@ -127,6 +129,8 @@ class Daemon(MultiService):
         except CannotListenError as e:
             where = f"{e.interface or '*'}:{e.port}"
             raise StartupError(f"numd: cannot listen on {where}: {e.socketError}") from None
+        except StoreError as e:
+            raise StartupError(f"numd: {e}") from None
 
     def startService(self) -> None:
         """Start every service, then keep full garbage collections rare and short.

@@ -1,11 +1,13 @@
-"""Durable state: the registry and the sorted list kept in an embedded SQLite database.
+"""Durable state: the Store service keeps a `NumberService` in an embedded SQLite database.
 
 The service's in-memory registry and `SortedList` stay the source of truth; the
-store only follows them. It observes every change through
-`NumberService.add_observer`, collects changes into batches, and writes each batch
-in one transaction on a single writer thread, so the reactor never waits for the
-disk. It installs the service's durability hook, so a change that gets an answer
-(an array merge, an add or a clear) is answered only once its batch is committed.
+store only follows them. It observes every change as a `StateObserver` (through
+`NumberService.add_observer`), collects changes into batches (`numd.store.batch`),
+and writes each batch in one transaction on a single writer thread, so the
+reactor never waits for the disk. It installs the service's durability hook, so a
+change that gets an answer (an array merge, an add or a clear) is answered only
+once its batch is committed. At start-up it loads the file into the service
+through `NumberService.restore`, never by writing the service's state itself.
 
 Group commit: while one batch is being written, every change that arrives goes
 into the next one; that batch starts as soon as the first finishes, so a thousand
@@ -17,42 +19,27 @@ collected in memory and handed to the writer once a second: a crash can lose at
 most about the last second of reports, like Redis's ``appendfsync everysec``.
 ``sync="always"`` puts each of them into the next group commit instead.
 
-The file is SQLite in WAL mode with ``synchronous=FULL``: a committed batch is in
-the write-ahead log and fsynced before anyone is told so, and survives ``kill -9``
-and a power cut. Schema (version 3)::
+If the database file or its ``-wal`` is deleted or replaced under the running
+store (`numd.store.database` notices it after a commit), commits from then on
+would go into a file that no restart reads, so the store stops for good: it
+copies what the lost log holds into the database file (a checkpoint through
+SQLite's open descriptors), logs an error, and every change from then on is
+answered as a failed commit is. Only a restart, which opens the files afresh,
+makes it store again: reopening them in place would quietly drop whatever the
+lost file held. `Store.checks` tells ``/readyz``.
 
-    meta(key TEXT PRIMARY KEY, value)            -- key 'schema_version'
-    list_values(value INTEGER NOT NULL)          -- one row per value, no index
-    clients(id INTEGER PRIMARY KEY, number INTEGER NOT NULL,
-            last_given INTEGER, last_seen REAL NOT NULL)
-
-Values are appended, one row each (duplicates are repeated rows), in a table with
-no index: a commit writes only the table's last pages, where a table keyed by
-value (version 2) touched one page per added value, scattered over the file, and
-wrote each of them to the write-ahead log. Loading sorts them once, in memory.
-Older layouts are migrated in place at start-up (see `MIGRATIONS`).
-
-After every commit the writer checks (two ``stat`` calls) that the database file
-and its ``-wal`` are still the files it opened. If one was deleted or replaced,
-commits from then on would go into a file that no restart reads, so the store
-stops for good: it copies what the lost log holds into the database file (a
-checkpoint through SQLite's open descriptors), logs an error, and every change
-from then on is answered as a failed commit is. Only a restart, which opens the
-files afresh, makes it store again: reopening them in place would quietly drop
-whatever the lost file held. `Store.checks` tells ``/readyz``.
-
-``docs/durability.md`` has the whole story.
+A file the store cannot use is a `StoreError` naming it, in one line; the store
+knows nothing of twistd, and the daemon's start-up turns that into its exit.
+The file itself (WAL mode, the lock, the checks) is `numd.store.database`, its
+layout and migrations `numd.store.schema`. ``docs/durability.md`` has the whole story.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -65,7 +52,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from numd.service import ClientRecord, NumberService, StateObserver
-from numd.signals import StartupError
+from numd.store.batch import Batch
+from numd.store.database import Database, StoreError, StoreFileLost
+from numd.store.schema import SCHEMA_VERSION, ClientRow
 from numd.timers import cancel
 from numd.writer import Runner, Writer
 
@@ -74,399 +63,9 @@ MEMORY = ":memory:"
 SYNC_POLICIES = ("everysec", "always")
 """How client records are written: once a second (default) or in every group commit."""
 DEFAULT_SYNC = "everysec"
+"""The ``--sync`` policy when none is given: client records once a second."""
 LAZY_SLICE = 1000
 """Client records taken into a batch per reactor turn at a once-a-second tick."""
-SCHEMA_VERSION = 3
-"""The layout this numd writes; older ones are migrated at start-up."""
-
-ClientRow = tuple[int, "int | None", float]
-"""What is stored per client: (number, last_given, last_seen)."""
-
-
-class StoreError(Exception):
-    """The database cannot be used: unreadable, corrupt, not numd's, or too new."""
-
-
-class StoreFileLost(StoreError):
-    """The database file or its ``-wal`` was deleted or replaced under the running store."""
-
-    def __init__(self, path: str, what: str) -> None:
-        super().__init__(f"{path} {what}")
-        self.path = path
-        """The file that is no longer the one the store opened."""
-        self.what = what
-        """What became of it: "was deleted", "was replaced by another file"..."""
-
-
-# -- batches ------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Changes written together in one transaction.
-
-    A clear throws away every value change before it, so a batch is "maybe empty
-    the list first, then add these values": a clear followed by adds in one batch
-    leaves exactly those adds, and adds followed by a clear leave nothing.
-    """
-
-    cleared: bool = False
-    values: list[int] = field(default_factory=list)
-    """The values added (after the clear, if any), duplicates kept."""
-    clients: dict[int, ClientRow] = field(default_factory=dict)
-    """The latest row of each client changed in this batch."""
-    changes: int = 0
-    """How many service changes this batch holds (merges, clears, client rows)."""
-    waiters: list[Deferred[None]] = field(default_factory=list)
-    """Fired when the batch is committed (errbacked if it fails)."""
-
-    def __bool__(self) -> bool:
-        return self.changes > 0
-
-    def merge(self, values: list[int]) -> None:
-        """Add `values` (duplicates kept)."""
-        self.values += values
-        self.changes += 1
-
-    def clear(self) -> None:
-        """Empty the list: earlier adds in this batch no longer matter."""
-        self.cleared = True
-        self.values.clear()
-        self.changes += 1
-
-    def client(self, client_id: int, row: ClientRow) -> None:
-        """Record the latest state of one client."""
-        self.clients[client_id] = row
-        self.changes += 1
-
-    def put_clients(self, rows: dict[int, ClientRow]) -> None:
-        """Record the latest state of several clients."""
-        self.clients.update(rows)
-        self.changes += len(rows)
-
-    def then(self, later: Batch) -> None:
-        """Append `later`'s changes to this batch's (in that order); waiters are taken over."""
-        if later.cleared:
-            self.cleared = True
-            self.values = later.values
-        else:
-            self.values += later.values
-        self.clients.update(later.clients)
-        self.changes += later.changes
-        self.waiters = later.waiters
-
-    def waiter(self) -> Deferred[None]:
-        """A Deferred that fires once this batch is committed."""
-        d: Deferred[None] = Deferred()
-        self.waiters.append(d)
-        return d
-
-
-# -- the database file ----------------------------------------------------------------
-
-_CREATE = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE list_values (value INTEGER NOT NULL);
-CREATE TABLE clients (
-    id INTEGER PRIMARY KEY,
-    number INTEGER NOT NULL,
-    last_given INTEGER,
-    last_seen REAL NOT NULL
-);
-"""
-
-# A batch's rows reach SQLite as one JSON array, written by one statement: SQLite
-# runs it without holding the GIL. `executemany` took the GIL back for every row,
-# and each time waited for the busy reactor thread to let go of it (a commit of 200
-# values took 3 ms in the daemon against 0.3 ms alone).
-ROWS_PER_STATEMENT = 1000
-_ADD_VALUES = "INSERT INTO list_values (value) SELECT value FROM json_each(?)"
-_PUT_CLIENTS = (
-    "INSERT INTO clients (id, number, last_given, last_seen) "
-    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?) WHERE true "
-    "ON CONFLICT (id) DO UPDATE SET number = excluded.number, "
-    "last_given = excluded.last_given, last_seen = excluded.last_seen"
-)
-
-CREATE_V1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE sorted_values (value INTEGER NOT NULL);
-CREATE INDEX sorted_values_value ON sorted_values (value);
-CREATE TABLE clients (id INTEGER PRIMARY KEY, number INTEGER NOT NULL, last_given INTEGER);
-INSERT INTO meta (key, value) VALUES ('schema_version', 1);
-"""
-"""Schema version 1, the first layout: one row per value (duplicates as repeated
-rows) and no ``last_seen``. Kept here so the migration can be tested."""
-
-CREATE_V2 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE sorted_values (value INTEGER PRIMARY KEY, count INTEGER NOT NULL);
-CREATE TABLE clients (
-    id INTEGER PRIMARY KEY, number INTEGER NOT NULL, last_given INTEGER,
-    last_seen REAL NOT NULL DEFAULT 0
-);
-INSERT INTO meta (key, value) VALUES ('schema_version', 2);
-"""
-"""Schema version 2: one row per distinct value, keyed by value, with its count."""
-
-
-def migrate_1_to_2(connection: sqlite3.Connection) -> None:
-    """Version 1 to 2: one row per distinct value with its count; clients get ``last_seen``.
-
-    Runs inside the caller's transaction, so a crash half-way leaves version 1 intact.
-    """
-    connection.execute("ALTER TABLE sorted_values RENAME TO sorted_values_v1")
-    connection.execute("DROP INDEX IF EXISTS sorted_values_value")
-    connection.execute(
-        "CREATE TABLE sorted_values (value INTEGER PRIMARY KEY, count INTEGER NOT NULL)"
-    )
-    connection.execute(
-        "INSERT INTO sorted_values (value, count) "
-        "SELECT value, count(*) FROM sorted_values_v1 GROUP BY value"
-    )
-    connection.execute("DROP TABLE sorted_values_v1")
-    connection.execute("ALTER TABLE clients ADD COLUMN last_seen REAL NOT NULL DEFAULT 0")
-
-
-def migrate_2_to_3(connection: sqlite3.Connection) -> None:
-    """Version 2 to 3: values become one appended row each, in a table with no index.
-
-    Version 2 kept one row per distinct value, keyed by value, so every added value
-    rewrote a page somewhere in the file; version 3 appends. Runs inside the caller's
-    transaction.
-    """
-    connection.execute("CREATE TABLE list_values (value INTEGER NOT NULL)")
-    connection.execute(
-        "WITH RECURSIVE copies (value, left) AS ("
-        " SELECT value, count FROM sorted_values WHERE count > 0"
-        " UNION ALL SELECT value, left - 1 FROM copies WHERE left > 1)"
-        " INSERT INTO list_values (value) SELECT value FROM copies"
-    )
-    connection.execute("DROP TABLE sorted_values")
-
-
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: migrate_1_to_2,
-    2: migrate_2_to_3,
-}
-"""``MIGRATIONS[n]`` turns a version-n database into version n + 1."""
-
-
-class Database:
-    """numd's tables in one SQLite file, in WAL mode. Synchronous; one thread at a time.
-
-    Opening checks the file, creates the tables in a new or empty file and
-    migrates an older layout; any problem is a `StoreError` naming the file.
-    """
-
-    log = Logger()
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.migrated_from: int | None = None
-        """The schema version the file had before this open migrated it, if it did."""
-        self._lock = _lock(path)
-        try:
-            self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as e:
-            os.close(self._lock)
-            raise StoreError(f"cannot open the database {path}: {e}") from None
-        try:
-            self._prepare()
-            self._files = self._opened_files()
-        except (sqlite3.Error, StoreError) as e:
-            self.close()
-            if isinstance(e, StoreError):
-                raise
-            raise StoreError(f"cannot use the database {path}: {e}") from None
-
-    @property
-    def wal_path(self) -> str:
-        """The write-ahead log next to the database file."""
-        return self.path + "-wal"
-
-    def _opened_files(self) -> tuple[tuple[str, tuple[int, int]], ...]:
-        """(name, (device, inode)) of the database file and its ``-wal`` as opened now."""
-        db = os.fstat(self._lock)  # the file this store locked
-        try:
-            # Reading a database in WAL mode (the last step of opening) creates the -wal.
-            wal = os.stat(self.wal_path)
-        except OSError as e:
-            raise StoreError(
-                f"cannot use the database {self.path}: its write-ahead log "
-                f"{self.wal_path} is missing ({e.strerror})"
-            ) from None
-        return (
-            (self.path, (db.st_dev, db.st_ino)),
-            (self.wal_path, (wal.st_dev, wal.st_ino)),
-        )
-
-    def check_files(self) -> None:
-        """Raise `StoreFileLost` unless the database file and its ``-wal`` are the ones opened.
-
-        A commit into a ``-wal`` that was deleted (or replaced by another file)
-        goes into a file no restart reads, so it would be lost at the next
-        crash. SQLite keeps the file it opened and never unlinks its ``-wal``
-        while numd holds its connection: its checkpoints restart the log in
-        place. Two ``stat`` calls, cheap enough for every commit.
-        """
-        for name, (device, inode) in self._files:
-            try:
-                now = os.stat(name)
-            except FileNotFoundError:
-                raise StoreFileLost(name, "was deleted") from None
-            except OSError as e:
-                raise StoreFileLost(name, f"cannot be checked ({e.strerror})") from None
-            if (now.st_dev, now.st_ino) != (device, inode):
-                raise StoreFileLost(name, "was replaced by another file")
-
-    def _prepare(self) -> None:
-        c = self._connection
-        # The first read fails on a file that is not SQLite ("file is not a database").
-        tables = {
-            row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        try:
-            c.execute("SELECT value FROM json_each('[1]')").fetchall()
-        except sqlite3.Error:
-            raise StoreError(
-                f"cannot use the database {self.path}: SQLite {sqlite3.sqlite_version} "
-                "has no JSON functions (json_each)"
-            ) from None
-        if c.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise StoreError(f"cannot use the database {self.path}: WAL mode is not available")
-        c.execute("PRAGMA synchronous = FULL")
-        if not tables:
-            self._transaction(self._create)
-            return
-        if "meta" not in tables:
-            raise StoreError(f"cannot use the database {self.path}: it is not a numd database")
-        row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None or not isinstance(row[0], int):
-            raise StoreError(f"cannot use the database {self.path}: it has no schema version")
-        version = row[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"cannot use the database {self.path}: schema version {version} was written "
-                f"by a newer numd (this one reads up to {SCHEMA_VERSION})"
-            )
-        if version < SCHEMA_VERSION:
-            self._transaction(lambda: self._migrate(version))
-            self.migrated_from = version
-        # Read every page once now, so damage inside the tables stops the start
-        # rather than a later commit.
-        check = c.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise StoreError(f"cannot use the database {self.path}: it is damaged ({check})")
-
-    def _create(self) -> None:
-        for statement in _CREATE.split(";"):
-            if statement.strip():
-                self._connection.execute(statement)
-        self._connection.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-        )
-
-    def _migrate(self, version: int) -> None:
-        while version < SCHEMA_VERSION:
-            step = MIGRATIONS.get(version)
-            if step is None:
-                raise StoreError(
-                    f"cannot use the database {self.path}: no migration from schema version {version}"
-                )
-            step(self._connection)
-            version += 1
-        self._connection.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
-        )
-
-    def _transaction(self, work: Callable[[], None]) -> None:
-        c = self._connection
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            work()
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
-
-    def load_values(self) -> list[int]:
-        """Every stored value in ascending order, each as many times as it was added."""
-        values = [value for (value,) in self._connection.execute("SELECT value FROM list_values")]
-        values.sort()
-        return values
-
-    def load_clients(self) -> dict[int, ClientRow]:
-        """Every stored client row, by client ID."""
-        return {
-            client_id: (number, last_given, last_seen)
-            for client_id, number, last_given, last_seen in self._connection.execute(
-                "SELECT id, number, last_given, last_seen FROM clients"
-            )
-        }
-
-    def write(self, batch: Batch) -> None:
-        """Apply `batch` in one transaction: the clear first, then the adds, then client rows.
-
-        Then check that the files are still the ones opened (`check_files`): if
-        not, the commit went into a lost file and `StoreFileLost` says so.
-        """
-
-        def apply() -> None:
-            c = self._connection
-            if batch.cleared:
-                c.execute("DELETE FROM list_values")
-            # In pieces: json.dumps holds the GIL, and so stops the reactor thread, while it runs.
-            values = batch.values
-            for start in range(0, len(values), ROWS_PER_STATEMENT):
-                c.execute(_ADD_VALUES, (json.dumps(values[start : start + ROWS_PER_STATEMENT]),))
-            rows = [(client_id, *row) for client_id, row in batch.clients.items()]
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                c.execute(_PUT_CLIENTS, (json.dumps(rows[start : start + ROWS_PER_STATEMENT]),))
-
-        self._transaction(apply)
-        self.check_files()
-
-    def checkpoint(self) -> None:
-        """Copy every commit in the write-ahead log into the database file, and fsync it.
-
-        SQLite reads the log through the descriptor it opened, so this works
-        even after the ``-wal`` was deleted or replaced by name.
-        """
-        busy, _, _ = self._connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
-        if busy:
-            raise StoreError(f"cannot checkpoint {self.path}: the database is busy")
-
-    def close(self) -> None:
-        """Close the file (the write-ahead log is checkpointed into it) and release it."""
-        self._connection.close()
-        # Only after SQLite let go: closing any descriptor of the file drops SQLite's
-        # own (POSIX) locks on it.
-        os.close(self._lock)
-
-
-def _lock(path: str) -> int:
-    """Open `path` (creating it empty) and take an exclusive flock on it; return the descriptor.
-
-    Two daemons writing one database would each write their own changes into it;
-    the second one is refused instead. The lock dies with the process, kill -9 included.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise StoreError(f"cannot open the database {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise StoreError(
-            f"cannot use the database {path}: another process (another numd?) is using it"
-        ) from None
-    return fd
-
-
-# -- the service ----------------------------------------------------------------------
 
 
 def _row(record: ClientRecord) -> ClientRow:
@@ -569,20 +168,18 @@ class Store(Service, StateObserver):
     def load(self) -> None:
         """Open the database and fill the service with its registry and list.
 
-        Every client is loaded as not connected. A database numd cannot use ends
-        the start-up with a one-line message naming the file (`StartupError`).
+        Every client is loaded as not connected. A database numd cannot use is a
+        `StoreError` whose one line names the file (the daemon's start-up ends
+        with it); the service is then left as it was.
         """
         started = time.perf_counter()
-        try:
-            db = Database(self.path)
-        except StoreError as e:
-            raise StartupError(f"numd: {e}") from None
+        db = Database(self.path)
         try:
             clients = db.load_clients()
             values = db.load_values()
         except sqlite3.Error as e:
             db.close()
-            raise StartupError(f"numd: cannot use the database {self.path}: {e}") from None
+            raise StoreError(f"cannot use the database {self.path}: {e}") from None
         self._db = db
         self.service.restore(
             values,
@@ -760,8 +357,8 @@ class Store(Service, StateObserver):
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._inflight = None
         self.failures += 1
-        if failure.check(StoreFileLost):
-            self._lose(failure, batch)
+        if isinstance(failure.value, StoreFileLost):
+            self._lose(failure.value, failure, batch)
             return
         self._failing = True
         self.log.failure(
@@ -780,7 +377,7 @@ class Store(Service, StateObserver):
         for waiter in waiters:
             waiter.errback(failure)
 
-    def _lose(self, failure: Failure, batch: Batch) -> None:
+    def _lose(self, lost: StoreFileLost, failure: Failure, batch: Batch) -> None:
         """The database file or its ``-wal`` is gone: stop storing, until a restart.
 
         The batch just written went into the lost file, so it is not acknowledged,
@@ -788,7 +385,6 @@ class Store(Service, StateObserver):
         the database file, so changes acknowledged before are not lost at a crash.
         The store stays stopped: reopening the files would hide what was lost.
         """
-        lost: StoreFileLost = failure.value  # type: ignore[assignment]
         self.lost = lost
         wal = lost.path != self.path
         self.log.error(

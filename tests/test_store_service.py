@@ -1,40 +1,31 @@
-"""The SQLite store: batches, group commit, ordering, reload, the report policy, migration."""
+"""The Store service: group commit, ordering, reload, the report policies, failures, stopping,
+the wiring in the daemon, and a lost file under a running store."""
 
 from __future__ import annotations
 
 import os
-import random
-import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
 from numd.counter.protocol import CounterFactory
 from numd.service import NumberService
-from numd.store.service import (
-    CREATE_V1,
-    CREATE_V2,
-    LAZY_SLICE,
-    ROWS_PER_STATEMENT,
-    SCHEMA_VERSION,
-    Batch,
-    Database,
-    Store,
-    make_store,
-)
+from numd.store.batch import Batch
+from numd.store.schema import CREATE_V1
+from numd.store.service import LAZY_SLICE, Store, make_store
 from numd.tap import Options, makeService
 
 from .manual_writer import ManualWriter
+from .store_support import fired, reloaded, started
 
 
 @pytest.fixture
@@ -49,14 +40,6 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "numd.db")
 
 
-def started(state: NumberService, path: str, clock: Clock, writer: Any, **kwargs: Any) -> Store:
-    """A store on `path` following `state`, started as twistd would start it."""
-    store = Store(state, path, clock, run=writer, **kwargs)
-    store.privilegedStartService()
-    store.startService()
-    return store
-
-
 @pytest.fixture
 def store(
     state: NumberService, db_path: str, clock: Clock, writer: ManualWriter
@@ -69,36 +52,7 @@ def store(
         writer.finish_all()
 
 
-def reloaded(path: str) -> NumberService:
-    """A fresh service filled from a copy of the files at `path` as they are now.
-
-    That is what a restart after kill -9 at this moment would load (the running
-    store keeps the file locked, so the copy is what can be opened).
-    """
-    copy = path + ".copy"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(copy + suffix):
-            os.remove(copy + suffix)
-    for suffix in ("", "-wal"):
-        if os.path.exists(path + suffix):
-            shutil.copyfile(path + suffix, copy + suffix)
-    fresh = NumberService(Clock())
-    store = Store(fresh, copy, Clock(), run=maybeDeferred)
-    store.load()
-    store.startService()
-    store.stopService()
-    return fresh
-
-
-def fired(d: Deferred[Any] | None) -> bool:
-    """Whether `d` has fired (successfully)."""
-    results: list[object] = []
-    assert d is not None
-    d.addBoth(results.append)
-    return bool(results) and results[0] is None
-
-
-# -- acknowledged changes and group commit -----------------------------------------------
+# -- acknowledged changes and group commit -----------------------------------------------------------
 
 
 def test_a_merge_is_durable_only_once_its_batch_is_committed(
@@ -237,21 +191,7 @@ def test_extreme_client_rows_round_trip(
     assert fresh.clients[0].last_given is None
 
 
-def test_batch_then_keeps_order() -> None:
-    """Appending a later batch applies its clear after this batch's adds."""
-    first, later = Batch(), Batch()
-    first.merge([1, 1])
-    later.merge([2])
-    first.then(later)
-    assert (first.cleared, first.values, first.changes) == (False, [1, 1, 2], 2)
-    cleared = Batch()
-    cleared.clear()
-    cleared.merge([3])
-    first.then(cleared)
-    assert (first.cleared, first.values) == (True, [3])
-
-
-# -- the registry and the lazy report policy -------------------------------------------------
+# -- the registry and the lazy report policy ---------------------------------------------------------
 
 
 def test_the_registry_is_reloaded_with_every_client_disconnected(
@@ -324,21 +264,6 @@ def test_a_tick_takes_many_clients_a_slice_per_reactor_turn(
     assert reloaded(db_path).clients[5].number == -1
 
 
-def test_large_batches_are_written_in_pieces(db_path: str) -> None:
-    """A batch with more rows than one statement takes round-trips exactly, in several statements."""
-    db = Database(db_path)
-    batch = Batch()
-    values = [(i * 7919) % 10007 - 5000 for i in range(3 * ROWS_PER_STATEMENT + 1)]
-    batch.merge(values)
-    batch.put_clients(
-        {i: (i, None if i % 2 else i + 1, i / 3) for i in range(2 * ROWS_PER_STATEMENT + 3)}
-    )
-    db.write(batch)
-    assert db.load_values() == sorted(values)
-    assert db.load_clients() == batch.clients
-    db.close()
-
-
 def test_everysec_merges_do_not_wait_for_reports(
     state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
 ) -> None:
@@ -378,7 +303,7 @@ def test_unknown_sync_policy_is_refused(state: NumberService, db_path: str, cloc
         Store(state, db_path, clock, sync="sometimes")
 
 
-# -- failures and stopping -----------------------------------------------------------------
+# -- failures and stopping ---------------------------------------------------------------------------
 
 
 def test_a_failed_commit_fails_its_waiters_and_is_retried_in_order(
@@ -424,7 +349,7 @@ def test_stop_writes_everything_pending_and_closes(
     assert list(fresh.values) == [1, 2] and fresh.clients[5].number == 12
 
 
-# -- the counter protocol waits for the store ------------------------------------------------
+# -- the counter protocol, HTTP and the legacy listener wait for the store ---------------------------
 
 
 def test_an_array_reply_waits_for_its_commit(
@@ -446,146 +371,40 @@ def test_an_array_reply_waits_for_its_commit(
     writer.finish_all()
 
 
-# -- the file: start-up, migration, damage --------------------------------------------------
-
-
-def test_a_missing_database_starts_empty(
-    state: NumberService, tmp_path: Path, clock: Clock
+def test_http_and_legacy_array_answers_wait_for_the_real_store(
+    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
 ) -> None:
-    """No file: an empty registry and list, and a new file at the current schema version."""
-    path = tmp_path / "new.db"
-    store = Store(state, str(path), clock, run=maybeDeferred)
-    store.load()
-    assert not state.clients and not state.values
-    with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            SCHEMA_VERSION,
-        )
-        assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    """POST/DELETE over HTTP and a legacy pickled array are answered only after the store commits them."""
+    import pickle
+
+    from treq.testing import StubTreq
+    from twisted.internet.address import IPv4Address
+
+    from numd.counter.legacy_array import LegacyArrayFactory
+    from numd.http.api import NumdApi
+
+    http = StubTreq(NumdApi(state).resource())
+    answers: list[int] = []
+    http.delete("http://numd/api/v1/values").addCallback(lambda r: answers.append(r.code))
+    http.post("http://numd/api/v1/values", data=b"[4,2]").addCallback(
+        lambda r: answers.append(r.code)
+    )
+    http.flush()
+    legacy = LegacyArrayFactory(state).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    legacy.makeConnection(transport)
+    legacy.dataReceived(pickle.dumps([3], protocol=2))
+    clock.advance(0)
+    assert answers == [] and transport.value() == b""
+    writer.finish_all()
+    http.flush()
+    assert answers == [200, 200]
+    assert pickle.loads(transport.value()) == [2, 3, 4]
+    assert list(reloaded(db_path).values) == [2, 3, 4]
+    legacy.connectionLost(None)
 
 
-def test_migration_from_version_1(state: NumberService, tmp_path: Path, clock: Clock) -> None:
-    """A version-1 file (a row per value, no last_seen) is migrated in place and loads the same."""
-    path = tmp_path / "v1.db"
-    with sqlite3.connect(path) as c:
-        c.executescript(CREATE_V1)
-        c.executemany(
-            "INSERT INTO sorted_values (value) VALUES (?)", [(5,), (-1,), (5,), (3,), (5,)]
-        )
-        c.execute("INSERT INTO clients (id, number, last_given) VALUES (9, 1080, 37)")
-    c.close()
-    store = Store(state, str(path), clock, run=maybeDeferred)
-    store.load()
-    assert list(state.values) == [-1, 3, 5, 5, 5]
-    assert state.clients[9].as_dict() == {
-        "id": 9, "number": 1080, "last_given": 37, "connected": False, "last_seen": 0.0,
-    }  # fmt: skip
-    store.startService()
-    state.merge([5])
-    store.stopService()
-    with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            SCHEMA_VERSION,
-        )
-        assert c.execute("SELECT value FROM list_values ORDER BY value").fetchall() == [
-            (-1,), (3,), (5,), (5,), (5,), (5,),
-        ]  # fmt: skip
-    c.close()
-
-
-def test_migration_from_version_2(state: NumberService, tmp_path: Path, clock: Clock) -> None:
-    """A version-2 file (a row per distinct value with its count) becomes one row per value."""
-    path = tmp_path / "v2.db"
-    with sqlite3.connect(path) as c:
-        c.executescript(CREATE_V2)
-        c.executemany(
-            "INSERT INTO sorted_values (value, count) VALUES (?, ?)",
-            [(2**63 - 1, 1), (-(2**63), 2), (7, 3), (8, 0)],
-        )
-        c.execute(
-            "INSERT INTO clients (id, number, last_given, last_seen) VALUES (4, 12, NULL, 1.5)"
-        )
-    c.close()
-    store = Store(state, str(path), clock, run=maybeDeferred)
-    store.load()
-    assert list(state.values) == [-(2**63), -(2**63), 7, 7, 7, 2**63 - 1]
-    assert state.clients[4].as_dict() == {
-        "id": 4, "number": 12, "last_given": None, "connected": False, "last_seen": 1.5,
-    }  # fmt: skip
-    store.stopService()
-    with sqlite3.connect(path) as c:
-        tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master")}
-        assert "sorted_values" not in tables
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
-    c.close()
-
-
-@pytest.mark.parametrize(
-    "content,reason",
-    [
-        (b"this is not a database, just garbage\n" * 200, "file is not a database"),
-        (b"SQLite format 3\x00" + bytes(range(256)) * 16, "cannot use the database"),
-    ],
-)
-def test_a_corrupt_database_refuses_to_start(
-    state: NumberService, tmp_path: Path, clock: Clock, content: bytes, reason: str
-) -> None:
-    """A damaged file ends the start-up with one line naming it, and is left as it was."""
-    path = tmp_path / "broken.db"
-    path.write_bytes(content)
-    store = Store(state, str(path), clock, run=maybeDeferred)
-    with pytest.raises(SystemExit) as exited:
-        store.privilegedStartService()
-    message = str(exited.value.code)
-    assert message.startswith(f"numd: cannot use the database {path}") and reason in message
-    assert "\n" not in message
-    assert path.read_bytes() == content
-
-
-def test_a_database_from_a_newer_numd_is_refused(
-    state: NumberService, tmp_path: Path, clock: Clock
-) -> None:
-    """A schema version this numd does not know is not touched."""
-    path = tmp_path / "future.db"
-    with sqlite3.connect(path) as c:
-        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
-        c.execute("INSERT INTO meta VALUES ('schema_version', 99)")
-    c.close()
-    with pytest.raises(SystemExit, match="schema version 99 was written by a newer numd"):
-        Store(state, str(path), clock).load()
-
-
-def test_another_programs_database_is_refused(
-    state: NumberService, tmp_path: Path, clock: Clock
-) -> None:
-    """A SQLite file with someone else's tables is not numd's."""
-    path = tmp_path / "other.db"
-    with sqlite3.connect(path) as c:
-        c.execute("CREATE TABLE recipes (name TEXT)")
-    c.close()
-    with pytest.raises(SystemExit, match="it is not a numd database"):
-        Store(state, str(path), clock).load()
-
-
-def test_a_million_values_load_fast(tmp_path: Path, clock: Clock) -> None:
-    """10^6 values (some repeated) load in well under a few seconds."""
-    path = str(tmp_path / "big.db")
-    db = Database(path)
-    batch = Batch()
-    rng = random.Random(6)
-    batch.merge(sorted(rng.randrange(-(2**40), 2**40) for _ in range(999_000)) + [7] * 1000)
-    db.write(batch)
-    db.close()
-    fresh = NumberService(clock)
-    store = Store(fresh, path, clock)
-    started_at = time.perf_counter()
-    store.load()
-    elapsed = time.perf_counter() - started_at
-    assert len(fresh.values) == 1_000_000 and fresh.values.count(7) >= 1000
-    assert elapsed < 2.0, f"loading 10^6 values took {elapsed:.2f} s"
-
-
-# -- wiring: options, makeService, a real writer thread ------------------------------------
+# -- wiring: options, makeService, a real writer thread ----------------------------------------------
 
 
 def test_db_and_sync_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -666,76 +485,7 @@ async def test_the_writer_thread_commits_off_the_reactor_thread(tmp_path: Path) 
     assert list(reloaded(path).values) == list(range(100))
 
 
-def test_a_damaged_page_refuses_to_start(
-    state: NumberService, tmp_path: Path, clock: Clock
-) -> None:
-    """A real numd database with a page overwritten is caught at start-up, not at the next commit."""
-    path = tmp_path / "damaged.db"
-    db = Database(str(path))
-    batch = Batch()
-    batch.merge(list(range(0, 200_000, 3)))
-    db.write(batch)
-    db.close()
-    data = bytearray(path.read_bytes())
-    data[8192 : 8192 + 4096] = b"\xff" * 4096
-    path.write_bytes(bytes(data))
-    with pytest.raises(
-        SystemExit, match=f"numd: cannot use the database {path}: database disk image is malformed"
-    ):
-        Store(state, str(path), clock).load()
-
-
-def test_a_database_in_use_by_another_numd_is_refused(
-    state: NumberService, store: Store, db_path: str, clock: Clock, writer: ManualWriter
-) -> None:
-    """A second store on a file that a running one holds refuses to start; the lock goes when the first closes it."""
-    with pytest.raises(
-        SystemExit, match=f"numd: cannot use the database {db_path}: another process"
-    ):
-        Store(NumberService(clock), db_path, clock).load()
-    stopped = store.stopService()
-    writer.finish_all()
-    assert fired(stopped)
-    second = Store(NumberService(clock), db_path, clock, run=maybeDeferred)
-    second.load()
-    second.startService()
-    second.stopService()
-
-
-def test_http_and_legacy_array_answers_wait_for_the_real_store(
-    state: NumberService, store: Store, clock: Clock, writer: ManualWriter, db_path: str
-) -> None:
-    """POST/DELETE over HTTP and a legacy pickled array are answered only after the store commits them."""
-    import pickle
-
-    from treq.testing import StubTreq
-    from twisted.internet.address import IPv4Address
-
-    from numd.counter.legacy_array import LegacyArrayFactory
-    from numd.http.api import NumdApi
-
-    http = StubTreq(NumdApi(state).resource())
-    answers: list[int] = []
-    http.delete("http://numd/api/v1/values").addCallback(lambda r: answers.append(r.code))
-    http.post("http://numd/api/v1/values", data=b"[4,2]").addCallback(
-        lambda r: answers.append(r.code)
-    )
-    http.flush()
-    legacy = LegacyArrayFactory(state).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = StringTransport()
-    legacy.makeConnection(transport)
-    legacy.dataReceived(pickle.dumps([3], protocol=2))
-    clock.advance(0)
-    assert answers == [] and transport.value() == b""
-    writer.finish_all()
-    http.flush()
-    assert answers == [200, 200]
-    assert pickle.loads(transport.value()) == [2, 3, 4]
-    assert list(reloaded(db_path).values) == [2, 3, 4]
-    legacy.connectionLost(None)
-
-
-# -- readiness: a store that cannot commit, a lost -wal -----------------------------------------
+# -- readiness: a store that cannot commit, a lost -wal ----------------------------------------------
 
 
 def api_answers(api: Any, method: str, path: str, data: bytes | None = None) -> tuple[int, Any]:
@@ -839,7 +589,7 @@ def test_a_lost_wal_stops_acknowledging_changes_until_restart(
     from twisted.logger import Logger, formatEvent
 
     from numd.http.api import NumdApi
-    from numd.store.service import StoreFileLost
+    from numd.store.database import StoreFileLost
 
     from .counter_client import FakeClient
 
@@ -922,51 +672,3 @@ def test_a_deleted_database_file_stops_the_store_too(
     (error,) = [e for e in events if e["log_level"].name == "error"]
     assert f"it then loads whatever file is at {db_path}" in formatEvent(error)
     assert not writer.jobs, "no checkpoint into a file no restart reads"
-
-
-def test_checkpoints_keep_the_wal_file(db_path: str) -> None:
-    """SQLite's automatic checkpoints restart the -wal in place: many commits past the
-    checkpoint threshold never look like a lost -wal."""
-    db = Database(db_path)
-    db._connection.execute("PRAGMA wal_autocheckpoint = 10")  # pages, instead of 1000
-    wal = os.stat(db.wal_path)
-    for start in range(0, 200_000, 10_000):
-        batch = Batch()
-        batch.merge(list(range(start, start + 10_000)))
-        db.write(batch)  # checks the files after each commit
-    assert os.path.getsize(db_path) > 100 * 4096, "checkpoints copied pages into the file"
-    now = os.stat(db.wal_path)
-    assert (now.st_dev, now.st_ino) == (wal.st_dev, wal.st_ino)
-    assert now.st_size < 10 * wal.st_size + 200 * 4096, "the log was restarted, not grown"
-    db.close()
-
-
-def test_an_outside_backup_and_checkpoint_keep_the_wal_file(db_path: str) -> None:
-    """Another process reading, backing up and checkpointing the live database (as
-    ``sqlite3 numd.db .backup`` does) and then closing it leaves numd's -wal in place."""
-    import subprocess
-    import sys
-
-    db = Database(db_path)
-    batch = Batch()
-    batch.merge([1, 2])
-    db.write(batch)
-    outside = (
-        "import sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1])\n"
-        "backup = sqlite3.connect(sys.argv[2])\n"
-        "c.backup(backup)\n"
-        "backup.close()\n"
-        "c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()\n"
-        "c.close()\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", outside, db_path, db_path + ".backup"], check=True, timeout=30
-    )
-    batch = Batch()
-    batch.merge([3])
-    db.write(batch)  # raises StoreFileLost if the -wal was replaced
-    db.close()
-    with sqlite3.connect(db_path + ".backup") as c:
-        assert c.execute("SELECT count(*) FROM list_values").fetchone() == (2,)
-    c.close()
