@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from numd.store.service import Batch, Database
+from numd.store.batch import Batch
+from numd.store.database import Database
 
 from .daemon import ROOT, running_numd, subprocess_env, wait_for_port
 
