@@ -1,0 +1,516 @@
+"""The Lua scripts that change numd's state in Redis, each change atomic with its change-stream entry.
+
+Every change (merge, clear, register, disconnect, report, give) is one ``EVALSHA`` of
+one script that applies it and appends an entry to the change stream (``XADD`` with
+``MAXLEN ~`` trimming), so an instance that follows the stream never sees a change
+without its entry or an entry without its change. Scripts rather than
+``MULTI``/``EXEC``: a script can check before it writes (an ID's lease, a member
+collision) and refuse with nothing applied, and txredisapi's ``multi()`` misreads
+``OK`` with hiredis and ``charset=None``.
+
+The scripts start with ``#!lua`` (Redis 7.0 or later): Redis then refuses a script
+that may write as a whole when memory is full (``maxmemory`` with ``noeviction``)
+instead of failing at its first write with part of the change applied. The lease
+renewal alone is marked ``allow-oom``: it only extends expiry times.
+
+Values never become Lua numbers (Redis's Lua keeps doubles, exact only to 2^53): the
+sorted list's members are bytes (`encoding`), client numbers and times travel as
+decimal strings, and scripts only store and compare them. Every argument is encoded
+to bytes here, because txredisapi would format a float with 6 decimals.
+
+Keys, under the deployment's prefix (``numd:`` by default):
+
+- ``values``: the sorted list, a sorted set with every score 0 (`encoding`);
+- ``changes``: the change stream;
+- ``clients``: the known client IDs, a sorted set scored by ID;
+- ``client:N``: client N's registry hash: ``number``, ``last_given`` (absent until
+  the first give), ``last_seen``, ``connected`` (``1``/``0``) and ``instance`` (the
+  instance it last registered on), the fields of `numd.service.ClientRecord`;
+- ``lease:N``: client N's ownership lease, the ID of the instance where it is live,
+  expiring after the lease time unless that instance renews it.
+
+The lease, not the hash's ``connected``, says whether an ID is live: an instance that
+dies leaves its clients marked connected until they register elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.python.failure import Failure
+
+from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID, ClientRecord, IdInUse
+from numd.store.redis.address import DEFAULT_PREFIX
+from numd.store.redis.encoding import MEMBER_BYTES
+
+DEFAULT_LEASE_TIME = 10.0
+"""Seconds an ID stays owned by an instance that stopped renewing its lease (it died)."""
+DEFAULT_STREAM_MAXLEN = 100_000
+"""About how many entries the change stream keeps (``MAXLEN ~``); older ones are trimmed."""
+RENEW_BATCH = 1000
+"""Most leases one renewal script call extends (a script blocks Redis while it runs)."""
+
+
+class LeaseLost(Exception):
+    """This instance no longer holds the client's lease: it expired, or another instance took it."""
+
+
+class MemberCollision(Exception):
+    """A member of a merge is in the sorted list already (two encoders drew the same tag).
+
+    Nothing was applied: retag the encoder and merge the values again.
+    """
+
+
+class RedisConnection(Protocol):
+    """What the scripts need of a Redis connection: txredisapi's, made with ``charset=None``
+    and ``convertNumbers=False`` so that replies stay bytes."""
+
+    def execute_command(self, *args: bytes) -> Deferred[Any]:
+        """Send one command; fire with its reply, or fail with Redis's error."""
+
+
+_STREAM = (
+    "redis.call('XADD', KEYS[{key}], 'MAXLEN', '~', ARGV[1], '*', 'op', '{op}', 'instance', ARGV[2]"
+)
+
+MERGE = f"""#!lua
+-- Add members to the sorted list, all with score 0, with a 'merge' entry holding them
+-- (concatenated). KEYS: values, changes. ARGV: maxlen, instance, members...
+-- Refuses the whole batch, applying nothing, if a member is not {MEMBER_BYTES} bytes long or
+-- is in the list already. unpack() and redis.call() take a few thousand values at most,
+-- so the members go in chunks.
+local n = #ARGV
+for i = 3, n do
+  if #ARGV[i] ~= {MEMBER_BYTES} then
+    return redis.error_reply('bad-member ' .. (i - 2))
+  end
+end
+for i = 3, n, 500 do
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, math.min(i + 499, n)))
+  for k = 1, #scores do
+    if scores[k] then
+      return redis.error_reply('member-collision')
+    end
+  end
+end
+for i = 3, n, 500 do
+  local args = {{}}
+  for k = i, math.min(i + 499, n) do
+    args[#args + 1] = '0'
+    args[#args + 1] = ARGV[k]
+  end
+  redis.call('ZADD', KEYS[1], unpack(args))
+end
+local entry = {_STREAM.format(key=2, op="merge")},
+  'members', table.concat(ARGV, '', 3, n))
+return {{entry, n - 2}}
+"""
+
+CLEAR = f"""#!lua
+-- Empty the sorted list (UNLINK frees a large set's memory in the background), with a
+-- 'clear' entry. KEYS: values, changes. ARGV: maxlen, instance. Returns the entry ID
+-- and how many values there were.
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('UNLINK', KEYS[1])
+local entry = {_STREAM.format(key=2, op="clear")})
+return {{entry, n}}
+"""
+
+REGISTER = f"""#!lua
+-- Register a client on this instance: take its lease (SET NX with an expiry), mark it
+-- connected, and return its start number (0 for a new ID), with a 'register' entry.
+-- KEYS: lease, client, clients, changes. ARGV: maxlen, instance, id, lease ms, now.
+-- Refuses with id-in-use, changing nothing, while any instance (this one too) holds it.
+if not redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4], 'NX') then
+  return redis.error_reply('id-in-use')
+end
+local number = redis.call('HGET', KEYS[2], 'number') or '0'
+redis.call('HSET', KEYS[2], 'number', number, 'connected', '1', 'last_seen', ARGV[5],
+  'instance', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
+local entry = {_STREAM.format(key=4, op="register")},
+  'id', ARGV[3], 'number', number, 'last_seen', ARGV[5])
+return {{entry, number}}
+"""
+
+RENEW = """#!lua flags=allow-oom
+-- Extend the leases this instance holds to the lease time from now.
+-- KEYS: leases. ARGV: instance, lease ms. Returns the positions (from 1) of the leases
+-- it no longer holds (expired, or taken by another instance): those are not extended.
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+DISCONNECT = f"""#!lua
+-- A client's connection to this instance ended: free its lease and mark it disconnected,
+-- with a 'disconnect' entry. KEYS: lease, client, changes. ARGV: maxlen, instance, id, now.
+-- If another instance holds the lease, or the client is not connected here, nothing
+-- changes and the answer is ''. (A lease that expired while the client stayed marked
+-- connected here is still marked disconnected.)
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+elseif holder or redis.call('HGET', KEYS[2], 'instance') ~= ARGV[2]
+    or redis.call('HGET', KEYS[2], 'connected') ~= '1' then
+  return ''
+end
+redis.call('HSET', KEYS[2], 'connected', '0', 'last_seen', ARGV[4])
+return {_STREAM.format(key=3, op="disconnect")}, 'id', ARGV[3], 'last_seen', ARGV[4])
+"""
+
+REPORT = f"""#!lua
+-- Record the number a client reported, with a 'report' entry.
+-- KEYS: lease, client, changes. ARGV: maxlen, instance, id, number, now.
+-- Refuses with lease-lost, changing nothing, unless this instance holds the client's lease.
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return redis.error_reply('lease-lost')
+end
+redis.call('HSET', KEYS[2], 'number', ARGV[4], 'last_seen', ARGV[5])
+return {_STREAM.format(key=3, op="report")}, 'id', ARGV[3], 'number', ARGV[4],
+  'last_seen', ARGV[5])
+"""
+
+GIVE = f"""#!lua
+-- Record the even/odd number this instance gave a client, with a 'give' entry.
+-- KEYS: lease, client, changes. ARGV: maxlen, instance, id, number, now.
+-- Refuses with lease-lost, changing nothing, unless this instance holds the client's lease.
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return redis.error_reply('lease-lost')
+end
+redis.call('HSET', KEYS[2], 'last_given', ARGV[4], 'last_seen', ARGV[5])
+return {_STREAM.format(key=3, op="give")}, 'id', ARGV[3], 'last_given', ARGV[4],
+  'last_seen', ARGV[5])
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """One Lua script and the SHA1 that ``EVALSHA`` names it by."""
+
+    name: str
+    source: bytes
+
+    @property
+    def sha(self) -> bytes:
+        """The script's SHA1, in hex, as Redis computes it."""
+        return hashlib.sha1(self.source).hexdigest().encode()
+
+
+SCRIPTS = {
+    name: Script(name, source.encode())
+    for name, source in [
+        ("merge", MERGE),
+        ("clear", CLEAR),
+        ("register", REGISTER),
+        ("renew", RENEW),
+        ("disconnect", DISCONNECT),
+        ("report", REPORT),
+        ("give", GIVE),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The Redis keys of one numd deployment, all under its prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def values(self) -> bytes:
+        """The sorted list."""
+        return self._key("values")
+
+    @property
+    def changes(self) -> bytes:
+        """The change stream."""
+        return self._key("changes")
+
+    @property
+    def clients(self) -> bytes:
+        """The known client IDs (a sorted set scored by ID)."""
+        return self._key("clients")
+
+    def client(self, client_id: int) -> bytes:
+        """Client `client_id`'s registry hash."""
+        return self._key(f"client:{client_id}")
+
+    def lease(self, client_id: int) -> bytes:
+        """Client `client_id`'s ownership lease."""
+        return self._key(f"lease:{client_id}")
+
+    def _key(self, name: str) -> bytes:
+        return (self.prefix + name).encode()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A change to the sorted list that Redis applied: its stream entry and how many values."""
+
+    entry: bytes
+    """The change stream entry's ID."""
+    count: int
+    """Values merged, or values the list held before a clear."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registration that Redis applied."""
+
+    entry: bytes
+    number: int
+    """The start number: the last number the ID reported on any instance (0 if new)."""
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry of the change stream."""
+
+    entry: bytes
+    fields: dict[bytes, bytes]
+
+    @property
+    def op(self) -> str:
+        """What changed: merge, clear, register, disconnect, report or give."""
+        return self.fields[b"op"].decode()
+
+    @property
+    def instance(self) -> str:
+        """The instance that made the change."""
+        return self.fields[b"instance"].decode()
+
+
+def parse_entries(reply: Sequence[Sequence[Any]]) -> list[StreamEntry]:
+    """The entries of an ``XRANGE``/``XREVRANGE`` reply (bytes)."""
+    entries = []
+    for entry, flat in reply:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        entries.append(StreamEntry(entry, fields))
+    return entries
+
+
+def parse_client(client_id: int, flat: Sequence[bytes]) -> ClientRecord | None:
+    """The record in client `client_id`'s registry hash (an ``HGETALL`` reply), or None if empty."""
+    if not flat:
+        return None
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    last_given = fields.get(b"last_given")
+    return ClientRecord(
+        client_id,
+        number=int(fields[b"number"]),
+        last_given=None if last_given is None else int(last_given),
+        connected=fields.get(b"connected") == b"1",
+        last_seen=float(fields[b"last_seen"]),
+    )
+
+
+class StateScripts:
+    """numd's changes to the shared state, each one script call on `redis`.
+
+    `instance` names this numd instance (unique among those sharing the Redis, and
+    new on each start): it owns the leases of the clients connected to it. Each
+    method returns a Deferred that fires once Redis has applied the change, or fails
+    with what Redis refused (`IdInUse`, `LeaseLost`, `MemberCollision`, or the
+    connection's own error). Scripts are loaded by `load`, and loaded again if Redis
+    has forgotten them (a restart, ``SCRIPT FLUSH``).
+    """
+
+    def __init__(
+        self,
+        redis: RedisConnection,
+        instance: str,
+        keys: Keys | None = None,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+    ) -> None:
+        if not instance or any(c.isspace() for c in instance):
+            raise ValueError(f"instance name {instance!r} must be non-empty, without spaces")
+        self._redis = redis
+        self.instance = instance
+        self._instance = instance.encode()
+        self.keys = keys if keys is not None else Keys()
+        self._maxlen = str(int(stream_maxlen)).encode()
+
+    def load(self) -> Deferred[None]:
+        """Load every script into Redis's script cache (``SCRIPT LOAD``)."""
+        loads = [self._load(script) for script in SCRIPTS.values()]
+        return gatherResults(loads, consumeErrors=True).addCallback(lambda _: None)
+
+    def merge(self, members: Sequence[bytes]) -> Deferred[Applied]:
+        """Add encoded `members` (`encoding.MemberEncoder`) to the sorted list, all or none."""
+        if len(set(members)) != len(members):
+            raise ValueError("a merge repeats a member")
+        d = self._run("merge", [self.keys.values, self.keys.changes], [*members])
+        return d.addCallback(lambda reply: Applied(reply[0], int(reply[1])))
+
+    def clear(self) -> Deferred[Applied]:
+        """Empty the sorted list."""
+        d = self._run("clear", [self.keys.values, self.keys.changes], [])
+        return d.addCallback(lambda reply: Applied(reply[0], int(reply[1])))
+
+    def register(
+        self, client_id: int, now: float, lease_time: float = DEFAULT_LEASE_TIME
+    ) -> Deferred[Registered]:
+        """Register `client_id` here with a lease of `lease_time` seconds; fire with its start number.
+
+        Fails with `IdInUse` while any instance holds the ID's lease.
+        """
+        keys = self.keys
+        d = self._run(
+            "register",
+            [keys.lease(client_id), keys.client(client_id), keys.clients, keys.changes],
+            [_client_id(client_id), _milliseconds(lease_time), _seconds(now)],
+            subject=client_id,
+        )
+        return d.addCallback(lambda reply: Registered(reply[0], int(reply[1])))
+
+    def renew(
+        self, client_ids: Sequence[int], lease_time: float = DEFAULT_LEASE_TIME
+    ) -> Deferred[list[int]]:
+        """Extend this instance's leases of `client_ids`; fire with those it no longer holds.
+
+        Renew only the IDs whose connections are alive and talking: a silent one's
+        lease then runs out, and another instance may take the ID over.
+        """
+        ids = list(client_ids)
+        ms = _milliseconds(lease_time)
+        calls: list[Deferred[list[int]]] = []
+        for start in range(0, len(ids), RENEW_BATCH):
+            batch = ids[start : start + RENEW_BATCH]
+            d = self._run("renew", [self.keys.lease(i) for i in batch], [ms], stream=False)
+            calls.append(d.addCallback(_pick, batch))
+        d = gatherResults(calls, consumeErrors=True)
+        return d.addCallback(lambda lists: [i for lost in lists for i in lost])
+
+    def disconnect(self, client_id: int, now: float) -> Deferred[bytes | None]:
+        """Free `client_id`'s lease if this instance holds it and mark it disconnected.
+
+        Fires with the stream entry's ID, or None if the ID was not live here (its
+        lease taken over by another instance): then nothing changed.
+        """
+        keys = self.keys
+        d = self._run(
+            "disconnect",
+            [keys.lease(client_id), keys.client(client_id), keys.changes],
+            [_client_id(client_id), _seconds(now)],
+        )
+        return d.addCallback(lambda entry: entry or None)
+
+    def report(self, client_id: int, number: int, now: float) -> Deferred[bytes]:
+        """Record `number` as `client_id`'s number; fails with `LeaseLost` unless it is live here."""
+        return self._client_change("report", client_id, number, now)
+
+    def give(self, client_id: int, number: int, now: float) -> Deferred[bytes]:
+        """Record `number` as given to `client_id`; fails with `LeaseLost` unless it is live here."""
+        return self._client_change("give", client_id, number, now)
+
+    def _client_change(self, name: str, client_id: int, number: int, now: float) -> Deferred[bytes]:
+        keys = self.keys
+        return self._run(
+            name,
+            [keys.lease(client_id), keys.client(client_id), keys.changes],
+            [_client_id(client_id), _integer(number), _seconds(now)],
+            subject=client_id,
+        )
+
+    def _load(self, script: Script) -> Deferred[None]:
+        d = maybeDeferred(self._redis.execute_command, b"SCRIPT", b"LOAD", script.source)
+
+        def check(sha: bytes) -> None:
+            if sha != script.sha:
+                raise RuntimeError(
+                    f"Redis names the {script.name} script {sha!r}, not {script.sha!r}"
+                )
+
+        return d.addCallback(check)
+
+    def _run(
+        self,
+        name: str,
+        keys: list[bytes],
+        args: list[bytes],
+        stream: bool = True,
+        subject: object = None,
+    ) -> Deferred[Any]:
+        """EVALSHA script `name` (loading it again if Redis forgot it); map its refusals.
+
+        Change scripts get the stream's length and this instance's name before `args`;
+        a refusal names `subject` (the client ID).
+        """
+        script = SCRIPTS[name]
+        head = [self._maxlen, self._instance] if stream else [self._instance]
+        command = [b"EVALSHA", script.sha, str(len(keys)).encode(), *keys, *head, *args]
+        d = maybeDeferred(self._redis.execute_command, *command)
+
+        def reload(failure: Failure) -> Deferred[Any] | Failure:
+            if not _error_text(failure).startswith("NOSCRIPT"):
+                return failure
+            again = self._load(script)
+            return again.addCallback(lambda _: self._redis.execute_command(*command))
+
+        return d.addErrback(reload).addErrback(_refusal, subject)
+
+
+def _pick(positions: list[int], ids: list[int]) -> list[int]:
+    """The IDs at `positions` (counted from 1, as Lua does) of `ids`."""
+    return [ids[i - 1] for i in positions]
+
+
+def _error_text(failure: Failure) -> str:
+    """The text of a Redis error reply, without the generic ``ERR `` that Redis puts before a
+    script's own error."""
+    text = str(failure.value)
+    return text[4:] if text.startswith("ERR ") else text
+
+
+_REFUSALS: dict[str, type[Exception]] = {
+    "id-in-use": IdInUse,
+    "lease-lost": LeaseLost,
+    "member-collision": MemberCollision,
+}
+
+
+def _refusal(failure: Failure, subject: object) -> Failure:
+    """`failure`, as numd's own exception (naming `subject`) if it is a script's refusal."""
+    refusal = _REFUSALS.get(_error_text(failure).split(" ", 1)[0])
+    if refusal is None:
+        return failure
+    return Failure(refusal() if subject is None else refusal(subject))
+
+
+def _client_id(client_id: int) -> bytes:
+    """A client ID as a script argument, checked against the range the service accepts."""
+    if isinstance(client_id, bool) or not MIN_CLIENT_ID <= client_id <= MAX_CLIENT_ID:
+        raise ValueError(f"client id {client_id!r} is outside {MIN_CLIENT_ID}-{MAX_CLIENT_ID}")
+    return str(client_id).encode()
+
+
+def _integer(number: int) -> bytes:
+    """An integer as a script argument: decimal digits, never a float."""
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise TypeError(f"{number!r} is not an integer")
+    return str(number).encode()
+
+
+def _seconds(now: float) -> bytes:
+    """A reactor time as a script argument (repr keeps every digit; txredisapi would keep 6)."""
+    return repr(float(now)).encode()
+
+
+def _milliseconds(seconds: float) -> bytes:
+    """A lease time as ``PX`` milliseconds (at least 1)."""
+    ms = round(seconds * 1000)
+    if ms < 1:
+        raise ValueError(f"lease time {seconds!r} s is shorter than a millisecond")
+    return str(ms).encode()
