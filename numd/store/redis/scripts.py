@@ -35,7 +35,6 @@ dies leaves its clients marked connected until they register elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,7 +44,7 @@ from twisted.python.failure import Failure
 
 from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID, ClientRecord, IdInUse
 from numd.store.redis.address import DEFAULT_PREFIX
-from numd.store.redis.encoding import MEMBER_BYTES
+from numd.store.redis.lua import SCRIPTS, Script
 
 DEFAULT_LEASE_TIME = 10.0
 """Seconds an ID stays owned by an instance that stopped renewing its lease (it died)."""
@@ -72,154 +71,6 @@ class RedisConnection(Protocol):
 
     def execute_command(self, *args: bytes) -> Deferred[Any]:
         """Send one command; fire with its reply, or fail with Redis's error."""
-
-
-_STREAM = (
-    "redis.call('XADD', KEYS[{key}], 'MAXLEN', '~', ARGV[1], '*', 'op', '{op}', 'instance', ARGV[2]"
-)
-
-MERGE = f"""#!lua
--- Add members to the sorted list, all with score 0, with a 'merge' entry holding them
--- (concatenated). KEYS: values, changes. ARGV: maxlen, instance, members...
--- Refuses the whole batch, applying nothing, if a member is not {MEMBER_BYTES} bytes long or
--- is in the list already. unpack() and redis.call() take a few thousand values at most,
--- so the members go in chunks.
-local n = #ARGV
-for i = 3, n do
-  if #ARGV[i] ~= {MEMBER_BYTES} then
-    return redis.error_reply('bad-member ' .. (i - 2))
-  end
-end
-for i = 3, n, 500 do
-  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, math.min(i + 499, n)))
-  for k = 1, #scores do
-    if scores[k] then
-      return redis.error_reply('member-collision')
-    end
-  end
-end
-for i = 3, n, 500 do
-  local args = {{}}
-  for k = i, math.min(i + 499, n) do
-    args[#args + 1] = '0'
-    args[#args + 1] = ARGV[k]
-  end
-  redis.call('ZADD', KEYS[1], unpack(args))
-end
-local entry = {_STREAM.format(key=2, op="merge")},
-  'members', table.concat(ARGV, '', 3, n))
-return {{entry, n - 2}}
-"""
-
-CLEAR = f"""#!lua
--- Empty the sorted list (UNLINK frees a large set's memory in the background), with a
--- 'clear' entry. KEYS: values, changes. ARGV: maxlen, instance. Returns the entry ID
--- and how many values there were.
-local n = redis.call('ZCARD', KEYS[1])
-redis.call('UNLINK', KEYS[1])
-local entry = {_STREAM.format(key=2, op="clear")})
-return {{entry, n}}
-"""
-
-REGISTER = f"""#!lua
--- Register a client on this instance: take its lease (SET NX with an expiry), mark it
--- connected, and return its start number (0 for a new ID), with a 'register' entry.
--- KEYS: lease, client, clients, changes. ARGV: maxlen, instance, id, lease ms, now.
--- Refuses with id-in-use, changing nothing, while any instance (this one too) holds it.
-if not redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4], 'NX') then
-  return redis.error_reply('id-in-use')
-end
-local number = redis.call('HGET', KEYS[2], 'number') or '0'
-redis.call('HSET', KEYS[2], 'number', number, 'connected', '1', 'last_seen', ARGV[5],
-  'instance', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
-local entry = {_STREAM.format(key=4, op="register")},
-  'id', ARGV[3], 'number', number, 'last_seen', ARGV[5])
-return {{entry, number}}
-"""
-
-RENEW = """#!lua flags=allow-oom
--- Extend the leases this instance holds to the lease time from now.
--- KEYS: leases. ARGV: instance, lease ms. Returns the positions (from 1) of the leases
--- it no longer holds (expired, or taken by another instance): those are not extended.
-local lost = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  else
-    lost[#lost + 1] = i
-  end
-end
-return lost
-"""
-
-DISCONNECT = f"""#!lua
--- A client's connection to this instance ended: free its lease and mark it disconnected,
--- with a 'disconnect' entry. KEYS: lease, client, changes. ARGV: maxlen, instance, id, now.
--- If another instance holds the lease, or the client is not connected here, nothing
--- changes and the answer is ''. (A lease that expired while the client stayed marked
--- connected here is still marked disconnected.)
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-elseif holder or redis.call('HGET', KEYS[2], 'instance') ~= ARGV[2]
-    or redis.call('HGET', KEYS[2], 'connected') ~= '1' then
-  return ''
-end
-redis.call('HSET', KEYS[2], 'connected', '0', 'last_seen', ARGV[4])
-return {_STREAM.format(key=3, op="disconnect")}, 'id', ARGV[3], 'last_seen', ARGV[4])
-"""
-
-REPORT = f"""#!lua
--- Record the number a client reported, with a 'report' entry.
--- KEYS: lease, client, changes. ARGV: maxlen, instance, id, number, now.
--- Refuses with lease-lost, changing nothing, unless this instance holds the client's lease.
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-  return redis.error_reply('lease-lost')
-end
-redis.call('HSET', KEYS[2], 'number', ARGV[4], 'last_seen', ARGV[5])
-return {_STREAM.format(key=3, op="report")}, 'id', ARGV[3], 'number', ARGV[4],
-  'last_seen', ARGV[5])
-"""
-
-GIVE = f"""#!lua
--- Record the even/odd number this instance gave a client, with a 'give' entry.
--- KEYS: lease, client, changes. ARGV: maxlen, instance, id, number, now.
--- Refuses with lease-lost, changing nothing, unless this instance holds the client's lease.
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-  return redis.error_reply('lease-lost')
-end
-redis.call('HSET', KEYS[2], 'last_given', ARGV[4], 'last_seen', ARGV[5])
-return {_STREAM.format(key=3, op="give")}, 'id', ARGV[3], 'last_given', ARGV[4],
-  'last_seen', ARGV[5])
-"""
-
-
-@dataclass(frozen=True)
-class Script:
-    """One Lua script and the SHA1 that ``EVALSHA`` names it by."""
-
-    name: str
-    source: bytes
-
-    @property
-    def sha(self) -> bytes:
-        """The script's SHA1, in hex, as Redis computes it."""
-        return hashlib.sha1(self.source).hexdigest().encode()
-
-
-SCRIPTS = {
-    name: Script(name, source.encode())
-    for name, source in [
-        ("merge", MERGE),
-        ("clear", CLEAR),
-        ("register", REGISTER),
-        ("renew", RENEW),
-        ("disconnect", DISCONNECT),
-        ("report", REPORT),
-        ("give", GIVE),
-    ]
-}
 
 
 @dataclass(frozen=True)
