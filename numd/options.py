@@ -29,8 +29,8 @@ from numd.counter.protocol import (
     MIN_CONNECTION_BUDGET,
     MIN_REPLY_CAP,
 )
-from numd.http.api import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from numd.http.guard import is_loopback_name
+from numd.http.site import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"

@@ -20,9 +20,10 @@ from twisted.logger import Logger
 
 from numd.counter.legacy_array import LegacyArrayFactory
 from numd.counter.protocol import CounterFactory
-from numd.http.api import ApiSite, NumdApi
+from numd.http.api import NumdApi
 from numd.http.dashboard import Dashboard
 from numd.http.metrics import Metrics
+from numd.http.site import ApiSite
 from numd.messagelog import MessageLog
 from numd.options import Options
 from numd.service import NumberService

@@ -25,14 +25,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from numd.http.api import (
-    DEFAULT_MAX_BODY,
-    MAX_LIMIT,
-    ApiError,
-    ApiSite,
-    NumdApi,
-    parse_values,
-)
+from numd.http.answers import ApiError
+from numd.http.api import MAX_LIMIT, NumdApi
+from numd.http.parsing import parse_values
+from numd.http.site import DEFAULT_MAX_BODY, ApiSite
 from numd.messagelog import MessageLog
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 

@@ -12,7 +12,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from numd.counter.legacy_array import LegacyArrayFactory
-from numd.http.api import ApiSite, NumdApi
+from numd.http.api import NumdApi
+from numd.http.site import ApiSite
 from numd.tap import Daemon, Options, makeService
 
 

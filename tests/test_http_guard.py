@@ -22,8 +22,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from numd.http.api import ApiSite, NumdApi
-from numd.http.guard import host_name, host_problem, is_loopback_name, json_body
+from numd.http.answers import json_body
+from numd.http.api import NumdApi
+from numd.http.guard import host_name, host_problem, is_loopback_name
+from numd.http.site import ApiSite
 from numd.service import NumberService
 from numd.tap import Options
 
@@ -837,7 +839,7 @@ def test_reaching_the_cap_is_logged_once_each_time(service: NumberService) -> No
     """The first refusal after the cap is reached is logged; later ones only counted, until a slot frees."""
     site = NumdApi(service, max_connections=1).site(reactor=Clock())
     events: list[dict] = []
-    site._logger = Logger(namespace="numd.http.api.ApiSite", observer=events.append)
+    site._logger = Logger(namespace="numd.http.site.ApiSite", observer=events.append)
     held = Wire(site)
     Wire(site), Wire(site)
     assert len(events) == 1 and events[0]["count"] == 1

@@ -14,7 +14,7 @@ API wires into routes:
   clock flushes them at most once per `interval`, however busy the daemon is.
   A stream that has been silent for `heartbeat` seconds gets a comment line.
 - `Dashboard.static`: the page, its CSS and its script, shipped as package data
-  in ``numd/static``.
+  in ``numd/http/static``.
 
 Streams are bounded twice. At most `max_streams` are open at once (the route
 answers 503 past that). And each stream is a push producer on its connection:
