@@ -19,7 +19,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import Logger
-from twisted.python import usage
 from twisted.web.resource import Resource
 
 from numd.http.answers import json_body
@@ -27,16 +26,8 @@ from numd.http.api import NumdApi
 from numd.http.guard import host_name, host_problem, is_loopback_name
 from numd.http.site import ApiSite
 from numd.service import NumberService
-from numd.tap import Options
 
 TOKEN = "s3cret-token"
-
-
-def parse(tmp_path: Path, *args: str) -> Options:
-    """Options as twistd would parse them, with the files in `tmp_path`."""
-    options = Options()
-    options.parseOptions(["--message-log", str(tmp_path / "m.log"), "--db", ":memory:", *args])
-    return options
 
 
 @pytest.fixture
@@ -54,60 +45,6 @@ def call(resource: Any, method: str, url: str, **kwargs: Any) -> tuple[int, Any,
     d.addBoth(results.append)
     stub.flush()
     return results[0]  # type: ignore[no-any-return]
-
-
-# 10. Loopback by default; beyond it a token or --allow-remote
-
-
-def test_listeners_default_to_loopback(tmp_path: Path) -> None:
-    """Both listeners bind 127.0.0.1 by default and need nothing more."""
-    options = parse(tmp_path)
-    assert options["listen"][0].startswith("tcp:2004:interface=127.0.0.1")
-    assert options["api-listen"] == "tcp:8080:interface=127.0.0.1"
-    assert options["api-token"] is None
-
-
-@pytest.mark.parametrize(
-    "args,complaint",
-    [
-        (["--api-listen", "tcp:8080"], "set an API token"),
-        (["--api-listen", "tcp:8080:interface=0.0.0.0"], "set an API token"),
-        (["--listen", "tcp:2004"], "no authentication"),
-        (["--legacy-array-listen", "tcp:6000:interface=0.0.0.0"], "no authentication"),
-    ],
-)
-def test_remote_listener_without_protection_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], complaint: str
-) -> None:
-    """A non-loopback listener without a token (or --allow-remote) stops start-up with a clear message."""
-    monkeypatch.delenv("NUMD_API_TOKEN", raising=False)
-    with pytest.raises(usage.UsageError, match=complaint):
-        parse(tmp_path, *args)
-    parse(tmp_path, *args, "--allow-remote")
-
-
-def test_api_token_from_a_file_or_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A token from --api-token-file or $NUMD_API_TOKEN lets the API listen beyond loopback."""
-    monkeypatch.delenv("NUMD_API_TOKEN", raising=False)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    options = parse(tmp_path, "--api-listen", "tcp:8080", "--api-token-file", str(token_file))
-    assert options["api-token"] == TOKEN
-    monkeypatch.setenv("NUMD_API_TOKEN", "from-env")
-    assert parse(tmp_path, "--api-listen", "tcp:8080")["api-token"] == "from-env"
-
-
-def test_token_is_never_a_command_line_value(tmp_path: Path) -> None:
-    """There is no option that takes the token itself, and a bad token file is a clear error."""
-    with pytest.raises(usage.UsageError):
-        parse(tmp_path, "--api-token", TOKEN)
-    (tmp_path / "empty").write_text("\n")
-    with pytest.raises(usage.UsageError, match="must hold one token"):
-        parse(tmp_path, "--api-token-file", str(tmp_path / "empty"))
-    with pytest.raises(usage.UsageError, match="cannot read"):
-        parse(tmp_path, "--api-token-file", str(tmp_path / "missing"))
 
 
 # 11. The bearer token
@@ -364,27 +301,6 @@ def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
     ]
     assert dropped and float(dropped[0].split()[-1]) >= 6
     log.stopService()
-
-
-@pytest.mark.parametrize(
-    "description,loopback",
-    [
-        ("tcp:2004:interface=127.0.0.1", True),
-        ("tcp:2004:interface=127.0.0.1:backlog=4096", True),
-        ("tcp6:80:interface=\\:\\:1", True),
-        ("tcp:1:interface=localhost", True),
-        ("unix:/tmp/numd.sock", True),
-        ("tcp:2004", False),
-        ("tcp:80:interface=0.0.0.0", False),
-        ("tcp:1:interface=10.0.0.1", False),
-        ("systemd:domain=INET:index=0", False),
-    ],
-)
-def test_endpoint_is_loopback(description: str, loopback: bool) -> None:
-    """Which endpoint strings listen on loopback only (an unknown kind counts as remote)."""
-    from numd.options import endpoint_is_loopback
-
-    assert endpoint_is_loopback(description) is loopback
 
 
 # 13. On the wire: every request under the request timeout from its first byte; JSON for every

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 
 from numd.tap import Options, makeService
 
@@ -17,59 +16,6 @@ def parse(*args: str) -> Options:
     options = Options()
     options.parseOptions(list(args))
     return options
-
-
-def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no options numd listens on 127.0.0.1:2004 and logs to numd-messages.log."""
-    monkeypatch.chdir(tmp_path)
-    options = parse()
-    assert options["listen"] == ["tcp:2004:interface=127.0.0.1:backlog=4096"]
-    assert options["message-log"] == "numd-messages.log"
-    assert options["seed"] is None
-    assert options["quiet-time"] == 0.1
-    assert options["reply-cap"] == 65536
-    assert options["max-token-length"] == 32768
-    assert options["max-clients"] == 12_000
-    assert options["idle-timeout"] == 120.0
-    assert options["write-stall-timeout"] == 30.0
-
-
-def test_listen_is_repeatable(tmp_path: Path) -> None:
-    """--listen may be given several times; every endpoint is used."""
-    options = parse(
-        "--listen",
-        "tcp:2005:interface=127.0.0.1",
-        "--listen",
-        "tcp:2006:interface=127.0.0.1",
-        "--message-log",
-        str(tmp_path / "m.log"),
-        "--seed",
-        "3",
-        "--quiet-time",
-        "0.25",
-    )
-    assert options["listen"] == [
-        "tcp:2005:interface=127.0.0.1:backlog=4096",
-        "tcp:2006:interface=127.0.0.1:backlog=4096",
-    ]
-    assert (options["seed"], options["quiet-time"]) == (3, 0.25)
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--listen", "nonsense:1"], "bad endpoint"),
-        (["--quiet-time", "0"], "quiet-time"),
-        (["--quiet-time", "soon"], "quiet-time"),
-        (["--reply-cap", "10"], "reply-cap"),
-        (["--seed", "x"], "seed"),
-        (["--message-log", "/nonexistent/dir/m.log"], "not writable"),
-    ],
-)
-def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
-    """A bad value is a clear usage error, not a traceback at start."""
-    with pytest.raises(usage.UsageError, match=message):
-        parse(*args)
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
@@ -123,16 +69,6 @@ def test_start_checks_open_files_against_every_listener(
         ((10,), {"api_max_connections": 20, "legacy_max_clients": 30 if legacy else 0})
     ]
     assert service.site.max_connections == 20
-
-
-def test_api_max_connections_option(tmp_path: Path) -> None:
-    """--api-max-connections defaults to 256 and must be a positive integer."""
-    log = ["--message-log", str(tmp_path / "m.log")]
-    assert parse(*log)["api-max-connections"] == 256
-    assert parse(*log, "--api-max-connections", "3")["api-max-connections"] == 3
-    for bad in ("0", "many"):
-        with pytest.raises(usage.UsageError, match="api-max-connections"):
-            parse(*log, "--api-max-connections", bad)
 
 
 def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
