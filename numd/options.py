@@ -70,7 +70,7 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
             raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
         return number
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
     return coerce
 
 
@@ -82,7 +82,7 @@ def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
             raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
     return coerce
 
 

@@ -81,7 +81,7 @@ def changes_state(request: IRequest) -> bool:
     """Whether a request may change state: a write method, or a legacy GET that writes."""
     if request.method in STATE_CHANGING_METHODS:
         return True
-    path = request.path.split(b"?", 1)[0].rstrip(b"/")  # type: ignore[attr-defined]
+    path = request.path.split(b"?", 1)[0].rstrip(b"/")
     return path in LEGACY_STATE_CHANGING_PATHS
 
 
@@ -96,7 +96,7 @@ def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:
             self._count(request, label)
             return handler(self, request, **kwargs)
 
-        return _app.route(url, methods=list(methods))(counted)  # type: ignore[return-value]
+        return _app.route(url, methods=list(methods))(counted)  # type: ignore[return-value]  # Klein types its wrapper, not ours
 
     return decorate
 
@@ -186,13 +186,13 @@ class NumdApi:
     def _count(self, request: IRequest, route: str) -> None:
         if getattr(request, "_numd_route", None) is not None:
             return
-        request._numd_route = route  # type: ignore[attr-defined]
+        request._numd_route = route  # type: ignore[attr-defined]  # numd's mark on the request
         counter = self.metrics.http_requests
 
         def finished(result: object) -> None:
-            counter[(route, request.code)] += 1  # type: ignore[attr-defined]
+            counter[(route, request.code)] += 1  # type: ignore[attr-defined]  # not in IRequest; Request has it
 
-        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]
+        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]  # as `code`
 
     def _check_body_size(self, request: IRequest) -> None:
         content = request.content
@@ -433,13 +433,13 @@ class NumdApi:
         self._count(request, "(unmatched)")
         error = failure.value
         assert isinstance(error, HTTPException)
-        path = request.path.decode("utf-8", "replace")  # type: ignore[attr-defined]
+        path = request.path.decode("utf-8", "replace")
         if isinstance(error, MethodNotAllowed) and not (
             path in LEGACY_PATHS and not self.legacy_routes
         ):
             allowed = sorted(error.valid_methods or ())
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            method = request.method.decode("ascii", "replace")  # type: ignore[attr-defined]
+            method = request.method.decode("ascii", "replace")
             return json_response(
                 request,
                 {
@@ -466,8 +466,8 @@ class NumdApi:
         self.log.failure(
             "unexpected error answering {method} {path}",
             failure,
-            method=request.method,  # type: ignore[attr-defined]
-            path=request.path,  # type: ignore[attr-defined]
+            method=request.method,
+            path=request.path,
         )
         return json_response(
             request, {"error": "internal", "message": "internal server error"}, 500

@@ -28,16 +28,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from numd.http.answers import json_response, raw_json_response
+from numd.stats import Stats
 from numd.timers import cancel
 
 # -- the wire: what Twisted's parser refuses, and why -----------------------------------
@@ -105,6 +107,19 @@ def header_problem(line: bytes, earlier: Headers) -> Problem:
 _REQUEST_LINE, _HEADERS, _BODY = "request line", "headers", "body"
 
 
+class GuardedSite(TypingProtocol):
+    """What the guards need of their site (`numd.http.site.ApiSite` has it)."""
+
+    request_timeout: float
+    """Seconds a request may take to arrive, from its first byte."""
+    max_body: int
+    """Largest request body, in bytes."""
+    connections: set[GuardedChannel]
+    """The open connections: each channel is in it while connected."""
+    stats: Stats
+    """Connections opened and closed, refusals by error code."""
+
+
 class GuardedChannel(HTTPChannel):
     """An HTTP connection that bounds the time of each request and answers every refusal in JSON.
 
@@ -114,11 +129,10 @@ class GuardedChannel(HTTPChannel):
     request that trickles in. While a request is being answered its deadline is
     off, so a long answer (an event stream) is not cut.
 
-    Its site must have `request_timeout` (seconds), `connections` (a set this
-    channel joins while connected) and `stats` (a `numd.stats.Stats`), as
-    `numd.http.site.ApiSite` has.
+    Its site is a `GuardedSite`.
     """
 
+    site: GuardedSite
     log = Logger()
     _deadline: IDelayedCall | None = None
     _abort_call: IDelayedCall | None = None
@@ -136,7 +150,7 @@ class GuardedChannel(HTTPChannel):
         self.site.stats.connections["opened"] += 1
         super().connectionMade()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Free the connection's slot and stop its timers."""
         if self in self.site.connections:
             self.site.connections.discard(self)
@@ -173,7 +187,7 @@ class GuardedChannel(HTTPChannel):
         """Note the header line Twisted is about to check."""
         self._header_line = line
         self._header_count += 1
-        return super().headerReceived(line)  # type: ignore[no-any-return]
+        return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:
         """The head is complete: what follows is the body."""
@@ -241,6 +255,7 @@ class GuardedChannel(HTTPChannel):
         self._refused = True
         self._cancel_deadline()
         self.site.stats.errors[code] += 1
+        assert self.transport is not None  # connected: the refusal answers bytes it received
         self.log.info("refused a request from {peer}: {status} {code}",
                       peer=str(self.transport.getPeer()), status=status, code=code)  # fmt: skip
         if self.abortTimeout is not None:  # before the close, which may be at once
@@ -289,8 +304,10 @@ class TooManyConnections(Protocol):
 class GuardedRequest(Request):
     """A request refused as early as possible when its body is too big; its errors are JSON.
 
-    Its channel must be a `GuardedChannel`, whose site has `max_body` (bytes).
+    Its channel must be a `GuardedChannel`.
     """
+
+    channel: GuardedChannel
 
     log = Logger()
     _refused = False
@@ -325,7 +342,9 @@ class GuardedRequest(Request):
     def process(self) -> None:
         """Answer ``* `` with any method but OPTIONS in JSON (Twisted's 405 has no body)."""
         if self.path == b"*" and self.method != b"OPTIONS":
-            self.site = self.channel.site
+            site = self.channel.site
+            assert isinstance(site, Site)  # an ApiSite: a Site that is also a GuardedSite
+            self.site = site
             self.setHeader(b"Allow", b"OPTIONS")
             self._finish_with(
                 json_response(

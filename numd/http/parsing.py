@@ -24,7 +24,7 @@ _QUERY_INT = re.compile(rb"-?[0-9]{1,20}")
 
 def query_int(request: IRequest, name: str, default: int | None, low: int, high: int) -> int | None:
     """The last ``name=`` query value as an integer in low-high, or `default`."""
-    raw = request.args.get(name.encode("ascii"))  # type: ignore[attr-defined]
+    raw = request.args.get(name.encode("ascii"))
     if not raw:
         return default
     text = raw[-1]

@@ -52,7 +52,7 @@ class _CappedBody(io.BytesIO):
         super().__init__()
         self._room = cap + 1
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:  # type: ignore[override]  # Twisted writes bytes only
         if self._room > 0:
             kept = data[: self._room]
             self._room -= len(kept)
@@ -136,11 +136,11 @@ class ApiSite(Site):
     def getResourceFor(self, request: IRequest) -> IResource:
         """The API, or a JSON 400 for a path that is not UTF-8 (Klein would answer in plain text)."""
         try:
-            for segment in request.postpath:  # type: ignore[attr-defined]
+            for segment in request.postpath:
                 segment.decode("utf-8")
         except UnicodeDecodeError:
             return _BadPath()
-        return super().getResourceFor(request)  # type: ignore[no-any-return]
+        return super().getResourceFor(request)
 
 
 class _BadPath(Resource):
