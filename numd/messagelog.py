@@ -172,6 +172,10 @@ class SilentConnectionLog:
         """Nothing is written."""
 
 
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+"""Size at which the message log is rotated (``--message-log-max-bytes``)."""
+DEFAULT_MAX_FILES = 5
+"""Rotated message log files kept (``--message-log-files``)."""
 WRITE_PIECE = 256 * 1024
 """Bytes joined per write: joining holds the GIL, so the reactor thread waits at most that long."""
 
@@ -220,8 +224,8 @@ class MessageLog(Service):
         self,
         path: str,
         clock: IReactorTime,
-        max_bytes: int = 10 * 1024 * 1024,
-        max_files: int = 5,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_files: int = DEFAULT_MAX_FILES,
         flush_interval: float = 0.2,
         flush_records: int = 1000,
         enabled: bool = True,

@@ -2,6 +2,11 @@
 
 Every option is validated here, before twistd daemonizes, so a bad value ends
 with a one-line usage error rather than a traceback in a log.
+
+Each default is defined once, beside the code that uses it (the counter
+protocol's in `numd.counter.protocol`, the HTTP site's in `numd.http.site`, the
+message log's in `numd.messagelog`, ...), and imported here; only the defaults
+that nothing but these options uses (the endpoints, the file names) live here.
 """
 
 from __future__ import annotations
@@ -29,12 +34,26 @@ from numd.counter.protocol import (
     MIN_CONNECTION_BUDGET,
     MIN_REPLY_CAP,
 )
-from numd.http.api import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from numd.http.guard import is_loopback_name
+from numd.http.site import (
+    ACCESS_LOG_FILES,
+    ACCESS_LOG_MAX_BYTES,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT,
+)
+from numd.messagelog import DEFAULT_MAX_BYTES as MESSAGE_LOG_MAX_BYTES
+from numd.messagelog import DEFAULT_MAX_FILES as MESSAGE_LOG_FILES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
+"""The counter protocol's endpoint when no ``--listen`` is given."""
 DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
+"""The HTTP API's endpoint (``--api-listen``)."""
+DEFAULT_MESSAGE_LOG = "numd-messages.log"
+"""The message log's file (``--message-log``), relative to twistd's working directory."""
+DEFAULT_DB = "numd.db"
+"""The store's SQLite file (``--db``), relative to twistd's working directory."""
 API_TOKEN_ENV = "NUMD_API_TOKEN"
 """Environment variable that may hold the API token (never a command-line value)."""
 
@@ -51,7 +70,7 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
             raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
         return number
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
     return coerce
 
 
@@ -63,7 +82,7 @@ def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
             raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
     return coerce
 
 
@@ -80,27 +99,27 @@ class Options(usage.Options):
         [
             "message-log",
             None,
-            "numd-messages.log",
+            DEFAULT_MESSAGE_LOG,
             "File that receives one JSON line per message and connection event.",
         ],
         [
             "message-log-max-bytes",
             None,
-            10 * 1024 * 1024,
+            MESSAGE_LOG_MAX_BYTES,
             "Rotate the message log when it reaches this size in bytes.",
             _checked("message-log-max-bytes", int, 1),
         ],
         [
             "message-log-files",
             None,
-            5,
+            MESSAGE_LOG_FILES,
             "How many rotated message log files to keep.",
             _checked("message-log-files", int, 1),
         ],
         [
             "db",
             None,
-            "numd.db",
+            DEFAULT_DB,
             "SQLite file that keeps the registry and the sorted list across "
             f"restarts ({MEMORY} keeps nothing).",
         ],
@@ -220,7 +239,8 @@ class Options(usage.Options):
             "access-log",
             None,
             None,
-            "File for an HTTP access log (combined format, rotated at 10 MiB, 5 kept); "
+            "File for an HTTP access log (combined format, rotated at "
+            f"{ACCESS_LOG_MAX_BYTES // 2**20} MiB, {ACCESS_LOG_FILES} kept); "
             "by default requests are only counted in /metrics.",
         ],
         [
@@ -293,8 +313,11 @@ class Options(usage.Options):
         self["api-token"] = None
 
     def opt_listen(self, endpoint: str) -> None:
-        """Counter protocol endpoint (repeatable) [default: tcp:2004:interface=127.0.0.1]"""
+        """Counter protocol endpoint (repeatable) [default: DEFAULT_LISTEN]"""
         self["listen"].append(endpoint)
+
+    # --help shows the docstring: name the default from its one definition.
+    opt_listen.__doc__ = f"Counter protocol endpoint (repeatable) [default: {DEFAULT_LISTEN}]"
 
     def opt_allowed_host(self, name: str) -> None:
         """Host name the HTTP API answers besides the loopback names (repeatable; * for any)"""

@@ -1,30 +1,34 @@
 """``twistd numd``: the service tree of the daemon, built from its `Options`.
 
-twistd's plugin finds `Options` and `makeService` here; the options themselves
-and their checks live in `numd.options`.
+twistd's plugin finds `Options` and `makeService` here. This module only wires:
+the options and their checks live in `numd.options`, the process policy (the
+open-file limit, the garbage collector) in `numd.process`, and each part in its
+own package. `makeService` builds every part first, then the `Daemon` from them,
+then adds the services in the order they start, so one function shows the whole
+tree and the order of its start and stop.
 """
 
 from __future__ import annotations
 
-import gc
 import random
-import resource
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
-from twisted.logger import Logger
 
 from numd.counter.legacy_array import LegacyArrayFactory
 from numd.counter.protocol import CounterFactory
-from numd.http.api import ApiSite, NumdApi
+from numd.http.api import NumdApi
 from numd.http.dashboard import Dashboard
 from numd.http.metrics import Metrics
+from numd.http.site import ApiSite
 from numd.messagelog import MessageLog
 from numd.options import Options
+from numd.process import CollectionTuning, check_open_files
 from numd.service import NumberService
 from numd.signals import (
     ExitZeroOnSignal,
@@ -37,83 +41,51 @@ from numd.stats import Stats
 from numd.store.database import StoreError
 from numd.store.service import Store, make_store
 
-__all__ = ["Daemon", "Options", "check_open_files", "makeService"]
+__all__ = ["Daemon", "Options", "makeService"]
 
-_log = Logger()
-NEW_OBJECTS_GC = 200
-"""Container allocations (net) that start a generation-0 collection (Python's default is 700)."""
-YOUNG_GC_AFTER = 1
-"""Generation-0 collections between two generation-1 ones (Python's default is 10)."""
-FULL_GC_AFTER = 5000
-"""Generation-1 collections between two full ones (Python's default is 10)."""
-RESERVED_FILES = 64
-"""Open files numd needs besides its client connections (listeners, logs, store)."""
-
-
-def check_open_files(
-    max_clients: int, *, api_max_connections: int = 0, legacy_max_clients: int = 0
-) -> int:
-    """Raise the open-file soft limit to the hard limit; warn if it cannot fit every listener's cap.
-
-    The caps are `max_clients` (counter protocol), `api_max_connections` (HTTP
-    API) and `legacy_max_clients` (the legacy array listener, 0 when it is
-    off), plus `RESERVED_FILES`. Returns the soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as e:
-            _log.warn(
-                "cannot raise the open-file limit from {soft} to {hard}: {e}",
-                soft=soft,
-                hard=hard,
-                e=e,
-            )
-    caps = [("--max-clients", max_clients), ("--api-max-connections", api_max_connections),
-            ("--legacy-array-max-clients", legacy_max_clients)]  # fmt: skip
-    connections = max_clients + api_max_connections + legacy_max_clients
-    needed = connections + RESERVED_FILES
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        _log.warn(
-            "{caps} need about {needed} open files but the limit is {soft}: connections "
-            "past about {usable} in all will fail to be accepted",
-            caps=" + ".join(f"{option} {cap}" for option, cap in caps if cap),
-            max_clients=max_clients,
-            api_max_connections=api_max_connections,
-            legacy_max_clients=legacy_max_clients,
-            needed=needed,
-            soft=soft,
-            usable=max(soft - RESERVED_FILES, 0),
-        )
-    return soft
+STOP_GRACE = 2.0
+"""Seconds the daemon waits on stop for its live counter connections to close."""
 
 
 class Daemon(MultiService):
-    """The numd service tree, with handles on the parts other layers need."""
+    """The numd service tree, with handles on the parts other layers need.
 
-    store: Store | None
-    metrics: Metrics
-    api: NumdApi
-    site: ApiSite
-    legacy_array_factory: LegacyArrayFactory | None
+    It is given every part, built, by `makeService`, and builds none itself.
+    On start it checks the open-file limit against the listeners' caps and
+    tunes the garbage collector (`numd.process`); on stop it closes the live
+    connections before its services stop, and gives the collector back.
+    """
 
     def __init__(
         self,
+        *,
         state: NumberService,
         message_log: MessageLog,
         stats: Stats,
         counter_factory: CounterFactory,
+        store: Store | None,
+        metrics: Metrics,
+        api: NumdApi,
+        site: ApiSite,
+        legacy_array_factory: LegacyArrayFactory | None,
         clock: IReactorTime,
+        collections: CollectionTuning | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
-        self._gc_thresholds: tuple[int, int, int] | None = None
+        self._collections = collections if collections is not None else CollectionTuning()
         self.state = state
         self.message_log = message_log
         self.stats = stats
+        """The counter protocol's counts."""
         self.counter_factory = counter_factory
+        self.store = store
+        """None with ``--db :memory:``."""
+        self.metrics = metrics
+        self.api = api
+        self.site = site
+        self.legacy_array_factory = legacy_array_factory
+        """None unless ``--legacy-array-listen`` is given."""
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port, or an unusable database, ends start-up
@@ -135,97 +107,32 @@ class Daemon(MultiService):
     def startService(self) -> None:
         """Start every service, then keep full garbage collections rare and short.
 
-        A full collection walks every object the daemon holds, on the reactor
-        thread: with 10,000 clients it stalls every client for 50-100 ms (measured
-        by the bench). The registry and the list loaded at start-up live as long
-        as the process, so they are frozen out of those passes; and a full pass is
-        considered after `FULL_GC_AFTER` generation-1 passes, so it comes every few
-        minutes, not several times a minute. Young passes are kept small: one per
-        `NEW_OBJECTS_GC` new containers instead of 700, and generation 1 after every
-        `YOUNG_GC_AFTER` + 1 of them instead of 11. While the list grows by
-        1,000-value arrays, about one new sublist of 1,000-2,000 values survives per
-        array, and a young pass walks every value of the young ones: with Python's
-        defaults one took 21-29 ms after a bulk load of 10^6 values, now about 5 ms.
-        Reference counting still frees everything that is not in a cycle at once.
+        The state loaded at start-up is frozen out of full collections, which
+        come rarely (`numd.process.CollectionTuning` says why and by how much).
         """
         super().startService()
-        gc.collect()
-        gc.freeze()
-        self._gc_thresholds = gc.get_threshold()
-        gc.set_threshold(NEW_OBJECTS_GC, YOUNG_GC_AFTER, FULL_GC_AFTER)
+        self._collections.tune()
 
     def stopService(self) -> defer.Deferred[None]:
-        """Close live connections first (at most 2 s), then stop the services in reverse order.
+        """Close live connections first (at most `STOP_GRACE` s), then stop the services in reverse order.
 
         So the disconnects are logged before the message log is flushed and closed.
         """
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        await self.counter_factory.close_all(self._clock, timeout=2.0)
+        await self.counter_factory.close_all(self._clock, timeout=STOP_GRACE)
         await super().stopService()
-        gc.unfreeze()
-        if self._gc_thresholds is not None:
-            gc.set_threshold(*self._gc_thresholds)
-            self._gc_thresholds = None
-
-
-def _add_http_api(top: Daemon, config: Options, reactor: Any) -> None:
-    """Add the HTTP API's site and, if asked for, the legacy array listener to `top`.
-
-    Sets ``top.metrics``, ``top.api``, ``top.site`` and ``top.legacy_array_factory``
-    (None unless ``--legacy-array-listen`` is given).
-    """
-    state, factory = top.state, top.counter_factory
-    metrics = Metrics(state, top.message_log)
-    metrics.add_stats("counter", top.stats)
-    counter_ports = len(config["listen"])
-    ready_checks = {"counter_listeners": lambda: factory.numPorts >= counter_ports}
-    legacy: LegacyArrayFactory | None = None
-    if config["legacy-array-listen"] is not None:
-        legacy = listener = LegacyArrayFactory(
-            state,
-            max_bytes=config["legacy-array-max-bytes"],
-            max_clients=config["legacy-array-max-clients"],
-            idle_timeout=config["legacy-array-idle-timeout"],
-            write_stall_timeout=config["write-stall-timeout"],
-            budget=config["connection-budget"],
-            clock=reactor,
-        )
-        metrics.add_stats("legacy-array", listener.stats)
-        ready_checks["legacy_array_listener"] = lambda: listener.numPorts >= 1
-        strports.service(config["legacy-array-listen"], listener, reactor=reactor).setServiceParent(
-            top
-        )
-    api = NumdApi(
-        state,
-        message_log=top.message_log,
-        metrics=metrics,
-        legacy_routes=bool(config["legacy-routes"]),
-        max_body=config["max-body"],
-        ready_checks=ready_checks,
-        degraded_checks=top.store.checks() if top.store is not None else None,
-        token=config["api-token"],
-        allowed_hosts=config["allowed-host"],
-        cors_origins=config["cors-origin"],
-        request_timeout=config["request-timeout"],
-        max_connections=config["api-max-connections"],
-        access_log=config["access-log"],
-        dashboard=Dashboard(
-            state, reactor, stats=[top.stats] + ([legacy.stats] if legacy is not None else [])
-        ),
-    )
-    site = api.site(reactor)
-    api.ready_checks["api_listener"] = lambda: site.numPorts >= 1
-    strports.service(config["api-listen"], site, reactor=reactor).setServiceParent(top)
-    top.metrics, top.api, top.site, top.legacy_array_factory = metrics, api, site, legacy
+        self._collections.restore()
 
 
 def makeService(config: Options, reactor: Any = None) -> Daemon:
-    """Build the daemon: state, message log, counter listeners.
+    """Build the daemon's parts from `config`, then the daemon from them.
 
-    Services start in that order and stop in reverse, after the live
-    connections are closed, so the state service stops last.
+    Services start in the order they are added here (state, message log, store,
+    counter listeners, legacy array listener, HTTP API, signal handlers) and stop
+    in reverse, after the live connections are closed, so the state service
+    stops last.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -242,7 +149,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         enabled=not config["no-message-log"],
     )
     stats = Stats()
-    factory = CounterFactory(
+    counter_factory = CounterFactory(
         state,
         message_log,
         stats,
@@ -256,19 +163,104 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         connection_budget=config["connection-budget"],
         takeover_time=config["takeover-time"],
     )
-    top = Daemon(state, message_log, stats, factory, clock)
-    state.setServiceParent(top)
-    message_log.setServiceParent(top)
     # Loads the database in privilegedStartService, before any listener binds.
-    top.store = make_store(state, config["db"], reactor, sync=config["sync"])
-    if top.store is not None:
-        top.store.setServiceParent(top)
-    for description in config["listen"]:
-        strports.service(description, factory, reactor=reactor).setServiceParent(top)
-    _add_http_api(top, config, reactor)
+    store = make_store(state, config["db"], reactor, sync=config["sync"])
+    legacy = _legacy_array_factory(config, state, reactor)
+    metrics = Metrics(state, message_log)
+    metrics.add_stats("counter", stats)
+    if legacy is not None:
+        metrics.add_stats("legacy-array", legacy.stats)
+    ready_checks = {"counter_listeners": _listening(counter_factory, len(config["listen"]))}
+    if legacy is not None:
+        ready_checks["legacy_array_listener"] = _listening(legacy, 1)
+    api = _api(config, state, message_log, metrics, ready_checks, store, stats, legacy, reactor)
+    site = api.site(reactor)
+    api.ready_checks["api_listener"] = _listening(site, 1)
+
+    top = Daemon(
+        state=state,
+        message_log=message_log,
+        stats=stats,
+        counter_factory=counter_factory,
+        store=store,
+        metrics=metrics,
+        api=api,
+        site=site,
+        legacy_array_factory=legacy,
+        clock=clock,
+    )
+    services: list[IService] = [state, message_log]
+    if store is not None:
+        services.append(store)
+    services += [strports.service(d, counter_factory, reactor=reactor) for d in config["listen"]]
+    if legacy is not None:
+        services.append(strports.service(config["legacy-array-listen"], legacy, reactor=reactor))
+    services.append(strports.service(config["api-listen"], site, reactor=reactor))
     if IReactorCore.providedBy(reactor):
-        ExitZeroOnSignal(reactor).setServiceParent(top)
-        site = top.site
+        services += _signal_handlers(reactor, message_log, site)
+    for service in services:
+        service.setServiceParent(top)
+    return top
+
+
+def _legacy_array_factory(
+    config: Options, state: NumberService, reactor: Any
+) -> LegacyArrayFactory | None:
+    """The legacy array listener's factory, or None unless ``--legacy-array-listen`` is given."""
+    if config["legacy-array-listen"] is None:
+        return None
+    return LegacyArrayFactory(
+        state,
+        max_bytes=config["legacy-array-max-bytes"],
+        max_clients=config["legacy-array-max-clients"],
+        idle_timeout=config["legacy-array-idle-timeout"],
+        write_stall_timeout=config["write-stall-timeout"],
+        budget=config["connection-budget"],
+        clock=reactor,
+    )
+
+
+def _api(
+    config: Options,
+    state: NumberService,
+    message_log: MessageLog,
+    metrics: Metrics,
+    ready_checks: dict[str, Callable[[], bool]],
+    store: Store | None,
+    stats: Stats,
+    legacy: LegacyArrayFactory | None,
+    reactor: Any,
+) -> NumdApi:
+    """The HTTP API with its dashboard; ``/readyz`` also says whether the store stores."""
+    return NumdApi(
+        state,
+        message_log=message_log,
+        metrics=metrics,
+        legacy_routes=bool(config["legacy-routes"]),
+        max_body=config["max-body"],
+        ready_checks=ready_checks,
+        degraded_checks=store.checks() if store is not None else None,
+        token=config["api-token"],
+        allowed_hosts=config["allowed-host"],
+        cors_origins=config["cors-origin"],
+        request_timeout=config["request-timeout"],
+        max_connections=config["api-max-connections"],
+        access_log=config["access-log"],
+        dashboard=Dashboard(
+            state, reactor, stats=[stats] + ([legacy.stats] if legacy is not None else [])
+        ),
+    )
+
+
+def _listening(factory: Any, ports: int) -> Callable[[], bool]:
+    """A readiness check: `factory` listens on at least `ports` ports (a port starts it once bound)."""
+    return lambda: factory.numPorts >= ports
+
+
+def _signal_handlers(reactor: Any, message_log: MessageLog, site: ApiSite) -> list[IService]:
+    """Exit 0 on SIGTERM/SIGINT; on SIGHUP reopen the message log, twistd's log and the access log."""
+    return [
+        ExitZeroOnSignal(reactor),
         ReopenLogsOnHangup(
             reactor,
             [
@@ -276,5 +268,5 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
                 reopen_log_file(twistd_log_file),
                 reopen_log_file(lambda: getattr(site, "logFile", None)),  # --access-log
             ],
-        ).setServiceParent(top)
-    return top
+        ),
+    ]

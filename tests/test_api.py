@@ -5,36 +5,27 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
 import pytest
-import pytest_twisted
-import treq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
 
-from numd.http.api import (
-    DEFAULT_MAX_BODY,
-    MAX_LIMIT,
-    ApiError,
-    ApiSite,
-    NumdApi,
-    parse_values,
-)
+from numd.http.api import MAX_LIMIT, NumdApi
+from numd.http.site import DEFAULT_MAX_BODY
 from numd.messagelog import MessageLog
 from numd.service import INT64_MAX, INT64_MIN, NumberService
+
+from .http_client import call
 
 BASE = "http://numd.test"
 
@@ -90,20 +81,6 @@ class Client:
         if data is not None:
             kwargs["data"] = data
         return self.request("POST", path, **kwargs)
-
-
-@asynccontextmanager
-async def serving(site: ApiSite) -> AsyncIterator[tuple[str, HTTPConnectionPool]]:
-    """`site` listening on a free 127.0.0.1 port: its base URL and a pool; both closed afterwards."""
-    from twisted.internet import reactor
-
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        yield f"http://127.0.0.1:{port.getHost().port}", pool
-    finally:
-        await pool.closeCachedConnections()
-        await port.stopListening()
 
 
 @pytest.fixture
@@ -653,59 +630,6 @@ def test_legacy_wrong_method_is_405(legacy: Client) -> None:
     assert (reply.code, reply.header("Allow")) == (405, "GET, HEAD")
 
 
-# -- the site's body cap, over a real socket ------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_site_keeps_no_more_than_the_cap_of_a_body(
-    service: NumberService,
-) -> None:
-    """Over loopback, ApiSite stores at most cap+1 bytes of a body and the route answers 413."""
-    from twisted.internet import reactor
-
-    site = NumdApi(service, max_body=1024).site()
-    kept: list[int] = []
-    real_get_content_file = site.getContentFile
-
-    def spy(length: int | None) -> Any:
-        content = real_get_content_file(length)
-        real_write = content.write
-
-        def write(data: bytes) -> int:
-            written = real_write(data)
-            kept.append(content.tell())
-            return written
-
-        content.write = write  # type: ignore[method-assign]
-        return content
-
-    site.getContentFile = spy  # type: ignore[method-assign]
-    async with serving(site) as (base, pool):
-        url = base + "/api/v1/values"
-        response = await treq.post(url, data=b"[1]" + b" " * 200_000, pool=pool).addTimeout(
-            5, reactor
-        )
-        body = await treq.json_content(response).addTimeout(5, reactor)
-        assert response.code == 413
-        assert body["error"] == "body-too-large"
-        assert max(kept, default=0) <= 1025  # refused as announced: nothing kept
-        response = await treq.post(url, data=b"[7]", pool=pool).addTimeout(5, reactor)
-        assert (await treq.json_content(response).addTimeout(5, reactor))["added"] == [7]
-
-
-@pytest_twisted.ensureDeferred
-async def test_site_answers_a_non_utf8_path_with_json_400(
-    service: NumberService,
-) -> None:
-    """Over loopback, a path that is not UTF-8 gets a JSON 400 (not Klein's plain text)."""
-    from twisted.internet import reactor
-
-    async with serving(NumdApi(service).site()) as (base, pool):
-        response = await treq.get(base + "/api/v1/clients/%ff", pool=pool).addTimeout(5, reactor)
-        body = await treq.json_content(response).addTimeout(5, reactor)
-        assert (response.code, body["error"]) == (400, "bad-path")
-
-
 # -- durability: changes are answered once stored ------------------------------------------------------------
 
 
@@ -771,46 +695,7 @@ def test_a_change_that_cannot_be_stored_is_503(client: Client, service: NumberSe
     assert events[0]["log_failure"].check(OSError)
 
 
-# -- properties of the body and query parsers -------------------------------------------------------------
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3)
-    ),
-    max_leaves=10,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(document=json_values)
-def test_parse_values_accepts_exactly_integers_and_arrays_of_them(
-    document: object,
-) -> None:
-    """Any JSON document is either a (non-empty array of) 64-bit integer(s) or a 400."""
-    items = document if isinstance(document, list) else [document]
-    valid = bool(items) and all(
-        type(item) is int and INT64_MIN <= item <= INT64_MAX for item in items
-    )
-    body = json.dumps(document).encode()
-    if valid:
-        assert parse_values(body) == items
-    else:
-        with pytest.raises(ApiError) as caught:
-            parse_values(body)
-        assert caught.value.status == 400
-
-
-@settings(max_examples=300, deadline=None)
-@given(body=st.binary(max_size=64))
-def test_parse_values_never_fails_otherwise_on_bytes(body: bytes) -> None:
-    """Arbitrary bytes give a list of integers or a 400, never another exception."""
-    try:
-        values = parse_values(body)
-    except ApiError as e:
-        assert e.status == 400
-    else:
-        assert values and all(type(v) is int for v in values)
+# -- the query parser, through the routes (the body parser: tests/test_parsing.py) ---------------------
 
 
 @settings(max_examples=200, deadline=None)
@@ -824,3 +709,46 @@ def test_query_integers_are_strict(raw: bytes) -> None:
         assert reply.code == 200 and reply.json()["limit"] == int(text)
     else:
         assert reply.code == 400 and reply.json()["error"] == "bad-parameter"
+
+
+# 15. An unwritable message log: numd keeps serving, /readyz says degraded, a metric counts drops
+
+
+def test_unwritable_message_log_keeps_serving(tmp_path: Path) -> None:
+    """When the log cannot be written, clients are still answered, /readyz is degraded, drops are counted."""
+    from numd.counter.protocol import CounterFactory
+    from numd.http.metrics import Metrics
+    from numd.messagelog import MessageLog
+    from numd.stats import Stats
+
+    from .counter_client import FakeClient
+
+    clock = Clock()
+    service = NumberService(clock, random.Random(1))
+    log = MessageLog(str(tmp_path / "m.log"), clock)
+    log.startService()
+    stats = Stats()
+    factory = CounterFactory(service, log, stats, clock)
+    metrics = Metrics(service, log)
+    metrics.add_stats("counter", stats)
+    api = NumdApi(service, message_log=log, metrics=metrics)
+
+    def disk_full(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    log._file.write = disk_full  # type: ignore[union-attr,method-assign]
+    client = FakeClient(factory)
+    assert client.send(b"1 odd ")[0] == b"0"
+    log.flush()
+    assert len(client.send(b"even [3] ")) == 2
+    log.flush()
+    code, _, body = call(api.guarded_resource(), "GET", "http://127.0.0.1/readyz")
+    assert code == 503 and '"degraded"' in body
+    _, _, text = call(api.guarded_resource(), "GET", "http://127.0.0.1/metrics")
+    dropped = [
+        line
+        for line in text.splitlines()
+        if line.startswith("numd_message_log_records_dropped_total")
+    ]
+    assert dropped and float(dropped[0].split()[-1]) >= 6
+    log.stopService()

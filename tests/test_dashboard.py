@@ -33,7 +33,7 @@ from twisted.internet.testing import (
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from numd.http.api import ApiSite, NumdApi
+from numd.http.api import NumdApi
 from numd.http.dashboard import (
     CLIENT_FIELDS,
     DEFAULT_HEARTBEAT,
@@ -41,6 +41,7 @@ from numd.http.dashboard import (
     client_row,
     histogram,
 )
+from numd.http.site import ApiSite
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.stats import Stats
 from numd.tap import Options, makeService

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 
 from numd.tap import Options, makeService
 
@@ -17,59 +16,6 @@ def parse(*args: str) -> Options:
     options = Options()
     options.parseOptions(list(args))
     return options
-
-
-def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no options numd listens on 127.0.0.1:2004 and logs to numd-messages.log."""
-    monkeypatch.chdir(tmp_path)
-    options = parse()
-    assert options["listen"] == ["tcp:2004:interface=127.0.0.1:backlog=4096"]
-    assert options["message-log"] == "numd-messages.log"
-    assert options["seed"] is None
-    assert options["quiet-time"] == 0.1
-    assert options["reply-cap"] == 65536
-    assert options["max-token-length"] == 32768
-    assert options["max-clients"] == 12_000
-    assert options["idle-timeout"] == 120.0
-    assert options["write-stall-timeout"] == 30.0
-
-
-def test_listen_is_repeatable(tmp_path: Path) -> None:
-    """--listen may be given several times; every endpoint is used."""
-    options = parse(
-        "--listen",
-        "tcp:2005:interface=127.0.0.1",
-        "--listen",
-        "tcp:2006:interface=127.0.0.1",
-        "--message-log",
-        str(tmp_path / "m.log"),
-        "--seed",
-        "3",
-        "--quiet-time",
-        "0.25",
-    )
-    assert options["listen"] == [
-        "tcp:2005:interface=127.0.0.1:backlog=4096",
-        "tcp:2006:interface=127.0.0.1:backlog=4096",
-    ]
-    assert (options["seed"], options["quiet-time"]) == (3, 0.25)
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--listen", "nonsense:1"], "bad endpoint"),
-        (["--quiet-time", "0"], "quiet-time"),
-        (["--quiet-time", "soon"], "quiet-time"),
-        (["--reply-cap", "10"], "reply-cap"),
-        (["--seed", "x"], "seed"),
-        (["--message-log", "/nonexistent/dir/m.log"], "not writable"),
-    ],
-)
-def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
-    """A bad value is a clear usage error, not a traceback at start."""
-    with pytest.raises(usage.UsageError, match=message):
-        parse(*args)
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
@@ -104,55 +50,6 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     service.stopService()
 
 
-def test_open_file_limit_is_raised_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The soft open-file limit is raised to the hard one, with a warning when too low."""
-    import resource
-
-    from twisted.logger import LogLevel, globalLogPublisher
-
-    from numd.tap import check_open_files
-
-    limits = {"soft": 1024, "hard": 2048}
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
-    monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.update(soft=v[0]))
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        assert check_open_files(100) == 2048
-        assert not [e for e in events if e["log_level"] == LogLevel.warn]
-        assert check_open_files(10_000) == 2048
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
-    assert warning["max_clients"] == 10_000 and warning["soft"] == 2048
-
-
-def test_open_file_check_counts_every_listeners_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counter clients, HTTP connections and legacy array clients all need a descriptor each."""
-    import resource
-
-    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-
-    from numd.tap import RESERVED_FILES, check_open_files
-
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (2048, 2048))
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        assert check_open_files(2048 - RESERVED_FILES) == 2048
-        assert not [e for e in events if e["log_level"] == LogLevel.warn]
-        check_open_files(2048 - RESERVED_FILES, api_max_connections=1)
-        check_open_files(1000, api_max_connections=256, legacy_max_clients=1000)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    first, second = [e for e in events if e["log_level"] == LogLevel.warn]
-    assert (first["needed"], second["needed"]) == (2049, 1000 + 256 + 1000 + RESERVED_FILES)
-    assert formatEvent(second).startswith(
-        "--max-clients 1000 + --api-max-connections 256 + --legacy-array-max-clients 1000 "
-        f"need about {2256 + RESERVED_FILES} open files but the limit is 2048"
-    )
-
-
 @pytest.mark.parametrize("legacy", [False, True])
 def test_start_checks_open_files_against_every_listener(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
@@ -172,16 +69,6 @@ def test_start_checks_open_files_against_every_listener(
         ((10,), {"api_max_connections": 20, "legacy_max_clients": 30 if legacy else 0})
     ]
     assert service.site.max_connections == 20
-
-
-def test_api_max_connections_option(tmp_path: Path) -> None:
-    """--api-max-connections defaults to 256 and must be a positive integer."""
-    log = ["--message-log", str(tmp_path / "m.log")]
-    assert parse(*log)["api-max-connections"] == 256
-    assert parse(*log, "--api-max-connections", "3")["api-max-connections"] == 3
-    for bad in ("0", "many"):
-        with pytest.raises(usage.UsageError, match="api-max-connections"):
-            parse(*log, "--api-max-connections", bad)
 
 
 def test_services_stop_in_reverse_order(tmp_path: Path) -> None:
@@ -237,3 +124,87 @@ def test_no_message_log_option(tmp_path: Path) -> None:
     service = makeService(options, reactor=MemoryReactorClock())
     assert service.message_log.enabled is False
     assert parse("--db", ":memory:")["no-message-log"] == 0
+
+
+def test_daemon_is_given_its_parts_and_tunes_the_process_around_its_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon holds the parts it is given and adds no service itself.
+
+    Its collector tuning comes after every service started and is undone after
+    every service stopped, and the live connections are closed before any
+    service stops.
+    """
+    from types import SimpleNamespace
+    from typing import Any
+
+    from twisted.application.service import Service
+    from twisted.internet.defer import succeed
+
+    import numd.tap
+
+    calls: list[str] = []
+    monkeypatch.setattr(numd.tap, "check_open_files", lambda *a, **k: 1024)
+
+    class Recorder(Service):
+        def startService(self) -> None:
+            calls.append("service started")
+            super().startService()
+
+        def stopService(self) -> None:
+            calls.append("service stopped")
+            super().stopService()
+
+    def close_all(clock: Any, timeout: float) -> Any:
+        calls.append(f"connections closed within {timeout} s")
+        return succeed(None)
+
+    parts: dict[str, Any] = {
+        name: SimpleNamespace(name=name)
+        for name in ("state", "message_log", "stats", "store", "metrics", "api")
+    }
+    parts["legacy_array_factory"] = SimpleNamespace(max_clients=1)
+    parts["counter_factory"] = SimpleNamespace(max_clients=1, close_all=close_all)
+    parts["site"] = SimpleNamespace(max_connections=1)
+    collections = SimpleNamespace(
+        tune=lambda: calls.append("tuned"), restore=lambda: calls.append("restored")
+    )
+    daemon = numd.tap.Daemon(**parts, clock=MemoryReactorClock(), collections=collections)
+    assert list(daemon) == []
+    assert all(getattr(daemon, name) is part for name, part in parts.items())
+    Recorder().setServiceParent(daemon)
+    daemon.privilegedStartService()
+    daemon.startService()
+    daemon.stopService()
+    assert calls == [
+        "service started",
+        "tuned",
+        "connections closed within 2.0 s",
+        "service stopped",
+        "restored",
+    ]
+
+
+def test_services_start_in_the_order_of_the_tree(tmp_path: Path) -> None:
+    """State, message log, store, counter listeners, legacy listener, HTTP API, signal handlers."""
+    from twisted.application.internet import StreamServerEndpointService
+
+    from numd.signals import ExitZeroOnSignal, ReopenLogsOnHangup
+
+    daemon = makeService(
+        parse("--message-log", str(tmp_path / "m.log"), "--db", str(tmp_path / "numd.db"),
+              "--listen", "tcp:2005:interface=127.0.0.1", "--listen", "tcp:2006:interface=127.0.0.1",
+              "--legacy-array-listen", "tcp:6000:interface=127.0.0.1"),
+        reactor=MemoryReactorClock(),
+    )  # fmt: skip
+    services = list(daemon)
+    assert services[:3] == [daemon.state, daemon.message_log, daemon.store]
+    listeners = services[3:7]
+    assert all(isinstance(s, StreamServerEndpointService) for s in listeners)
+    assert [s.factory for s in listeners] == [
+        daemon.counter_factory,
+        daemon.counter_factory,
+        daemon.legacy_array_factory,
+        daemon.site,
+    ]
+    assert [type(s) for s in services[7:]] == [ExitZeroOnSignal, ReopenLogsOnHangup]

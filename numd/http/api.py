@@ -20,7 +20,8 @@ and ``numd/http/openapi.json`` the exact schema, served at ``/openapi.json``):
 Every handler runs on the reactor thread and reaches the state only through the
 `NumberService` given to the constructor. Errors are JSON objects
 ``{"error": <code>, "message": <text>}`` with a 4xx status; an unexpected
-exception is logged with its traceback and answered with a bare 500.
+exception is logged with its traceback and answered with a bare 500. `NumdApi.site`
+serves the routes on an `ApiSite` (`numd.http.site`), behind the guards.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -39,48 +39,32 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.logfile import LogFile
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from numd.http.answers import JSON_TYPE, ApiError, json_response
 from numd.http.dashboard import Dashboard
-from numd.http.guard import (
-    Guard,
-    GuardedChannel,
-    GuardedRequest,
-    TooManyConnections,
-    json_response,
-)
+from numd.http.guard import Guard
 from numd.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from numd.http.metrics import Metrics
+from numd.http.parsing import parse_values, query_int
+from numd.http.site import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT,
+    ApiSite,
+)
 from numd.messagelog import MessageLog
 from numd.service import INT64_MAX, INT64_MIN, NumberService
-from numd.stats import Stats
 
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 100
 """Values or clients in one page when the request gives no ``limit``."""
 MAX_LIMIT = 1000
 """The largest ``limit`` accepted, so a huge list is never sent whole by accident."""
-DEFAULT_MAX_BODY = 64 * 1024
-"""Largest request body accepted, in bytes; a larger one gets 413."""
-DEFAULT_REQUEST_TIMEOUT = 10.0
-"""Seconds a request's line, headers and body may take to arrive; then 408."""
-DEFAULT_IDLE_TIMEOUT = 60.0
-"""Seconds an HTTP connection may sit idle between requests before it is closed."""
-DEFAULT_MAX_CONNECTIONS = 256
-"""HTTP connections open at once (event streams included); the next one gets 503 and is closed.
-
-Each one holds a file descriptor: without a cap, a few hundred idle or slow
-sockets took every descriptor and new counter clients were reset."""
-
-JSON_TYPE = b"application/json"
 LEGACY_TYPE = b"text/html; charset=utf-8"
 LEGACY_PATHS = frozenset({"/get_array", "/add_value", "/clean_array"})
-
-_QUERY_INT = re.compile(rb"-?[0-9]{1,20}")
 
 _app = Klein()
 """The routes of `NumdApi` (bound per instance as ``NumdApi.app``)."""
@@ -97,187 +81,8 @@ def changes_state(request: IRequest) -> bool:
     """Whether a request may change state: a write method, or a legacy GET that writes."""
     if request.method in STATE_CHANGING_METHODS:
         return True
-    path = request.path.split(b"?", 1)[0].rstrip(b"/")  # type: ignore[attr-defined]
+    path = request.path.split(b"?", 1)[0].rstrip(b"/")
     return path in LEGACY_STATE_CHANGING_PATHS
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": message}`` with `status`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-_json = json_response
-
-
-def _query_int(
-    request: IRequest, name: str, default: int | None, low: int, high: int
-) -> int | None:
-    """The last ``name=`` query value as an integer in low-high, or `default`."""
-    raw = request.args.get(name.encode("ascii"))  # type: ignore[attr-defined]
-    if not raw:
-        return default
-    text = raw[-1]
-    if _QUERY_INT.fullmatch(text) is None:
-        raise ApiError(400, "bad-parameter", f"{name} must be an integer")
-    value = int(text)
-    if not low <= value <= high:
-        raise ApiError(400, "bad-parameter", f"{name} must be between {low} and {high}")
-    return value
-
-
-_JSON_KINDS = {
-    bool: "boolean",
-    float: "float",
-    str: "string",
-    type(None): "null",
-    list: "nested array",
-    dict: "object",
-}
-"""How `parse_values` names what it got instead of an integer."""
-
-
-def parse_values(body: bytes) -> list[int]:
-    """The integers of a JSON body: one integer, or an array of one or more.
-
-    Raises `ApiError` (400) for bad JSON, booleans, floats, strings, ``null``,
-    nested arrays and values outside the 64-bit signed range.
-    """
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "bad-json", "the body is not UTF-8") from None
-    except (ValueError, RecursionError):
-        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
-    items = document if isinstance(document, list) else [document]
-    if not items:
-        raise ApiError(400, "bad-value", "the array is empty; send at least one integer")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            kind = _JSON_KINDS.get(type(item), type(item).__name__)
-            raise ApiError(
-                400,
-                "bad-value",
-                f"expected an integer or an array of integers, got a {kind}",
-            )
-        if not INT64_MIN <= item <= INT64_MAX:
-            raise ApiError(400, "bad-value", f"{item} is outside the 64-bit signed range")
-    return items
-
-
-class _CappedBody(io.BytesIO):
-    """A request body file that keeps at most ``cap + 1`` bytes (enough to see overflow)."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__()
-        self._room = cap + 1
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        if self._room > 0:
-            kept = data[: self._room]
-            self._room -= len(kept)
-            super().write(kept)
-        return len(data)
-
-
-class ApiSite(Site):
-    """A `Site` that refuses big bodies, slow requests and connections past its cap early.
-
-    See `numd.http.guard` for the wire-level checks: every request must arrive
-    within `request_timeout` seconds from its first byte; request bodies are
-    held in memory up to the API's cap only; a malformed request gets a JSON
-    error. A connection idle for `idle_timeout` seconds between requests is
-    closed; past `max_connections` open connections a new one gets a JSON 503
-    and is closed at once. `stats` counts connections (``opened``, ``closed``,
-    ``refused``) and refusals by error code (exported under ``protocol="http"``).
-
-    Requests are written to an access log (combined log format, rotated by
-    size) only when `access_log` names a file: by default they are only counted
-    in ``/metrics``, since twisted.web's default of one line per request in the
-    daemon's own log costs more than serving a small GET.
-    """
-
-    _logger = Logger()  # not `log`: that is Site's access-log method
-    requestFactory = GuardedRequest
-    protocol = GuardedChannel  # type: ignore[assignment]  # no ALPN/HTTP/2 wrapper: HTTP/1.1 only
-
-    def __init__(
-        self,
-        resource: IResource,
-        max_body: int = DEFAULT_MAX_BODY,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        access_log: str | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(resource, timeout=idle_timeout, logPath=access_log, **kwargs)
-        self.max_body = max_body
-        self.request_timeout = request_timeout
-        self.max_connections = max_connections
-        self.connections: set[GuardedChannel] = set()
-        self.stats = Stats()
-        self._full = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """A channel, or past `max_connections` open ones, a JSON 503 and a close.
-
-        The first refusal after the cap is reached is logged; every one is counted.
-        """
-        if len(self.connections) >= self.max_connections:
-            self.stats.connections["refused"] += 1
-            self.stats.errors["too-many-connections"] += 1
-            if not self._full:
-                self._full = True
-                self._logger.warn(
-                    "{count} HTTP connections are open: refusing new ones until one closes "
-                    "(--api-max-connections)",
-                    count=len(self.connections),
-                )
-            return TooManyConnections(self.max_connections)
-        self._full = False
-        return super().buildProtocol(addr)
-
-    def startFactory(self) -> None:
-        """Open the access log if one is configured; else log no requests."""
-        super().startFactory()
-        if not self.logPath:
-            self._logFile = None
-
-    def _openLogFile(self, path: str | bytes) -> LogFile:
-        return LogFile.fromFullPath(
-            os.fsdecode(path), rotateLength=10 * 1024 * 1024, maxRotatedFiles=5
-        )
-
-    def getContentFile(self, length: int | None) -> io.BytesIO:
-        """Twisted's hook for where a request body goes: a capped in-memory file."""
-        return _CappedBody(self.max_body)
-
-    def getResourceFor(self, request: IRequest) -> IResource:
-        """The API, or a JSON 400 for a path that is not UTF-8 (Klein would answer in plain text)."""
-        try:
-            for segment in request.postpath:  # type: ignore[attr-defined]
-                segment.decode("utf-8")
-        except UnicodeDecodeError:
-            return _BadPath()
-        return super().getResourceFor(request)  # type: ignore[no-any-return]
-
-
-class _BadPath(Resource):
-    """Answers any request with a JSON 400: the path is not valid UTF-8."""
-
-    isLeaf = True
-
-    def render(self, request: IRequest) -> bytes:
-        return _json(
-            request,
-            {"error": "bad-path", "message": "the path is not valid UTF-8"},
-            400,
-        )
 
 
 def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:
@@ -291,7 +96,7 @@ def _route(url: str, *methods: str) -> Callable[[_Handler], _Handler]:
             self._count(request, label)
             return handler(self, request, **kwargs)
 
-        return _app.route(url, methods=list(methods))(counted)  # type: ignore[return-value]
+        return _app.route(url, methods=list(methods))(counted)  # type: ignore[return-value]  # Klein types its wrapper, not ours
 
     return decorate
 
@@ -381,13 +186,13 @@ class NumdApi:
     def _count(self, request: IRequest, route: str) -> None:
         if getattr(request, "_numd_route", None) is not None:
             return
-        request._numd_route = route  # type: ignore[attr-defined]
+        request._numd_route = route  # type: ignore[attr-defined]  # numd's mark on the request
         counter = self.metrics.http_requests
 
         def finished(result: object) -> None:
-            counter[(route, request.code)] += 1  # type: ignore[attr-defined]
+            counter[(route, request.code)] += 1  # type: ignore[attr-defined]  # not in IRequest; Request has it
 
-        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]
+        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]  # as `code`
 
     def _check_body_size(self, request: IRequest) -> None:
         content = request.content
@@ -430,13 +235,13 @@ class NumdApi:
     @_route(API_PREFIX + "/values", "GET")
     def get_values(self, request: IRequest) -> bytes:
         """One page of the sorted list, optionally restricted to min <= value <= max."""
-        offset = _query_int(request, "offset", 0, 0, INT64_MAX)
-        limit = _query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        low = _query_int(request, "min", None, INT64_MIN, INT64_MAX)
-        high = _query_int(request, "max", None, INT64_MIN, INT64_MAX)
+        offset = query_int(request, "offset", 0, 0, INT64_MAX)
+        limit = query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        low = query_int(request, "min", None, INT64_MIN, INT64_MAX)
+        high = query_int(request, "max", None, INT64_MIN, INT64_MAX)
         assert offset is not None and limit is not None
         matched, page = self.service.values_page(offset, limit, low, high)
-        return _json(
+        return json_response(
             request,
             {
                 "size": self.service.list_size,
@@ -456,7 +261,9 @@ class NumdApi:
             added = self.service.merge(parse_values(body))
         else:
             added = [self.service.add_random()]
-        return self._when_stored(_json(request, {"added": added, "size": self.service.list_size}))
+        return self._when_stored(
+            json_response(request, {"added": added, "size": self.service.list_size})
+        )
 
     @_route(API_PREFIX + "/values", "DELETE")
     def clear_values(self, request: IRequest) -> bytes | Deferred[bytes]:
@@ -464,7 +271,7 @@ class NumdApi:
         removed = self.service.list_size
         self.service.clear()
         return self._when_stored(
-            _json(request, {"removed": removed, "size": self.service.list_size})
+            json_response(request, {"removed": removed, "size": self.service.list_size})
         )
 
     # -- the registry ----------------------------------------------------------------
@@ -472,10 +279,10 @@ class NumdApi:
     @_route(API_PREFIX + "/clients", "GET")
     def get_clients(self, request: IRequest) -> bytes:
         """One page of the client registry, ordered by client ID."""
-        offset = _query_int(request, "offset", 0, 0, INT64_MAX)
-        limit = _query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = query_int(request, "offset", 0, 0, INT64_MAX)
+        limit = query_int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
         assert offset is not None and limit is not None
-        return _json(
+        return json_response(
             request,
             {
                 "total": self.service.known_count,
@@ -491,14 +298,14 @@ class NumdApi:
         record = self.service.client(client_id)
         if record is None:
             raise ApiError(404, "unknown-client", f"no client with ID {client_id}")
-        return _json(request, record.as_dict())
+        return json_response(request, record.as_dict())
 
     # -- operations --------------------------------------------------------------------
 
     @_route("/healthz", "GET")
     def healthz(self, request: IRequest) -> bytes:
         """The process is alive and its reactor answers."""
-        return _json(request, {"status": "ok"})
+        return json_response(request, {"status": "ok"})
 
     @_route("/readyz", "GET")
     def readyz(self, request: IRequest) -> bytes:
@@ -519,7 +326,7 @@ class NumdApi:
         else:
             status = "ready"
         checks.update(degraded)
-        return _json(
+        return json_response(
             request, {"status": status, "checks": checks}, 200 if status == "ready" else 503
         )
 
@@ -561,7 +368,7 @@ class NumdApi:
     @_route(API_PREFIX + "/snapshot", "GET")
     def snapshot(self, request: IRequest) -> bytes:
         """Clients, totals and the list's histogram, as the event stream starts with."""
-        return _json(request, self._dashboard().snapshot())
+        return json_response(request, self._dashboard().snapshot())
 
     @_route(API_PREFIX + "/events", "GET")
     def events(self, request: IRequest) -> Deferred[bytes] | bytes:
@@ -619,21 +426,21 @@ class NumdApi:
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, ApiError)
-        return _json(request, {"error": error.code, "message": error.message}, error.status)
+        return json_response(request, {"error": error.code, "message": error.message}, error.status)
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request: IRequest, failure: Failure) -> bytes:
         self._count(request, "(unmatched)")
         error = failure.value
         assert isinstance(error, HTTPException)
-        path = request.path.decode("utf-8", "replace")  # type: ignore[attr-defined]
+        path = request.path.decode("utf-8", "replace")
         if isinstance(error, MethodNotAllowed) and not (
             path in LEGACY_PATHS and not self.legacy_routes
         ):
             allowed = sorted(error.valid_methods or ())
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            method = request.method.decode("ascii", "replace")  # type: ignore[attr-defined]
-            return _json(
+            method = request.method.decode("ascii", "replace")
+            return json_response(
                 request,
                 {
                     "error": "method-not-allowed",
@@ -642,12 +449,12 @@ class NumdApi:
                 405,
             )
         if isinstance(error, (NotFound, MethodNotAllowed)):
-            return _json(request, {"error": "not-found", "message": "no such route"}, 404)
+            return json_response(request, {"error": "not-found", "message": "no such route"}, 404)
         status = error.code or 500
         for name, value in error.get_response().headers.items():
             if name.lower() == "location":
                 request.setHeader(b"Location", value.encode("utf-8"))
-        return _json(
+        return json_response(
             request,
             {"error": "http-error", "message": error.description or error.name},
             status,
@@ -659,10 +466,12 @@ class NumdApi:
         self.log.failure(
             "unexpected error answering {method} {path}",
             failure,
-            method=request.method,  # type: ignore[attr-defined]
-            path=request.path,  # type: ignore[attr-defined]
+            method=request.method,
+            path=request.path,
         )
-        return _json(request, {"error": "internal", "message": "internal server error"}, 500)
+        return json_response(
+            request, {"error": "internal", "message": "internal server error"}, 500
+        )
 
 
 def _old_repr(service: NumberService) -> str:

@@ -14,7 +14,7 @@ API wires into routes:
   clock flushes them at most once per `interval`, however busy the daemon is.
   A stream that has been silent for `heartbeat` seconds gets a comment line.
 - `Dashboard.static`: the page, its CSS and its script, shipped as package data
-  in ``numd/static``.
+  in ``numd/http/static``.
 
 Streams are bounded twice. At most `max_streams` are open at once (the route
 answers 503 past that). And each stream is a push producer on its connection:
@@ -283,10 +283,10 @@ class Dashboard:
         request.setHeader(b"Content-Type", EVENT_STREAM_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.method == b"HEAD":  # type: ignore[attr-defined]
+        if request.method == b"HEAD":
             return b""
         stream = _Stream(self, request)
-        request.registerProducer(stream, True)  # type: ignore[attr-defined]
+        request.registerProducer(stream, True)  # type: ignore[attr-defined]  # not in IRequest
         stream.write(b"retry: %d\n\n" % RECONNECT_MS)
         snapshot = stream.send_snapshot()
         if not self.streams:
@@ -364,12 +364,12 @@ class _Stream:
         """End a stream whose reader stopped reading, dropping what its connection holds."""
         self.dashboard.log.info(
             "dashboard stream to {peer} cut off: nothing could be sent for {stalled:.1f} s",
-            peer=str(self.request.getClientAddress()),  # type: ignore[attr-defined]
+            peer=str(self.request.getClientAddress()),
             stalled=stalled,
         )
         self.dashboard.streams_cut_off += 1
         self._close()
-        transport = self.request.transport  # type: ignore[attr-defined]
+        transport = self.request.transport  # type: ignore[attr-defined]  # not in IRequest
         if transport is not None:
             transport.abortConnection()
 
@@ -377,7 +377,7 @@ class _Stream:
         if self in self.dashboard.streams:
             self.dashboard._drop(self)
             if getattr(self.request, "channel", None) is not None:  # still connected
-                self.request.unregisterProducer()  # type: ignore[attr-defined]
+                self.request.unregisterProducer()  # type: ignore[attr-defined]  # not in IRequest
 
     # IPushProducer: called by the connection.
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 
 from numd.counter.legacy_array import LegacyArrayFactory
-from numd.http.api import ApiSite, NumdApi
+from numd.http.api import NumdApi
+from numd.http.site import ApiSite
 from numd.tap import Daemon, Options, makeService
 
 
@@ -49,32 +49,6 @@ def get_json(resource: Any, path: str) -> tuple[int, Any]:
     ).addBoth(results.append)
     stub.flush()
     return results[0]  # type: ignore[no-any-return]
-
-
-def test_api_option_defaults(tmp_path: Path) -> None:
-    """By default the API listens on 127.0.0.1:8080 with a 64 KiB body cap; the legacy parts are off."""
-    options = parse(tmp_path)
-    assert options["api-listen"] == "tcp:8080:interface=127.0.0.1"
-    assert options["max-body"] == 65536
-    assert not options["legacy-routes"]
-    assert options["legacy-array-listen"] is None
-    assert options["legacy-array-max-bytes"] == 16384
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--api-listen", "nonsense:1"], "bad endpoint"),
-        (["--legacy-array-listen", "tcp:notaport"], "bad endpoint"),
-        (["--max-body", "0"], "max-body"),
-        (["--max-body", "lots"], "max-body"),
-        (["--legacy-array-max-bytes", "1"], "legacy-array-max-bytes"),
-    ],
-)
-def test_bad_api_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
-    """A bad endpoint or limit is a usage error naming the problem, not a traceback at start."""
-    with pytest.raises(usage.UsageError, match=message):
-        parse(tmp_path, *args)
 
 
 def test_make_service_serves_the_api_and_the_legacy_listener(tmp_path: Path) -> None:
