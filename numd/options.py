@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -70,8 +70,7 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
             raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
         return number
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
-    return coerce
+    return _undocumented(coerce)
 
 
 def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -82,7 +81,15 @@ def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
             raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]  # read by usage.Options
+    return _undocumented(coerce)
+
+
+_Coerce = TypeVar("_Coerce", bound=Callable[[str], Any])
+
+
+def _undocumented(coerce: _Coerce) -> _Coerce:
+    """`coerce` with an empty ``coerceDoc``, which `usage.Options` would add to the option's help."""
+    setattr(coerce, "coerceDoc", "")  # noqa: B010 - a function attribute mypy does not know
     return coerce
 
 

@@ -55,7 +55,9 @@ class Writer:
     """Runs functions one at a time, in the order given, on one thread of its own."""
 
     def __init__(self, reactor: object, name: str) -> None:
-        self._reactor = reactor
+        self._threads = reactor if IReactorFromThreads.providedBy(reactor) else None
+        """The reactor, if it takes calls from threads (a test's Clock does not)."""
+        self._core = reactor if IReactorCore.providedBy(reactor) else None
         self.name = name
         self._pool: ThreadPool | None = None
         self._shutdown_trigger: Any = None
@@ -63,7 +65,7 @@ class Writer:
     @property
     def threaded(self) -> bool:
         """Whether work runs on a thread (else in place, at once)."""
-        return IReactorFromThreads.providedBy(self._reactor)
+        return self._threads is not None
 
     def start(self) -> None:
         """Start the thread (if the reactor can take calls from threads)."""
@@ -72,25 +74,25 @@ class Writer:
         self._pool = ThreadPool(1, 1, name=self.name)
         self._pool.start()
         self._pool.callInThread(lower_thread_priority)  # the pool's one thread, before any work
-        if IReactorCore.providedBy(self._reactor):
+        if self._core is not None:
             # Should the reactor stop without stopping us, the thread must not keep
             # the process alive.
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+            self._shutdown_trigger = self._core.addSystemEventTrigger(
                 "during", "shutdown", self._pool.stop
             )
 
     def run(self, work: Callable[[], T]) -> Deferred[T]:
         """Run `work()` after everything given before; fire (on the reactor thread) with its result."""
-        if self._pool is None:
+        if self._pool is None or self._threads is None:
             return maybeDeferred(work)
-        return deferToThreadPool(self._reactor, self._pool, work)  # type: ignore[arg-type]
+        return deferToThreadPool(self._threads, self._pool, work)
 
     def stop(self) -> None:
         """Let the thread finish what it was given, then end it (blocks until it has)."""
         if self._pool is None:
             return
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)  # type: ignore[attr-defined]
+        if self._shutdown_trigger is not None and self._core is not None:
+            self._core.removeSystemEventTrigger(self._shutdown_trigger)
             self._shutdown_trigger = None
         self._pool.stop()
         self._pool = None

@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from numd.http.answers import JSON_TYPE, ApiError, json_response
@@ -186,13 +187,14 @@ class NumdApi:
     def _count(self, request: IRequest, route: str) -> None:
         if getattr(request, "_numd_route", None) is not None:
             return
-        request._numd_route = route  # type: ignore[attr-defined]  # numd's mark on the request
+        setattr(request, "_numd_route", route)  # noqa: B010 - numd's mark on the request
+        served = cast(Request, request)  # `code` and `notifyFinish` are Request's, not IRequest's
         counter = self.metrics.http_requests
 
         def finished(result: object) -> None:
-            counter[(route, request.code)] += 1  # type: ignore[attr-defined]  # not in IRequest; Request has it
+            counter[(route, served.code)] += 1
 
-        request.notifyFinish().addBoth(finished)  # type: ignore[attr-defined]  # as `code`
+        served.notifyFinish().addBoth(finished)
 
     def _check_body_size(self, request: IRequest) -> None:
         content = request.content

@@ -33,13 +33,14 @@ import json
 from collections import deque
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from numd.service import ClientRecord, NumberService, SortedValues, StateObserver
@@ -286,7 +287,7 @@ class Dashboard:
         if request.method == b"HEAD":
             return b""
         stream = _Stream(self, request)
-        request.registerProducer(stream, True)  # type: ignore[attr-defined]  # not in IRequest
+        stream.request.registerProducer(stream, True)
         stream.write(b"retry: %d\n\n" % RECONNECT_MS)
         snapshot = stream.send_snapshot()
         if not self.streams:
@@ -344,7 +345,8 @@ class _Stream:
 
     def __init__(self, dashboard: Dashboard, request: IRequest) -> None:
         self.dashboard = dashboard
-        self.request = request
+        self.request = cast(Request, request)
+        """The request, as twisted.web's `Request`: a producer needs its connection."""
         self.paused_since: float | None = None
         self.behind = False
         self.last_write = dashboard.clock.seconds()
@@ -369,15 +371,15 @@ class _Stream:
         )
         self.dashboard.streams_cut_off += 1
         self._close()
-        transport = self.request.transport  # type: ignore[attr-defined]  # not in IRequest
-        if transport is not None:
-            transport.abortConnection()
+        abort = getattr(self.request.transport, "abortConnection", None)  # a TCP transport's
+        if abort is not None:
+            abort()
 
     def _close(self) -> None:
         if self in self.dashboard.streams:
             self.dashboard._drop(self)
             if getattr(self.request, "channel", None) is not None:  # still connected
-                self.request.unregisterProducer()  # type: ignore[attr-defined]  # not in IRequest
+                self.request.unregisterProducer()
 
     # IPushProducer: called by the connection.
 
