@@ -12,7 +12,7 @@ from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
 from numd.counter.framing import TokenReceiver
-from numd.counter.protocol import CounterFactory, CounterProtocol, parse_array, parse_integer
+from numd.counter.protocol import CounterFactory, CounterProtocol
 from numd.counter.replies import format_values
 from numd.messagelog import MessageLog
 from numd.service import NumberService
@@ -480,16 +480,6 @@ def test_hostile_bytes_are_logged_faithfully(factory: CounterFactory) -> None:
     client.send(b"1 " + b" ".join(hostile) + b" ")
     got = [r["msg"].encode("latin-1") for r in log_records(factory) if r["dir"] == "in"]
     assert got[1:] == hostile
-
-
-def test_parsers() -> None:
-    """The strict integer and array grammars."""
-    assert parse_integer(b"0") == 0
-    assert parse_integer(b"-12") == -12
-    for bad in (b"", b"-", b"007", b"+1", b"1_0", b" 1", b"\xd9\xa1", b"--5", b"-0" + b"1"):
-        assert parse_integer(bad) is None
-    assert parse_array(b"[1,-2,3]") == [1, -2, 3]
-    assert parse_array(b"[1,2") is None
 
 
 # Durability: an array is answered only once its merge is stored

@@ -7,7 +7,6 @@ one token, in order, and never sends anything a client did not ask for.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections import deque
 from collections.abc import Iterator
@@ -25,28 +24,19 @@ from twisted.python.failure import Failure
 from numd.counter.direct_write import writer_for
 from numd.counter.framing import TokenReceiver
 from numd.counter.replies import ListReply
-from numd.messagelog import MessageLog, describe_peer
-from numd.service import (
-    INT64_MAX,
-    INT64_MIN,
-    MAX_CLIENT_ID,
-    IdInUse,
-    NumberService,
-    Parity,
+from numd.counter.tokens import (
+    NUMBER_TOKENS,
+    OLD_CLIENT_ID,
+    SMALL_INTEGER,
+    looks_like_http,
+    parse_array,
+    parse_integer,
 )
+from numd.messagelog import MessageLog, describe_peer
+from numd.service import MAX_CLIENT_ID, IdInUse, NumberService, Parity
 from numd.stats import Stats
 from numd.timers import cancel
 
-_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
-_ARRAY = re.compile(rb"\[-?(?:0|[1-9][0-9]{0,18})(?:,-?(?:0|[1-9][0-9]{0,18}))*\]")
-_OLD_CLIENT_ID = re.compile(rb"[0-9]{1,5}")
-_SMALL_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,17})")
-"""An integer token of at most 18 digits: always within 64 bits."""
-_NUMBER_TOKENS = [b"%d" % n for n in range(100)]
-"""The reply token of each number `NumberService.give` can draw (0-99)."""
-_HTTP_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE PRI".split())
-
-MAX_ARRAY_VALUES = 1000
 IDLE_SWEEP_SLICE = 1000
 """Connections the idle sweep checks per reactor turn."""
 MIN_REPLY_CAP = 64
@@ -82,29 +72,6 @@ probes and the connection is reset: a vanished peer is found within a minute."""
 STALL_SLACK = 1.0
 """Seconds the idle sweep may run late before it takes the lateness for a stall of the
 whole process (SIGSTOP, a VM pause, swapping) and waits for the reads queued meanwhile."""
-
-
-def parse_integer(token: bytes) -> int | None:
-    """The value of a strict ASCII decimal 64-bit integer token, else None."""
-    if _INTEGER.fullmatch(token) is None:
-        return None
-    value = int(token)
-    if INT64_MIN <= value <= INT64_MAX:
-        return value
-    return None
-
-
-def parse_array(token: bytes) -> list[int] | None:
-    """The values of an ``[a,b,c]`` token (1-1000 strict 64-bit integers), else None."""
-    if _ARRAY.fullmatch(token) is None:
-        return None
-    values = [int(part) for part in token[1:-1].split(b",")]
-    if len(values) > MAX_ARRAY_VALUES:
-        return None
-    for value in values:
-        if not INT64_MIN <= value <= INT64_MAX:
-            return None
-    return values
 
 
 @dataclass
@@ -220,7 +187,7 @@ class CounterProtocol(TokenReceiver):
                 [t for t in tokens if t != b"even" and t != b"odd"] if evens or odds else tokens
             )
             for token in numbers:
-                if _SMALL_INTEGER.fullmatch(token) is None:
+                if SMALL_INTEGER.fullmatch(token) is None:
                     return False  # errors, arrays, long integers: token by token
         factory = self.factory
         stats = factory.stats
@@ -237,7 +204,7 @@ class CounterProtocol(TokenReceiver):
                 stats.received["odd"] += odds
                 stats.sent["odd"] += odds
             drawn = factory.service.give_many(client_id, list(map(b"odd".__eq__, requests)))
-            replies = list(map(_NUMBER_TOKENS.__getitem__, drawn))
+            replies = list(map(NUMBER_TOKENS.__getitem__, drawn))
             self._write(b" ".join(replies) + b" ")
         self._log.records(tokens, replies)
         return True
@@ -247,12 +214,12 @@ class CounterProtocol(TokenReceiver):
         factory = self.factory
         if token == b"even" or token == b"odd":
             kind: Parity = "even" if token == b"even" else "odd"
-            reply = _NUMBER_TOKENS[factory.service.give(client_id, kind)]
+            reply = NUMBER_TOKENS[factory.service.give(client_id, kind)]
             self._write(reply + b" ")
             factory.stats.received[kind] += 1
             factory.stats.sent[kind] += 1
             self._log.exchange(token, reply)
-        elif _SMALL_INTEGER.fullmatch(token) is not None:
+        elif SMALL_INTEGER.fullmatch(token) is not None:
             factory.service.report(client_id, int(token))
             factory.stats.received["report"] += 1
             self._log.exchange(token, None)
@@ -416,7 +383,7 @@ class CounterProtocol(TokenReceiver):
             self.client_id is None
             and not self._stopped
             and 0 < self.pending_length <= 5
-            and _OLD_CLIENT_ID.fullmatch(self.pending)
+            and OLD_CLIENT_ID.fullmatch(self.pending)
         ):
             self._quiet_timer = self.factory.clock.callLater(
                 self.factory.quiet_time, self._quiet_time_passed
@@ -432,7 +399,7 @@ class CounterProtocol(TokenReceiver):
 
     def _quiet_time_passed(self) -> None:
         self._quiet_timer = None
-        if self.client_id is None and _OLD_CLIENT_ID.fullmatch(self.pending):
+        if self.client_id is None and OLD_CLIENT_ID.fullmatch(self.pending):
             token = self.take_pending()
             self._read_at = self.last_activity = now = self.factory.clock.seconds()
             self._log.new_read(now)
@@ -462,7 +429,7 @@ class CounterProtocol(TokenReceiver):
         elif token[:1] == b"[":
             self._array(token)
         elif self.client_id is None:
-            if first and _looks_like_http(token):
+            if first and looks_like_http(token):
                 self._refuse_http(token)
             else:
                 self._register(token)
@@ -665,10 +632,6 @@ def tune_keepalive(transport: object) -> None:
                 handle.setsockopt(socket.IPPROTO_TCP, option, value)
             except OSError:
                 pass  # the connection is already gone: connectionLost follows
-
-
-def _looks_like_http(token: bytes) -> bool:
-    return token in _HTTP_METHODS or (token.endswith(b":") and token[:1].isalpha())
 
 
 class CounterFactory(Factory):
