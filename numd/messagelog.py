@@ -44,6 +44,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
 
 from numd.logfile import AppendLogFile
 from numd.timers import cancel
@@ -65,6 +66,39 @@ def describe_peer(address: object) -> str:
     return f"{host}:{port}" if host is not None else str(address)
 
 
+class IConnectionLog(Interface):
+    """What a connection writes its records to: `ConnectionLog`, or `SilentConnectionLog` when the log is off.
+
+    The counter protocol calls these on every read, so the silent one does
+    nothing at all rather than format records to drop them.
+    """
+
+    peer = Attribute("The peer's ``host:port``, as written in every record.")
+    client_id = Attribute("The client ID stamped on the records, or None before registration.")
+
+    def identify(client_id: int | None) -> None:
+        """Stamp the following records with `client_id` (None before registration)."""
+
+    def new_read(now: float) -> None:
+        """Start the records of one read, received at `now`."""
+
+    def received(token: bytes) -> None:
+        """Record one token the server received (any bytes)."""
+
+    def records(received: Sequence[bytes], sent: Sequence[bytes]) -> None:
+        """Record a read's plain tokens, then its replies."""
+
+    def exchange(token: bytes, reply: bytes | None) -> None:
+        """`records` for a read of one plain token and its reply (None: no reply)."""
+
+    def sent(token: bytes) -> None:
+        """Record one token sent."""
+
+    def event(event: str) -> None:
+        """Record a connection event (connect, register, disconnect, ...), timed now."""
+
+
+@implementer(IConnectionLog)
 class ConnectionLog:
     """One connection's records, with its peer and client ID formatted once.
 
@@ -140,6 +174,7 @@ def _records(head: bytes, tokens: Sequence[bytes]) -> bytes:
     return head + b'"' + (b'"}\n' + head + b'"').join(tokens) + b'"}\n'
 
 
+@implementer(IConnectionLog)
 class SilentConnectionLog:
     """What `MessageLog.connection` gives when the log is off: every record is dropped unformatted."""
 
@@ -329,7 +364,7 @@ class MessageLog(Service):
 
     # -- records -----------------------------------------------------------------
 
-    def connection(self, peer: str) -> ConnectionLog | SilentConnectionLog:
+    def connection(self, peer: str) -> IConnectionLog:
         """A writer of records for one connection from `peer` (a silent one when the log is off)."""
         if not self.enabled:
             return SilentConnectionLog(peer)
