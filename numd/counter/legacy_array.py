@@ -197,7 +197,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
             except BadRequest as e:
                 self._refuse(e)
                 return False
-            factory.stats.received["array"] += 1
+            factory.stats.count("array")
             service.merge(values)
             reply = pickle.dumps(service.all_values(), protocol=REPLY_PROTOCOL)
             self._answer_when_stored(reply)
@@ -259,7 +259,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
         while self._held and self._held[0].ready and not self._closing:
             reply = self._held.popleft().reply
             self._held_bytes -= len(reply)
-            self.factory.stats.sent["array"] += 1
+            self.factory.stats.count("array", 0, 1)
             self.transport.write(reply)
 
     def _drop_pending(self) -> None:

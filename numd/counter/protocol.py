@@ -27,6 +27,7 @@ from numd.counter.replies import ListReply
 from numd.counter.tokens import (
     NUMBER_TOKENS,
     OLD_CLIENT_ID,
+    PARITY,
     SMALL_INTEGER,
     looks_like_http,
     parse_array,
@@ -102,6 +103,8 @@ class CounterProtocol(TokenReceiver):
         self.MAX_LENGTH = self.factory.max_token_length
         self._log = self.factory.message_log.connection(self.peer)
         self._logging = self.factory.message_log.enabled
+        self._count = self.factory.stats.count
+        """The one helper for this connection's message counters (`numd.stats.Stats.count`)."""
         self._out: list[bytes] = []
         self._write = writer_for(self.transport)
         """Where replies go: straight to the socket while it takes them (`numd.counter.direct_write`)."""
@@ -189,21 +192,19 @@ class CounterProtocol(TokenReceiver):
             for token in numbers:
                 if SMALL_INTEGER.fullmatch(token) is None:
                     return False  # errors, arrays, long integers: token by token
-        factory = self.factory
-        stats = factory.stats
+        service = self.factory.service
+        count = self._count
         replies: list[bytes] = []
         if reports:
-            stats.received["report"] += reports
-            factory.service.report(client_id, int(numbers[-1]))
+            count("report", reports)
+            service.report(client_id, int(numbers[-1]))
         if evens or odds:
             requests = [t for t in tokens if t == b"even" or t == b"odd"] if reports else tokens
             if evens:
-                stats.received["even"] += evens
-                stats.sent["even"] += evens
+                count("even", evens, evens)
             if odds:
-                stats.received["odd"] += odds
-                stats.sent["odd"] += odds
-            drawn = factory.service.give_many(client_id, list(map(b"odd".__eq__, requests)))
+                count("odd", odds, odds)
+            drawn = service.give_many(client_id, list(map(b"odd".__eq__, requests)))
             replies = list(map(NUMBER_TOKENS.__getitem__, drawn))
             self._write(b" ".join(replies) + b" ")
         self._log.records(tokens, replies)
@@ -211,17 +212,15 @@ class CounterProtocol(TokenReceiver):
 
     def _one_token(self, client_id: int, token: bytes) -> bool:
         """`_reports_and_requests` for a read of one token, the most common read, without lists."""
-        factory = self.factory
         if token == b"even" or token == b"odd":
             kind: Parity = "even" if token == b"even" else "odd"
-            reply = NUMBER_TOKENS[factory.service.give(client_id, kind)]
+            reply = NUMBER_TOKENS[self.factory.service.give(client_id, kind)]
             self._write(reply + b" ")
-            factory.stats.received[kind] += 1
-            factory.stats.sent[kind] += 1
+            self._count(kind, 1, 1)
             self._log.exchange(token, reply)
         elif SMALL_INTEGER.fullmatch(token) is not None:
-            factory.service.report(client_id, int(token))
-            factory.stats.received["report"] += 1
+            self.factory.service.report(client_id, int(token))
+            self._count("report")
             self._log.exchange(token, None)
         else:
             return False
@@ -391,7 +390,7 @@ class CounterProtocol(TokenReceiver):
 
     def lineLengthExceeded(self, token: bytes) -> None:
         """Answer ``error:too-long`` and close the connection."""
-        self.factory.stats.received["too-long"] += 1
+        self._count("too-long")
         self._log.received(token[:64] + b"...")
         self._error("too-long")
         self._send_replies()
@@ -420,12 +419,12 @@ class CounterProtocol(TokenReceiver):
         self._check_budget()
 
     def _token(self, token: bytes) -> None:
-        factory = self.factory
         self._log.received(token)
         first = not self._seen_token
         self._seen_token = True
-        if token == b"even" or token == b"odd":
-            self._request(token)
+        kind = PARITY.get(token)
+        if kind is not None:
+            self._request(kind)
         elif token[:1] == b"[":
             self._array(token)
         elif self.client_id is None:
@@ -436,15 +435,14 @@ class CounterProtocol(TokenReceiver):
         else:
             value = parse_integer(token)
             if value is None:
-                factory.stats.received["bad"] += 1
+                self._count("bad")
                 self._error("bad-token")
             else:
-                factory.stats.received["report"] += 1
-                factory.service.report(self.client_id, value)
+                self._count("report")
+                self.factory.service.report(self.client_id, value)
 
     def _register(self, token: bytes) -> None:
-        stats = self.factory.stats
-        stats.received["id"] += 1
+        self._count("id")
         client_id = parse_integer(token)
         if client_id is None:
             self._error("bad-token")
@@ -465,18 +463,16 @@ class CounterProtocol(TokenReceiver):
         self._log.event("register")
         self._reply("start", b"%d" % start)
 
-    def _request(self, token: bytes) -> None:
-        kind: Parity = "even" if token == b"even" else "odd"
-        factory = self.factory
-        factory.stats.received[kind] += 1
+    def _request(self, kind: Parity) -> None:
+        self._count(kind)
         if self.client_id is None:
             self._error("not-registered")
             return
-        self._reply(kind, b"%d" % factory.service.give(self.client_id, kind))
+        self._reply(kind, NUMBER_TOKENS[self.factory.service.give(self.client_id, kind)])
 
     def _array(self, token: bytes) -> None:
         factory = self.factory
-        factory.stats.received["array"] += 1
+        self._count("array")
         values = parse_array(token)
         if values is None:
             self._error("bad-array")
@@ -511,7 +507,7 @@ class CounterProtocol(TokenReceiver):
             self._held.append(_HeldReply(kind, token))
             self._held_bytes += len(token)
             return
-        self.factory.stats.sent[kind] += 1
+        self._count(kind, 0, 1)
         self._out.append(token)
         self._out_bytes += len(token) + 1
 
@@ -569,10 +565,9 @@ class CounterProtocol(TokenReceiver):
         """Write what is queued and the ready replies at the head of the held queue, in order."""
         cancel(self._release_call)
         self._release_call = None
-        factory = self.factory
         while self._held and self._held[0].ready:
             held = self._held.popleft()
-            factory.stats.sent[held.kind] += 1
+            self._count(held.kind, 0, 1)
             self._out.append(held.token)
             self._held_bytes -= len(held.token)
             self._out_bytes += len(held.token) + 1
