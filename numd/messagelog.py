@@ -433,7 +433,7 @@ class MessageLog(Service):
         """Hand the buffer over now; fire once every record buffered so far is written (or dropped).
 
         A connection that logs a lot waits for this before it makes more records
-        (`numd.counter.protocol.CounterProtocol`'s memory budget).
+        (`numd.counter.budget`, the counter connection's memory budget).
         """
         self.flush()
         if not self.enabled:
