@@ -4,6 +4,7 @@ between reads (fake clock and fake transports)."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -219,6 +220,31 @@ def test_the_margin_leaves_room_for_what_is_bounded_apart() -> None:
     assert hold_at(MIN_CONNECTION_BUDGET, DEFAULT_MAX_TOKEN_LENGTH, DEFAULT_REPLY_CAP) > 0
     assert hold_at(margin - 1, DEFAULT_MAX_TOKEN_LENGTH, DEFAULT_REPLY_CAP) == 0
     assert hold_at(4096, 16, MIN_REPLY_CAP) == 0
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["stored", "store-failed"])
+def test_held_replies_leave_no_bytes_behind(
+    state: NumberService, message_log: MessageLog, clock: Clock, fails: bool
+) -> None:
+    """Once the store answers, stored or not, the bytes counted for the held replies are gone:
+    the budget counts each reply's own bytes, whatever it is answered with."""
+    pending: list[Deferred[None]] = []
+    state.set_durability(lambda: pending.append(Deferred()) or pending[-1])
+    factory = CounterFactory(state, message_log, Stats(), clock)
+    client = FakeClient(factory)
+    client.send(b"1 ")
+    state.merge(range(1000, 1200))  # a reply much longer than error:store-failed
+    client.send(b"[5] odd [6] ")
+    assert client.protocol._unsent() > 2 * 1000
+    (commit,) = pending
+    if fails:
+        commit.errback(OSError("disk full"))
+    else:
+        commit.callback(None)
+    clock.advance(0)
+    assert len(client.replies()) == 3
+    assert client.protocol._held.bytes == 0
+    assert client.protocol._out_bytes == 0
 
 
 def test_a_client_that_reads_its_replies_never_waits() -> None:

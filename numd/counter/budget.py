@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from numd.counter.framing import TokenReceiver
+from numd.counter.held import HeldReplies
 from numd.timers import cancel
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class BudgetedReceiver(TokenReceiver):
     """A `TokenReceiver` that holds at most its factory's budget, and is its transport's producer.
 
     The subclass queues replies (`_out_bytes`), holds them for the store
-    (`_held_bytes`), counts its log records (`_log_pending`) and writes its queue
+    (`_held`), counts its log records (`_log_pending`) and writes its queue
     (`_flush`); this class decides, between two tokens, whether the read may go on.
     """
 
@@ -76,11 +77,10 @@ class BudgetedReceiver(TokenReceiver):
     client_id: int | None
     peer: str
     _log: IConnectionLog
+    _held: HeldReplies
     _lost: bool
     _out_bytes = 0
     """Bytes of the replies queued to be written (with their spaces)."""
-    _held_bytes = 0
-    """Bytes of the replies held for the store, or behind one that is."""
     _log_pending = 0
     """Bytes of this connection's message log records not known to be written."""
     _log_wait: Deferred[None] | None = None
@@ -128,7 +128,7 @@ class BudgetedReceiver(TokenReceiver):
         next token's reply and records are bounded apart and kept in the margin
         between `CounterFactory.hold_at` and the budget.
         """
-        return self._out_bytes + self._held_bytes + self._log_pending
+        return self._out_bytes + self._held.bytes + self._log_pending
 
     def _check_budget(self) -> None:
         """Between two tokens: write big queues, and hold the read's other tokens while over budget."""

@@ -13,8 +13,8 @@ the same replies, registry, counters and log):
   and even/odd requests, with nothing queued before it, handled in one pass,
   its replies written at once in one write;
 - the token path (`tokenReceived`): anything else, one token at a time, its
-  replies queued (`_reply`) or held for the store (`_held`), and written
-  together when the read is done (`tokensDone`).
+  replies queued (`_reply`) or held for the store (`numd.counter.held`), and
+  written together when the read is done (`tokensDone`).
 
 Both take their grammar and reply tokens from `numd.counter.tokens`, count
 through `numd.stats.Stats.count` and write records through
@@ -29,8 +29,6 @@ factory's (`numd.counter.protocol`).
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall
@@ -39,6 +37,7 @@ from twisted.python.failure import Failure
 
 from numd.counter.budget import FLUSH_BYTES, RECORD_OVERHEAD, BudgetedReceiver
 from numd.counter.direct_write import writer_for
+from numd.counter.held import HeldReplies
 from numd.counter.tokens import (
     NUMBER_TOKENS,
     OLD_CLIENT_ID,
@@ -55,14 +54,8 @@ from numd.timers import cancel
 if TYPE_CHECKING:
     from numd.counter.protocol import CounterFactory
 
-
-@dataclass
-class _HeldReply:
-    """A reply waiting for its change to be stored (or behind one that is)."""
-
-    kind: str
-    token: bytes
-    ready: bool = True
+STORE_FAILED = b"error:store-failed"
+"""What a reply whose change could not be stored becomes."""
 
 
 class CounterProtocol(BudgetedReceiver):
@@ -90,13 +83,10 @@ class CounterProtocol(BudgetedReceiver):
         self._out: list[bytes] = []
         self._write = writer_for(self.transport)
         """Where replies go: straight to the socket while it takes them (`numd.counter.direct_write`)."""
-        self._held: deque[_HeldReply] = deque()
-        self._unstored: list[_HeldReply] = []
-        """Held replies to changes of the current read, not yet waiting for the store."""
+        self._held = HeldReplies(self._release_soon, self._store_failed)
+        """Replies waiting for their changes to be stored, or behind one that is."""
         self._out_bytes = 0
         """Bytes of the replies in `_out`."""
-        self._held_bytes = 0
-        """Bytes of the replies in `_held`."""
         self._log_pending = 0
         """Bytes of this connection's message log records not known to be written."""
         self._read_at = self.last_activity = factory.clock.seconds()
@@ -248,7 +238,7 @@ class CounterProtocol(BudgetedReceiver):
 
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
-        if self._out or self._held or self._unstored:  # the one-pass read wrote its own
+        if self._out or self._held:  # the one-pass read wrote its own
             self._send_replies()
         if (
             self.client_id is None
@@ -352,10 +342,7 @@ class CounterProtocol(BudgetedReceiver):
         reply = factory.list_reply.reply()
         if service.waits_for_durability:
             # Answered once stored: the read's changes wait for one commit (`_send_replies`).
-            held = _HeldReply("array", reply, ready=False)
-            self._held.append(held)
-            self._held_bytes += len(reply)
-            self._unstored.append(held)
+            self._held.hold("array", reply)
         else:
             self._reply("array", reply)
 
@@ -375,8 +362,7 @@ class CounterProtocol(BudgetedReceiver):
     def _reply(self, kind: str, token: bytes) -> None:
         """Queue a reply to write at the end of the read; behind held ones, hold it too."""
         if self._held:
-            self._held.append(_HeldReply(kind, token))
-            self._held_bytes += len(token)
+            self._held.append(kind, token)
             return
         self._count(kind, 0, 1)
         self._out.append(token)
@@ -386,38 +372,17 @@ class CounterProtocol(BudgetedReceiver):
         self.factory.stats.errors[reason] += 1
         self._reply("error", b"error:" + reason.encode("ascii"))
 
-    def _wait_until_stored(self) -> None:
-        """Release the replies to this read's changes once every change so far is stored.
-
-        One wait per read, however many changes it made; the replies behind them
-        wait too, so replies keep request order.
-        """
-        replies, self._unstored = self._unstored, []
-        durable = self.factory.service.when_durable()
-        if durable is None:
-            for held in replies:
-                held.ready = True
-            return
-
-        def stored(_: None) -> None:
-            for held in replies:
-                held.ready = True
-            self._release_soon()
-
-        def failed(failure: Failure) -> None:
-            self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
-            self.factory.stats.errors["store-failed"] += len(replies)
-            for held in replies:
-                held.kind, held.token, held.ready = "error", b"error:store-failed", True
-            self._release_soon()
-
-        durable.addCallbacks(stored, failed)
-
     def _send_replies(self) -> None:
-        """Write the replies that may go out now, in one write."""
-        if self._unstored:
-            self._wait_until_stored()
-        if self._held:
+        """Write the replies that may go out now, in one write.
+
+        The replies to this read's changes wait for one answer of the store,
+        asked now, after the read's last change; the replies behind them wait
+        too, so replies keep request order.
+        """
+        held = self._held
+        if held.unwaited:
+            held.wait(self.factory.service.when_durable())
+        if held:
             self._release_held()
         else:
             self._flush()
@@ -431,6 +396,12 @@ class CounterProtocol(BudgetedReceiver):
         if self._release_call is None and not self._lost:
             self._release_call = self.factory.clock.callLater(0, self._release_later)
 
+    def _store_failed(self, failure: Failure, replies: int) -> None:
+        """The change `replies` held replies waited for was not stored: each becomes an error."""
+        self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
+        self.factory.stats.errors["store-failed"] += replies
+        self._release_soon()
+
     def _release_later(self) -> None:
         self._release_call = None
         self._release_held()
@@ -440,12 +411,12 @@ class CounterProtocol(BudgetedReceiver):
         """Write what is queued and the ready replies at the head of the held queue, in order."""
         cancel(self._release_call)
         self._release_call = None
-        while self._held and self._held[0].ready:
-            held = self._held.popleft()
-            self._count(held.kind, 0, 1)
-            self._out.append(held.token)
-            self._held_bytes -= len(held.token)
-            self._out_bytes += len(held.token) + 1
+        pop_ready = self._held.pop_ready
+        while (held := pop_ready()) is not None:
+            kind, token = ("error", STORE_FAILED) if held.failed else (held.kind, held.token)
+            self._count(kind, 0, 1)
+            self._out.append(token)
+            self._out_bytes += len(token) + 1
             if self._out_bytes >= FLUSH_BYTES:
                 self._flush()
         self._flush()

@@ -31,8 +31,6 @@ its reply. That is the client's limit, not the server's: the reply is complete.
 from __future__ import annotations
 
 import pickle
-from collections import deque
-from dataclasses import dataclass
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -41,6 +39,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from numd.counter.held import HeldReplies
 from numd.counter.pickles import BadRequest, find_pickle_end, unpickle_list
 from numd.counter.protocol import DEFAULT_CONNECTION_BUDGET, DEFAULT_WRITE_STALL_TIMEOUT
 from numd.messagelog import describe_peer
@@ -70,14 +69,6 @@ def reply_size_bound(count: int) -> int:
     whether it still fits the connection's budget.
     """
     return 11 * count + 16
-
-
-@dataclass
-class _HeldReply:
-    """A reply waiting for its merge to be stored (or behind one that is)."""
-
-    reply: bytes
-    ready: bool
 
 
 class LegacyArrayProtocol(Protocol, TimeoutMixin):
@@ -117,8 +108,8 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
         self.peer = describe_peer(self.transport.getPeer())
         self._buffer = bytearray()
         self._resume = 0
-        self._held: deque[_HeldReply] = deque()
-        self._held_bytes = 0
+        self._held = HeldReplies(self._stored, self._store_failed)
+        """Replies waiting for their merges to be stored, or behind one that is."""
         self.factory.stats.connections["opened"] += 1
         self.factory.active += 1
         self.callLater = self.factory.clock.callLater  # type: ignore[method-assign]
@@ -154,7 +145,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
     @property
     def pending_bytes(self) -> int:
         """Bytes this connection holds itself: replies not yet written and input not yet handled."""
-        return self._held_bytes + len(self._buffer)
+        return self._held.bytes + len(self._buffer)
 
     # -- handling, within the budget ------------------------------------------------
 
@@ -209,7 +200,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
         The request adds at most one value per 2 bytes (BININT1 is the shortest).
         """
         largest = reply_size_bound(self.factory.service.list_size + request_length // 2)
-        held = self._held_bytes + len(self._buffer) + TRANSPORT_BUFFER
+        held = self._held.bytes + len(self._buffer) + TRANSPORT_BUFFER
         return held + largest <= self.factory.budget
 
     def _update_reading(self) -> None:
@@ -231,42 +222,36 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
 
     def _answer_when_stored(self, reply: bytes) -> None:
         """Send `reply` once its merge is stored, after the replies before it."""
-        durable = self.factory.service.when_durable()
-        held = _HeldReply(reply, ready=durable is None)
-        self._held.append(held)
-        self._held_bytes += len(reply)
-        if durable is not None:
-
-            def stored(_: object) -> None:
-                held.ready = True
-                self._release()
-                if not self._closing:
-                    self._serve()
-
-            def failed(failure: Failure) -> None:
-                self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
-                self._refuse(BadRequest("store-failed", "the merge could not be stored"))
-
-            durable.addCallbacks(stored, failed)
+        self._held.append("array", reply, self.factory.service.when_durable())
         self._release()
+
+    def _stored(self) -> None:
+        """A merge was stored: send the replies now ready, then carry on with the buffered requests."""
+        self._release()
+        if not self._closing:
+            self._serve()
+
+    def _store_failed(self, failure: Failure, replies: int) -> None:
+        """A merge could not be stored: the connection is closed (its replies are dropped)."""
+        self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
+        self._refuse(BadRequest("store-failed", "the merge could not be stored"))
 
     def _release(self) -> None:
         """Write the ready replies at the head of the queue, each in one write.
 
         They are built already, so they go to the transport even after it has
-        asked us to pause: that moves them, it adds nothing.
+        asked us to pause: that moves them, it adds nothing. A failed one never
+        reaches here: its failure closed the connection, which dropped the queue.
         """
-        while self._held and self._held[0].ready and not self._closing:
-            reply = self._held.popleft().reply
-            self._held_bytes -= len(reply)
+        pop_ready = self._held.pop_ready
+        while not self._closing and (held := pop_ready()) is not None:
             self.factory.stats.count("array", 0, 1)
-            self.transport.write(reply)
+            self.transport.write(held.token)
 
     def _drop_pending(self) -> None:
         self._buffer = bytearray()
         self._frame_end = None
         self._held.clear()
-        self._held_bytes = 0
 
     def _refuse(self, error: BadRequest) -> None:
         """Count and log `error`, then close once the replies already written are sent.
