@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -18,6 +20,7 @@ from numd.service import NumberService
 from numd.stats import Stats
 
 from .counter_client import FakeClient, log_records
+from .reference_model import expected_replies, reply_matches
 
 # Durability: an array is answered only once its merge is stored
 
@@ -191,3 +194,52 @@ def test_requests_in_one_read_draw_the_same_numbers_as_give(clock: Clock) -> Non
     assert [int(r) for r in replies] == expected
     assert factory.service.clients[1].last_given == expected[-1]
     assert factory.stats.sent["even"] == factory.stats.sent["odd"] == 16
+
+
+# The "nothing queued" flag of the hot path
+
+TOKENS = st.sampled_from([b"even", b"odd", b"5", b"-17", b"[3]", b"[1,2]", b"bad", b"[x]"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    reads=st.lists(st.lists(TOKENS, max_size=6), max_size=10),
+    commits=st.lists(st.booleans(), min_size=10, max_size=10),
+)
+def test_the_nothing_queued_flag_follows_the_queues(
+    reads: list[list[bytes]], commits: list[bool]
+) -> None:
+    """Whatever is read and whenever the store answers, the one flag the hot path tests is
+    true exactly while a reply is queued to be written or held; every request is answered,
+    in order, once the store has answered everything."""
+    clock = Clock()
+    pending: list[Deferred[None]] = []
+    service = NumberService(clock, random.Random(3))
+    service.set_durability(lambda: pending.append(Deferred()) or pending[-1])
+    factory = CounterFactory(service, MessageLog("unused", clock, enabled=False), Stats(), clock)
+    client = FakeClient(factory)
+    client.send(b"1 ")
+    protocol: CounterProtocol = client.protocol
+
+    def flag_matches() -> bool:
+        return protocol._queued == bool(protocol._out or protocol._held)
+
+    replies: list[bytes] = []
+
+    def commit() -> None:
+        while pending:
+            pending.pop(0).callback(None)
+        clock.advance(0)
+        replies.extend(client.replies())
+
+    for tokens, store_answers in zip(reads, commits, strict=False):
+        replies.extend(client.send(b"".join(token + b" " for token in tokens)))
+        assert flag_matches()
+        if store_answers:
+            commit()
+            assert flag_matches()
+    commit()
+    assert not protocol._queued and flag_matches()
+    expected = expected_replies([token for tokens in reads for token in tokens])
+    assert len(replies) == len(expected)
+    assert all(reply_matches(r, kind) for r, kind in zip(replies, expected, strict=True))

@@ -10,8 +10,8 @@ the same replies, registry, counters and log):
 
 - the hot path (`CounterProtocol._reports_and_requests`, and `_one_token` for
   the commonest read, one token): a registered client's read of plain reports
-  and even/odd requests, with nothing queued before it, handled in one pass,
-  its replies written at once in one write;
+  and even/odd requests, with nothing queued before it (`_queued`), handled in
+  one pass, its replies written at once in one write;
 - the token path (`tokenReceived`): anything else, one token at a time, its
   replies queued (`_reply`) or held for the store (`numd.counter.held`), and
   written together when the read is done (`tokensDone`).
@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from numd.counter.budget import FLUSH_BYTES, RECORD_OVERHEAD, BudgetedReceiver
 from numd.counter.direct_write import writer_for
+from numd.counter.framing import TokenReceiver
 from numd.counter.held import HeldReplies
 from numd.counter.tokens import (
     NUMBER_TOKENS,
@@ -70,6 +71,12 @@ class CounterProtocol(BudgetedReceiver):
     _release_call: IDelayedCall | None = None
     _seen_token = False
     _quiet_timer: IDelayedCall | None = None
+    _queued = False
+    """A reply waits its turn: queued to be written (`_out`) or held (`_held`).
+
+    The "nothing queued" test of the hot path: while it is true, a read's
+    replies must go behind those, so the read takes the token path. One flag,
+    kept by `_reply`, `_array` and `_flush`, for one test on the common path."""
 
     def connectionMade(self) -> None:
         """Note the peer, register the connection with the factory, log it."""
@@ -117,7 +124,7 @@ class CounterProtocol(BudgetedReceiver):
         if self._quiet_timer is not None:
             self._cancel_quiet_timer()
         self._log.new_read(now)
-        super().dataReceived(data)
+        TokenReceiver.dataReceived(self, data)
 
     def readReceived(self, tokens: list[bytes]) -> None:
         """Handle a read of a registered client's reports and requests in one pass; else token by token.
@@ -128,13 +135,8 @@ class CounterProtocol(BudgetedReceiver):
         if tokens and (tokens[0] or any(tokens)):
             self.last_activity = self._read_at
         client_id = self.client_id
-        if (
-            client_id is None
-            or self._held
-            or self._out
-            or not self._reports_and_requests(client_id, tokens)
-        ):
-            super().readReceived(tokens)
+        if client_id is None or self._queued or not self._reports_and_requests(client_id, tokens):
+            TokenReceiver.readReceived(self, tokens)
 
     def _reports_and_requests(self, client_id: int, tokens: list[bytes]) -> bool:
         """Handle `tokens` if they are all reports and even/odd requests; False (and nothing done) if not.
@@ -142,7 +144,7 @@ class CounterProtocol(BudgetedReceiver):
         The common read, and the hot path: its requests are drawn in one call, its
         reports come down to the last one, its replies go in one write and its
         records are formatted together. The replies are exactly those of
-        `tokenReceived`, token by token. Only called with no reply queued or held.
+        `tokenReceived`, token by token. Only called with nothing queued.
         """
         if len(tokens) == 1:
             return self._one_token(client_id, tokens[0])
@@ -238,7 +240,7 @@ class CounterProtocol(BudgetedReceiver):
 
     def tokensDone(self) -> None:
         """Send this read's replies in one write; arm the old-client quiet timer."""
-        if self._out or self._held:  # the one-pass read wrote its own
+        if self._queued:  # the one-pass read wrote its own
             self._send_replies()
         if (
             self.client_id is None
@@ -343,6 +345,7 @@ class CounterProtocol(BudgetedReceiver):
         if service.waits_for_durability:
             # Answered once stored: the read's changes wait for one commit (`_send_replies`).
             self._held.hold("array", reply)
+            self._queued = True
         else:
             self._reply("array", reply)
 
@@ -367,6 +370,7 @@ class CounterProtocol(BudgetedReceiver):
         self._count(kind, 0, 1)
         self._out.append(token)
         self._out_bytes += len(token) + 1
+        self._queued = True
 
     def _error(self, reason: str) -> None:
         self.factory.stats.errors[reason] += 1
@@ -431,3 +435,4 @@ class CounterProtocol(BudgetedReceiver):
             self._write(b" ".join(out) + b" ")
             out.clear()
             self._out_bytes = 0
+        self._queued = bool(out) or bool(self._held)
