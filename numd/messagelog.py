@@ -44,7 +44,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from numd.logfile import AppendLogFile
 from numd.timers import cancel
@@ -67,14 +67,8 @@ def describe_peer(address: object) -> str:
 
 
 class IConnectionLog(Interface):
-    """What a connection writes its records to: `ConnectionLog`, or `SilentConnectionLog` when the log is off.
-
-    The counter protocol calls these on every read, so the silent one does
-    nothing at all rather than format records to drop them.
-    """
-
-    peer = Attribute("The peer's ``host:port``, as written in every record.")
-    client_id = Attribute("The client ID stamped on the records, or None before registration.")
+    """A connection's records: `ConnectionLog`, or `SilentConnectionLog` (log off), which does
+    nothing at all: the counter protocol calls these on every read."""
 
     def identify(client_id: int | None) -> None:
         """Stamp the following records with `client_id` (None before registration)."""
