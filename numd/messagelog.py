@@ -44,6 +44,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from numd.logfile import AppendLogFile
 from numd.timers import cancel
@@ -65,6 +66,33 @@ def describe_peer(address: object) -> str:
     return f"{host}:{port}" if host is not None else str(address)
 
 
+class IConnectionLog(Interface):
+    """A connection's records: `ConnectionLog`, or `SilentConnectionLog` (log off), which does
+    nothing at all: the counter protocol calls these on every read."""
+
+    def identify(client_id: int | None) -> None:
+        """Stamp the following records with `client_id` (None before registration)."""
+
+    def new_read(now: float) -> None:
+        """Start the records of one read, received at `now`."""
+
+    def received(token: bytes) -> None:
+        """Record one token the server received (any bytes)."""
+
+    def records(received: Sequence[bytes], sent: Sequence[bytes]) -> None:
+        """Record a read's plain tokens, then its replies."""
+
+    def exchange(token: bytes, reply: bytes | None) -> None:
+        """`records` for a read of one plain token and its reply (None: no reply)."""
+
+    def sent(token: bytes) -> None:
+        """Record one token sent."""
+
+    def event(event: str) -> None:
+        """Record a connection event (connect, register, disconnect, ...), timed now."""
+
+
+@implementer(IConnectionLog)
 class ConnectionLog:
     """One connection's records, with its peer and client ID formatted once.
 
@@ -140,6 +168,7 @@ def _records(head: bytes, tokens: Sequence[bytes]) -> bytes:
     return head + b'"' + (b'"}\n' + head + b'"').join(tokens) + b'"}\n'
 
 
+@implementer(IConnectionLog)
 class SilentConnectionLog:
     """What `MessageLog.connection` gives when the log is off: every record is dropped unformatted."""
 
@@ -333,7 +362,7 @@ class MessageLog(Service):
 
     # -- records -----------------------------------------------------------------
 
-    def connection(self, peer: str) -> ConnectionLog | SilentConnectionLog:
+    def connection(self, peer: str) -> IConnectionLog:
         """A writer of records for one connection from `peer` (a silent one when the log is off)."""
         if not self.enabled:
             return SilentConnectionLog(peer)
@@ -402,7 +431,7 @@ class MessageLog(Service):
         """Hand the buffer over now; fire once every record buffered so far is written (or dropped).
 
         A connection that logs a lot waits for this before it makes more records
-        (`numd.counter.protocol.CounterProtocol`'s memory budget).
+        (`numd.counter.budget`, the counter connection's memory budget).
         """
         self.flush()
         if not self.enabled:

@@ -21,3 +21,14 @@ class Stats:
     """Protocol errors, by reason (bad-token, bad-id, too-long, ...)."""
     connections: Counter[str] = field(default_factory=Counter)
     """Connection events (opened, closed, refused, idle-kick, ...)."""
+
+    def count(self, kind: str, received: int = 1, sent: int = 0) -> None:
+        """Count messages of `kind`: `received` in, `sent` out (a request answered at once is both).
+
+        The one place the listeners count their messages. A zero count leaves its
+        counter untouched, so no kind shows up with nothing counted.
+        """
+        if received:
+            self.received[kind] += received
+        if sent:
+            self.sent[kind] += sent

@@ -1,11 +1,15 @@
-"""A test-side connection to `CounterProtocol` over a `StringTransport`."""
+"""A test-side connection to `CounterProtocol` over a `StringTransport`, and the message log's
+records as a test reads them."""
 
 from __future__ import annotations
+
+import json
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from numd.counter.protocol import CounterFactory, CounterProtocol
+from numd.counter.connection import CounterProtocol
+from numd.counter.protocol import CounterFactory
 
 
 class WriteRecordingTransport(StringTransport):
@@ -53,3 +57,10 @@ class FakeClient:
         from twisted.python.failure import Failure
 
         self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def log_records(factory: CounterFactory) -> list[dict]:
+    """Every record the message log holds so far."""
+    factory.message_log.flush()
+    with open(factory.message_log.path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

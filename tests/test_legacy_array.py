@@ -1,4 +1,5 @@
-"""The older server's pickle array listener: framing by opcodes, a refusing unpickler, replies."""
+"""The older server's pickle array listener: requests served within the budget, refusals, replies
+waiting for the store, limits and options (the pickles themselves: ``test_pickles.py``)."""
 
 from __future__ import annotations
 
@@ -30,21 +31,15 @@ from twisted.python import usage
 
 from numd.counter.legacy_array import (
     TRANSPORT_BUFFER,
-    BadRequest,
     LegacyArrayFactory,
     LegacyArrayProtocol,
-    RefusingUnpickler,
-    decode_request,
-    find_pickle_end,
     reply_size_bound,
-    unpickle_list,
 )
+from numd.counter.pickles import BadRequest, decode_request, find_pickle_end
 from numd.service import INT64_MAX, INT64_MIN, NumberService
 from numd.tap import Options, makeService
 
-PROTOCOLS = [2, 3, 4, 5]
-CANARY = "this"
-"""A standard module with an import side effect (it prints), never imported by numd or its tests."""
+from .pickle_samples import CANARY, PROTOCOLS, global_pickle, int64s, mutated_pickles
 
 
 class CountingTransport(StringTransport):
@@ -92,21 +87,6 @@ def connect(
     transport = CountingTransport()
     protocol.makeConnection(transport)
     return protocol, transport
-
-
-def global_pickle(module: str, name: str, argument: str = "") -> bytes:
-    """A protocol-2 pickle that calls module.name(argument): GLOBAL + REDUCE, hand-made."""
-    return (
-        b"\x80\x02c"
-        + module.encode()
-        + b"\n"
-        + name.encode()
-        + b"\n"
-        + b"X"
-        + len(argument).to_bytes(4, "little")
-        + argument.encode()
-        + b"\x85R."
-    )
 
 
 # -- replies ------------------------------------------------------------------------------
@@ -206,27 +186,6 @@ def test_objects_of_classes_are_refused(factory: LegacyArrayFactory, protocol_ve
     protocol, transport = connect(factory)
     protocol.dataReceived(pickle.dumps([OrderedDict(a=1)], protocol=protocol_version))
     assert_refused(factory, transport, "refused-opcode")
-
-
-def test_the_unpickler_itself_refuses_every_global(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Even without the opcode check, RefusingUnpickler never imports or calls a global."""
-    import io
-
-    assert CANARY not in sys.modules
-    calls: list[object] = []
-    monkeypatch.setattr(os, "system", lambda command: calls.append(command))
-    for data in (
-        global_pickle("os", "system", "true"),
-        global_pickle(CANARY, "x"),
-        pickle.dumps(os.getcwd, protocol=4),
-    ):
-        with pytest.raises(pickle.UnpicklingError, match="refused"):
-            RefusingUnpickler(io.BytesIO(data)).load()
-    assert calls == [] and CANARY not in sys.modules
-    with pytest.raises(pickle.UnpicklingError):
-        RefusingUnpickler(io.BytesIO(b"\x80\x02X\x01\x00\x00\x00aQ.")).load()
 
 
 @pytest.mark.parametrize(
@@ -450,49 +409,7 @@ def test_wide_integers_of_every_kind_are_refused_while_framing(
     assert_refused(factory, transport, "not-int")
 
 
-@pytest.mark.parametrize(
-    "value", [INT64_MAX, INT64_MIN, 99999999999999999999, -99999999999999999999, 10**19]
-)
-def test_text_integers_up_to_20_digits_are_framed_then_range_checked(value: int) -> None:
-    """A text INT or LONG of up to 20 digits passes framing; the 64-bit range is checked after."""
-    for opcode, suffix in ((b"I", b""), (b"L", b"L")):
-        data = b"\x80\x02]q\x00(" + opcode + str(value).encode() + suffix + b"\ne."
-        assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
-        if INT64_MIN <= value <= INT64_MAX:
-            assert decode_request(data) == [value]
-        else:
-            with pytest.raises(BadRequest) as raised:
-                decode_request(data)
-            assert raised.value.reason == "not-int"
-
-
-def test_unpickle_list_never_formats_a_huge_integer() -> None:
-    """Even past framing, an integer of 12,000 digits is a short not-int error (formatting it
-    would raise ValueError: Python refuses int-to-text conversions past 4,300 digits)."""
-    with pytest.raises(BadRequest) as raised:
-        unpickle_list(pickle.dumps([10**12000], protocol=4))
-    assert raised.value.reason == "not-int"
-    assert len(raised.value.detail) < 100
-
-
-def test_decode_request_walks_the_opcodes_first() -> None:
-    """decode_request is safe for bytes that were never framed: the memo bomb and trailing or
-    missing bytes are refused before unpickling."""
-    cases = [
-        (b"\x80\x02]r\x00\x00\x40\x00.", "memo-index"),
-        (pickle.dumps([1], protocol=2) + b"x", "bad-pickle"),
-        (pickle.dumps([1], protocol=2)[:-1], "bad-pickle"),
-    ]
-    for data, reason in cases:
-        with pytest.raises(BadRequest) as raised:
-            decode_request(data)
-        assert raised.value.reason == reason
-
-
 # -- properties ---------------------------------------------------------------------------------------
-
-
-int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
 
 
 @settings(max_examples=200, deadline=None)
@@ -537,99 +454,6 @@ def test_arbitrary_bytes_never_crash(data: bytes, start: bytes) -> None:
                 decode_request((start + data)[:end])
             except BadRequest:
                 assert transport.disconnecting
-
-
-edge_int64s = st.sampled_from(
-    [0, 1, -1, 255, 256, 65535, 65536, 2**31 - 1, -(2**31), 2**31, 2**32, INT64_MAX, INT64_MIN]
-)
-old_client_lists = st.lists(st.one_of(int64s, edge_int64s), min_size=10, max_size=20)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    value=st.one_of(old_client_lists, st.lists(st.integers(0, 70000), max_size=1500)),
-    protocol_version=st.sampled_from(PROTOCOLS),
-    pure_python=st.booleans(),
-)
-def test_every_list_the_old_client_sends_is_accepted(
-    value: list[int], protocol_version: int, pure_python: bool
-) -> None:
-    """Any list of 64-bit ints pickled with protocol 2-5, by the C or the pure-Python pickler
-    (10-20 values as the old client sends, or over a thousand: several APPENDS batches and
-    frames), passes framing whole and decodes to itself."""
-    dumps = pickle._dumps if pure_python else pickle.dumps  # type: ignore[attr-defined]
-    data = dumps(value, protocol=protocol_version)
-    assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
-    assert decode_request(data) == value
-
-
-json_like = st.recursive(
-    st.none() | st.booleans() | int64s | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.tuples(children, children)
-        | st.dictionaries(st.text(max_size=3), children, max_size=3)
-    ),
-    max_leaves=20,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(value=json_like, protocol_version=st.sampled_from(PROTOCOLS))
-def test_memo_and_integer_bounds_refuse_no_real_pickle(
-    value: object, protocol_version: int
-) -> None:
-    """The memo-index and integer bounds never refuse what pickle.dumps writes, even with many
-    memoized objects (strings, lists, dicts, tuples, shared references)."""
-    data = pickle.dumps([value, value], protocol=protocol_version)
-    assert find_pickle_end(data, 0, len(data)) == (len(data), len(data))
-
-
-@st.composite
-def mutated_pickles(draw: st.DrawFn) -> bytes:
-    """Valid request streams with a few bytes replaced, inserted (hostile opcodes among them)
-    or deleted."""
-    lists = draw(st.lists(st.lists(int64s, max_size=12), min_size=1, max_size=3))
-    protocol_version = draw(st.sampled_from(PROTOCOLS))
-    data = bytearray(b"".join(pickle.dumps(v, protocol=protocol_version) for v in lists))
-    hostile = st.sampled_from(
-        [
-            b"r\xff\xff\xff\x7f",
-            b"q\xff",
-            b"p4194304\n",
-            b"\x8b\x88\x13\x00\x00",
-            b"\x8a\x09",
-            b"L" + b"9" * 30,
-            b"h\x05",
-            b"\x95\xff\xff\xff\xff\xff\xff\xff\x7f",
-            b"c__builtin__\neval\n",
-            b"(",
-            b"e",
-            b".",
-        ]
-    )
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        kind = draw(st.sampled_from(["replace", "insert", "delete"]))
-        if kind == "replace" and at < len(data):
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "insert":
-            data[at:at] = draw(hostile | st.binary(min_size=1, max_size=6))
-        else:
-            del data[at : at + draw(st.integers(1, 4))]
-    return bytes(data)
-
-
-@settings(max_examples=400, deadline=None)
-@given(data=st.binary(max_size=300) | mutated_pickles())
-def test_decode_request_raises_only_bad_request(data: bytes) -> None:
-    """decode_request returns a list of 64-bit ints or raises BadRequest, for any bytes."""
-    try:
-        value = decode_request(data)
-    except BadRequest:
-        return
-    assert type(value) is list
-    assert all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in value)
 
 
 @settings(max_examples=400, deadline=None)

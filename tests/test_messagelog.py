@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyClass, verifyObject
 
-from numd.messagelog import WRITE_PIECE, MessageLog
+from numd.messagelog import (
+    WRITE_PIECE,
+    ConnectionLog,
+    IConnectionLog,
+    MessageLog,
+    SilentConnectionLog,
+)
 
 from .manual_writer import ManualWriter
 
@@ -493,3 +500,14 @@ def test_a_batch_that_fails_after_its_first_pieces_counts_only_the_rest_as_dropp
     assert (log.written, log.dropped) == (2, 1)
     log.stopService()
     assert [r["msg"][:1] for r in read(log.path)] == ["0", "1"]
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["on", "off"])
+def test_a_connection_log_provides_the_interface_either_way(tmp_path: Path, enabled: bool) -> None:
+    """With the log on or off, a connection gets an `IConnectionLog`: both kinds implement
+    every method and attribute the counter protocol uses."""
+    log = MessageLog(str(tmp_path / "m.log"), Clock(), enabled=enabled)
+    connection = log.connection("127.0.0.1:40000")
+    assert verifyObject(IConnectionLog, connection)
+    for implementation in (ConnectionLog, SilentConnectionLog):
+        assert verifyClass(IConnectionLog, implementation)

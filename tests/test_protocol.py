@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
-from numd.counter.framing import TokenReceiver
-from numd.counter.protocol import CounterFactory, CounterProtocol, parse_array, parse_integer
-from numd.counter.replies import format_values
-from numd.messagelog import MessageLog
+from numd.counter.protocol import CounterFactory
 from numd.service import NumberService
 from numd.stats import Stats
 
-from .counter_client import FakeClient
-
-
-def log_records(factory: CounterFactory) -> list[dict]:
-    """Every record the message log holds so far."""
-    factory.message_log.flush()
-    with open(factory.message_log.path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
+from .counter_client import FakeClient, log_records
 
 # 1. Registration
 
@@ -106,7 +92,6 @@ def test_old_client_id_split_across_reads(factory: CounterFactory, clock: Clock)
 
 def test_quiet_time_is_configurable(state: NumberService, message_log, clock: Clock) -> None:
     """The quiet time comes from the factory."""
-    from numd.stats import Stats
 
     factory = CounterFactory(state, message_log, Stats(), clock, quiet_time=0.5)
     client = FakeClient(factory)
@@ -220,7 +205,6 @@ def test_replies_in_request_order_one_write(factory: CounterFactory) -> None:
 
 def test_seeded_answers_are_reproducible(clock: Clock, message_log) -> None:
     """Two services with the same seed answer the same sequence."""
-    import random
 
     from numd.stats import Stats
 
@@ -292,7 +276,6 @@ def test_array_size_limits(factory: CounterFactory) -> None:
 
 def test_array_reply_is_cut_at_the_cap(state: NumberService, message_log, clock: Clock) -> None:
     """Past the reply cap, the reply is the first values then ",...]/<size>", within the cap."""
-    from numd.stats import Stats
 
     factory = CounterFactory(state, message_log, Stats(), clock, reply_cap=100)
     state.merge(range(1000, 1100))
@@ -304,47 +287,6 @@ def test_array_reply_is_cut_at_the_cap(state: NumberService, message_log, clock:
     assert head.endswith(b",...]")
     shown = [int(v) for v in head[1:-5].split(b",")]
     assert shown == list(state.values[: len(shown)])
-
-
-def test_format_values_small_and_exact_fit() -> None:
-    """A list that fits is sent whole; one byte less cuts it."""
-    values = SortedList([1, 22, 333])
-    assert format_values(values, 64) == b"[1,22,333]"
-    assert format_values(SortedList(), 64) == b"[]"
-    long = SortedList(range(100))
-    whole = format_values(long, 10_000)
-    assert format_values(long, len(whole)) == whole
-    assert format_values(long, len(whole) - 1).endswith(b",...]/100")
-
-
-@pytest.mark.parametrize(
-    "values",
-    [
-        [v % 101 for v in range(200_000)],
-        list(range(-100_000, 100_000)),
-        [(-1) ** v * v * 7_919_000_000_013 for v in range(50_000)],
-        [5] * 100_000,
-    ],
-    ids=["repeated-small", "negative-to-positive", "wide-mixed-signs", "one-value"],
-)
-def test_format_values_is_the_exact_prefix(values: list[int]) -> None:
-    """For any kind of list, the cut reply is exactly the smallest values, nearly filling the cap."""
-    sorted_values = SortedList(values)
-    reply = format_values(sorted_values, 65536)
-    head, size = reply.split(b"/")
-    shown = [int(v) for v in head[1:-5].split(b",")]
-    assert shown == list(sorted_values[: len(shown)])
-    assert int(size) == len(values)
-    assert 65536 - 25 <= len(reply) <= 65536
-
-
-def test_format_values_cost_is_bounded() -> None:
-    """A million values still give a reply within the default cap, starting at the smallest."""
-    values = SortedList(range(1_000_000))
-    reply = format_values(values, 64 * 1024)
-    assert len(reply) <= 64 * 1024
-    assert reply.startswith(b"[0,1,2,")
-    assert reply.endswith(b",...]/1000000")
 
 
 # 6. Errors
@@ -480,187 +422,3 @@ def test_hostile_bytes_are_logged_faithfully(factory: CounterFactory) -> None:
     client.send(b"1 " + b" ".join(hostile) + b" ")
     got = [r["msg"].encode("latin-1") for r in log_records(factory) if r["dir"] == "in"]
     assert got[1:] == hostile
-
-
-def test_parsers() -> None:
-    """The strict integer and array grammars."""
-    assert parse_integer(b"0") == 0
-    assert parse_integer(b"-12") == -12
-    for bad in (b"", b"-", b"007", b"+1", b"1_0", b" 1", b"\xd9\xa1", b"--5", b"-0" + b"1"):
-        assert parse_integer(bad) is None
-    assert parse_array(b"[1,-2,3]") == [1, -2, 3]
-    assert parse_array(b"[1,2") is None
-
-
-# Durability: an array is answered only once its merge is stored
-
-
-def test_array_reply_waits_for_the_store_and_keeps_order(
-    factory: CounterFactory, clock: Clock
-) -> None:
-    """With a store, the array reply (and every reply behind it) waits until the merge is stored."""
-    from twisted.internet.defer import Deferred
-
-    pending: list[Deferred[None]] = []
-
-    def when_durable() -> Deferred[None]:
-        pending.append(Deferred())
-        return pending[-1]
-
-    factory.service.set_durability(when_durable)
-    client = FakeClient(factory)
-    assert client.send(b"1 odd ") != []
-    assert client.send(b"[5] odd ") == []
-    assert client.send(b"[6] even ") == []
-    assert list(factory.service.values) == [5, 6]  # visible to readers at once
-    assert len(pending) == 2  # one wait per read
-    pending[1].callback(None)  # the later read's commit first: its replies still wait
-    clock.advance(0)
-    assert client.replies() == []
-    pending[0].callback(None)
-    assert client.replies() == []  # released at the end of the reactor turn
-    clock.advance(0)
-    replies = client.replies()
-    assert replies[0] == b"[5]" and int(replies[1]) % 2 == 1
-    assert replies[2] == b"[5,6]" and int(replies[3]) % 2 == 0 and len(replies) == 4
-
-
-def test_one_read_of_changes_waits_once_for_every_change_in_it(
-    factory: CounterFactory, clock: Clock
-) -> None:
-    """The store is asked once per read, after the read's last change: that wait covers them all."""
-    from twisted.internet.defer import Deferred
-
-    asked: list[list[int]] = []
-    d: Deferred[None] = Deferred()
-
-    def when_durable() -> Deferred[None]:
-        asked.append(list(factory.service.values))
-        return d
-
-    factory.service.set_durability(when_durable)
-    client = FakeClient(factory)
-    client.send(b"1 ")
-    assert client.send(b"[5] odd [6] [7] even ") == []
-    assert asked == [[5, 6, 7]]
-    d.callback(None)
-    clock.advance(0)
-    replies = client.replies()
-    assert [replies[0], replies[2], replies[3]] == [b"[5]", b"[5,6]", b"[5,6,7]"]
-    assert int(replies[1]) % 2 == 1 and int(replies[4]) % 2 == 0
-
-
-def test_one_commit_releases_a_connections_replies_in_one_write(
-    factory: CounterFactory, clock: Clock
-) -> None:
-    """When one commit acknowledges several arrays of a connection, their replies go in one write."""
-    from twisted.internet.defer import Deferred
-
-    pending: list[Deferred[None]] = []
-    factory.service.set_durability(lambda: pending.append(Deferred()) or pending[-1])
-    client = FakeClient(factory)
-    client.send(b"[1] [2] [3] ")
-    client.transport.writes.clear()
-    for d in pending:
-        d.callback(None)
-    clock.advance(0)
-    assert client.transport.writes == [b"[1] [1,2] [1,2,3] "]
-
-
-def test_failed_store_is_an_error_not_an_ack(factory: CounterFactory, clock: Clock) -> None:
-    """If storing fails, the client gets error:store-failed instead of the list."""
-    from twisted.internet.defer import fail
-
-    factory.service.set_durability(lambda: fail(OSError("disk full")))
-    client = FakeClient(factory)
-    assert client.send(b"[5] ") == [b"error:store-failed"]
-    clock.advance(0)
-    assert client.replies() == []
-    assert factory.stats.errors["store-failed"] == 1
-
-
-def test_reply_after_disconnect_is_dropped(factory: CounterFactory) -> None:
-    """A stored change whose client has gone writes nothing and raises nothing."""
-    from twisted.internet.defer import Deferred
-
-    d: Deferred[None] = Deferred()
-    factory.service.set_durability(lambda: d)
-    client = FakeClient(factory)
-    client.send(b"[5] ")
-    client.close()
-    d.callback(None)
-    assert client.raw() == b""
-
-
-# A read of reports and requests only is handled in one pass
-
-
-@pytest.mark.parametrize(
-    "reads",
-    [
-        [b"even odd " * 20],
-        [b"5 even 17 odd 18 ", b"odd 19 20 21 "],
-        [b"ev", b"en 1", b"2 odd -3", b" 999999999999999999 "],
-        [b"even bad odd [3] 7 ", b"9223372036854775807 odd "],
-        [b"odd  even ", b"5\r\neven\n"],
-        [b"7 ", b"even ", b"odd ", b"-3 ", b"x ", b"12345678901234567890 ", b"[1] ", b"odd "],
-    ],
-    ids=[
-        "requests",
-        "mixed",
-        "split-tokens",
-        "with-errors-arrays-long",
-        "blank-and-newlines",
-        "one-token-reads",
-    ],
-)
-def test_a_whole_read_gives_what_token_by_token_gives(
-    clock: Clock, tmp_path: Path, reads: list[bytes]
-) -> None:
-    """Replies, their order, the registry, the counters and the log match one read per token."""
-
-    class TokenByToken(CounterProtocol):
-        readReceived = TokenReceiver.readReceived  # no whole-read pass: tokenReceived for each
-
-    def run(name: str, chunks: list[bytes]) -> tuple[list[bytes], object, Stats, list[list[str]]]:
-        log = MessageLog(str(tmp_path / name), Clock())
-        log.startService()
-        factory = CounterFactory(NumberService(clock, random.Random(11)), log, Stats(), clock)
-        if name == "tokens.log":
-            factory.protocol = TokenByToken
-        client = FakeClient(factory)
-        client.send(b"42 ")
-        for chunk in chunks:
-            client.send(chunk)
-        records = log_records(factory)
-        log.stopService()
-        logged = [[r["msg"] for r in records if r["dir"] == d] for d in ("in", "out")]
-        return client.replies(), factory.service.clients[42].as_dict(), factory.stats, logged
-
-    whole = run("whole.log", reads)
-    joined = b"".join(reads).replace(b"\r\n", b" ").replace(b"\n", b" ")
-    one_by_one = run("tokens.log", [token + b" " for token in joined.split(b" ") if token])
-    assert whole[0] == one_by_one[0]
-    assert whole[1] == one_by_one[1]
-    assert (whole[2].received, whole[2].sent, whole[2].errors) == (
-        one_by_one[2].received,
-        one_by_one[2].sent,
-        one_by_one[2].errors,
-    )
-    assert whole[3] == one_by_one[3]
-
-
-def test_requests_in_one_read_draw_the_same_numbers_as_give(clock: Clock) -> None:
-    """The numbers drawn for a read of requests are those `give` draws, in order, with their parity."""
-    expected_service = NumberService(clock, random.Random(5))
-    expected_service.register(1)
-    parities = ["even", "odd", "odd", "even"] * 8
-    expected = [expected_service.give(1, p) for p in parities]  # type: ignore[arg-type]
-    log = MessageLog("unused.log", clock, enabled=False)
-    factory = CounterFactory(NumberService(clock, random.Random(5)), log, Stats(), clock)
-    client = FakeClient(factory)
-    client.send(b"1 ")
-    replies = client.send(b"".join(p.encode() + b" " for p in parities))
-    assert [int(r) for r in replies] == expected
-    assert factory.service.clients[1].last_given == expected[-1]
-    assert factory.stats.sent["even"] == factory.stats.sent["odd"] == 16

@@ -1,10 +1,13 @@
-"""ListReply: the kept array reply always equals one formatted afresh, without formatting it afresh."""
+"""Array replies (`numd.counter.replies`): `format_values` cuts the list at the cap, reading only
+what fits; `ListReply`'s kept reply always equals one formatted afresh, without formatting it
+afresh."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from sortedcontainers import SortedList
 from twisted.internet.task import Clock
 
 import numd.counter.replies
@@ -51,3 +54,44 @@ def test_a_merge_does_not_format_the_list_again(monkeypatch: pytest.MonkeyPatch)
     service.clear()
     service.merge([2, 1])
     assert kept.reply() == b"[1,2]"
+
+
+def test_format_values_small_and_exact_fit() -> None:
+    """A list that fits is sent whole; one byte less cuts it."""
+    values = SortedList([1, 22, 333])
+    assert format_values(values, 64) == b"[1,22,333]"
+    assert format_values(SortedList(), 64) == b"[]"
+    long = SortedList(range(100))
+    whole = format_values(long, 10_000)
+    assert format_values(long, len(whole)) == whole
+    assert format_values(long, len(whole) - 1).endswith(b",...]/100")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [v % 101 for v in range(200_000)],
+        list(range(-100_000, 100_000)),
+        [(-1) ** v * v * 7_919_000_000_013 for v in range(50_000)],
+        [5] * 100_000,
+    ],
+    ids=["repeated-small", "negative-to-positive", "wide-mixed-signs", "one-value"],
+)
+def test_format_values_is_the_exact_prefix(values: list[int]) -> None:
+    """For any kind of list, the cut reply is exactly the smallest values, nearly filling the cap."""
+    sorted_values = SortedList(values)
+    reply = format_values(sorted_values, 65536)
+    head, size = reply.split(b"/")
+    shown = [int(v) for v in head[1:-5].split(b",")]
+    assert shown == list(sorted_values[: len(shown)])
+    assert int(size) == len(values)
+    assert 65536 - 25 <= len(reply) <= 65536
+
+
+def test_format_values_cost_is_bounded() -> None:
+    """A million values still give a reply within the default cap, starting at the smallest."""
+    values = SortedList(range(1_000_000))
+    reply = format_values(values, 64 * 1024)
+    assert len(reply) <= 64 * 1024
+    assert reply.startswith(b"[0,1,2,")
+    assert reply.endswith(b",...]/1000000")

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from numd.client.output import ClientOutput, CounterState
 from numd.counter.framing import TokenReceiver
-from numd.counter.protocol import parse_integer
+from numd.counter.tokens import parse_integer
 from numd.timers import cancel
 
 ParityChoice = Literal["even", "odd", "random"]
