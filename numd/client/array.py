@@ -23,7 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -91,8 +91,6 @@ def format_array(values: list[int]) -> bytes:
 
 class ArrayClientProtocol(TokenReceiver):
     """Sends arrays and hands each reply token to the request it answers (replies come in order)."""
-
-    transport: ITransport  # set by makeConnection before any other call
 
     log = Logger()
     MAX_LENGTH = 4 * 1024 * 1024

@@ -33,7 +33,6 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorTime,
     IStreamClientEndpoint,
-    ITransport,
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -68,8 +67,6 @@ class _Pending:
 
 class CounterClientProtocol(TokenReceiver):
     """One connection of the counter client; its timers live exactly as long as it does."""
-
-    transport: ITransport  # set by makeConnection before any other call
 
     log = Logger()
     MAX_LENGTH = 64

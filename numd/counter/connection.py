@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from numd.counter.budget import FLUSH_BYTES, RECORD_OVERHEAD, BudgetedReceiver
 from numd.counter.direct_write import writer_for
@@ -59,6 +60,7 @@ STORE_FAILED = b"error:store-failed"
 """What a reply whose change could not be stored becomes."""
 
 
+@implementer(IPushProducer)
 class CounterProtocol(BudgetedReceiver):
     """One counter client's connection."""
 

@@ -18,7 +18,13 @@ Two protections live here because only the framing sees the bytes:
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """What numd's stream protocols use of their transport, as Twisted's TCP connection has it:
+    writes, closing and aborting, a registered producer, and pausing its own reading."""
 
 
 class TokenReceiver(Protocol):
@@ -28,6 +34,7 @@ class TokenReceiver(Protocol):
     a subclass may override it to handle a whole read at once.
     """
 
+    transport: IStreamTransport  # set by makeConnection, before any other call
     delimiter = b" "
     MAX_LENGTH = 32 * 1024
     """The longest token accepted; a longer one calls `lineLengthExceeded`."""

@@ -31,14 +31,17 @@ its reply. That is the client's limit, not the server's: the reply is complete.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from numd.counter.framing import IStreamTransport
 from numd.counter.held import HeldReplies
 from numd.counter.pickles import BadRequest, find_pickle_end, unpickle_list
 from numd.counter.protocol import DEFAULT_CONNECTION_BUDGET, DEFAULT_WRITE_STALL_TIMEOUT
@@ -71,6 +74,7 @@ def reply_size_bound(count: int) -> int:
     return 11 * count + 16
 
 
+@implementer(IPushProducer)
 class LegacyArrayProtocol(Protocol, TimeoutMixin):
     """One old array client: pickled lists in, the pickled sorted list out.
 
@@ -87,6 +91,12 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
     write-stall timeout is aborted; one silent for the idle timeout (off by
     default) is closed.
     """
+
+    transport: IStreamTransport  # set by makeConnection, before any other call
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """The idle timeout's timer, on the factory's clock (`TimeoutMixin` uses this)."""
+        return self.factory.clock.callLater(period, func)
 
     log = Logger()
     factory: LegacyArrayFactory
@@ -112,7 +122,6 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
         """Replies waiting for their merges to be stored, or behind one that is."""
         self.factory.stats.connections["opened"] += 1
         self.factory.active += 1
-        self.callLater = self.factory.clock.callLater  # type: ignore[method-assign]
         self.setTimeout(self.factory.idle_timeout)
         # The transport pauses us (from inside write) once its buffer passes its size.
         self.transport.registerProducer(self, True)
@@ -314,7 +323,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
         self.transport.abortConnection()
 
 
-class LegacyArrayFactory(Factory):
+class LegacyArrayFactory(Factory[Protocol]):
     """Builds `LegacyArrayProtocol`s sharing one service; counts into its own `Stats`."""
 
     protocol = LegacyArrayProtocol
@@ -331,7 +340,7 @@ class LegacyArrayFactory(Factory):
         clock: IReactorTime | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self.service = service
         self.max_bytes = max_bytes
         self.max_clients = max_clients
@@ -342,7 +351,7 @@ class LegacyArrayFactory(Factory):
         self.active = 0
         self.stats = Stats()
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """A protocol, or None (the connection is closed at once) past `max_clients`."""
         if self.active >= self.max_clients:
             self.stats.connections["refused"] += 1

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from numd.counter.budget import hold_at
 from numd.counter.connection import CounterProtocol
+from numd.counter.framing import IStreamTransport
 from numd.counter.replies import ListReply
 from numd.messagelog import MessageLog, describe_peer
 from numd.service import NumberService
@@ -66,6 +67,7 @@ class _Refusal(Protocol):
     """Tells a connection over the client limit ``error:too-many-clients`` and closes it."""
 
     factory: CounterFactory
+    transport: IStreamTransport  # set by makeConnection
 
     def connectionMade(self) -> None:
         log = self.factory.message_log.connection(describe_peer(self.transport.getPeer()))
@@ -100,7 +102,7 @@ def tune_keepalive(transport: object) -> None:
                 pass  # the connection is already gone: connectionLost follows
 
 
-class CounterFactory(Factory):
+class CounterFactory(Factory[Protocol]):
     """Builds `CounterProtocol`s that share one service, message log and stats."""
 
     log = Logger()
@@ -148,7 +150,7 @@ class CounterFactory(Factory):
         self.connections: set[CounterProtocol] = set()
         self._close_waiters: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """A counter protocol, or a refusal once `max_clients` connections are open."""
         if len(self.connections) >= self.max_clients:
             self.stats.connections["refused"] += 1

@@ -134,7 +134,7 @@ def format_values(values: Sequence[int], cap: int) -> bytes:
 _MAX_RUNS = 256
 
 
-def _join_sorted(chunk: list[int]) -> str:
+def _join_sorted(chunk: Sequence[int]) -> str:
     """``",".join(map(str, chunk))`` for a sorted chunk, faster when values repeat.
 
     A list of 10^6 values drawn from 0-100 holds long runs of equal values: those
