@@ -17,12 +17,23 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from numd.counter.tokens import INT64_MAX, INT64_MIN, MAX_CLIENT_ID, MIN_CLIENT_ID
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_CLIENT_ID",
+    "MIN_CLIENT_ID",
+    "ClientRecord",
+    "IdInUse",
+    "NumberService",
+    "Parity",
+    "SortedValues",
+    "StateObserver",
+]
+
 Parity = Literal["even", "odd"]
 
-MIN_CLIENT_ID = 0
-MAX_CLIENT_ID = 10_000
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 RANDOM_VALUE_MIN = 1000
 RANDOM_VALUE_MAX = 10_000
 

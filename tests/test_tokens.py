@@ -83,15 +83,24 @@ def test_http_first_tokens() -> None:
 
 
 def test_the_counter_client_imports_only_wire_helpers() -> None:
-    """The counter and array clients import the grammar and the framing of numd, nothing of
-    the server (its state, its listeners, its store)."""
+    """Every module of the client (`numd-client` and its plugin included) imports the grammar,
+    the framing and the timers of numd, and the process's signal handling, nothing of the
+    server (its state, its listeners, its store)."""
     code = (
-        "import sys, numd.client.counter, numd.client.array; "
+        "import sys, numd.client.counter, numd.client.array, numd.client.console, "
+        "numd.client.output, numd.client.tap, numd.client.testing; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('numd'))))"
     )
     checkout = Path(__file__).parent.parent
     loaded = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=checkout
     ).stdout.split()
-    shared = {"numd", "numd.counter", "numd.counter.framing", "numd.counter.tokens", "numd.timers"}
+    shared = {
+        "numd",
+        "numd.counter",
+        "numd.counter.framing",
+        "numd.counter.tokens",
+        "numd.timers",
+        "numd.signals",  # exit 0 on SIGTERM/SIGINT, as the daemon does
+    }
     assert {m for m in loaded if not m.startswith("numd.client")} <= shared

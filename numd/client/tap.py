@@ -33,7 +33,7 @@ from numd.client.array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
 from numd.client.console import PromptService
 from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
 from numd.client.output import ClientOutput, CounterState, Mode
-from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID
+from numd.counter.tokens import MAX_CLIENT_ID, MIN_CLIENT_ID
 from numd.signals import ExitZeroOnSignal
 
 DEFAULT_SERVER = "tcp:127.0.0.1:2004"

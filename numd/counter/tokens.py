@@ -3,8 +3,8 @@
 Both ends of the wire parse the same integers, so the counter client
 (`numd.client.counter`) imports `parse_integer` from here. That is why this module
 imports nothing of the server (not even `numd.service`): a client pulls in only
-the grammar. Its integers are signed 64-bit, the range the service and the
-store keep too (`INT64_MIN`, `INT64_MAX`, pinned to the service's by a test).
+the grammar. Its integers are signed 64-bit and its client IDs 0-10000: the
+service takes both ranges from here, so each is defined once.
 
 The regular expressions are the grammar of ``docs/protocol.md``: an integer is
 ``-?(0|[1-9][0-9]*)`` in ASCII, nothing else (no ``+``, no leading zeros, no
@@ -18,6 +18,8 @@ from typing import Literal
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+MIN_CLIENT_ID = 0
+MAX_CLIENT_ID = 10_000
 MAX_ARRAY_VALUES = 1000
 """The most values one array token may carry."""
 
