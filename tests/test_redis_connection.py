@@ -150,6 +150,7 @@ def test_fails_at_once_while_disconnected(fake: FakeCommands, clock: Clock) -> N
         ("ResponseError:NOSCRIPT No matching script", False),
         ("ResponseError:OOM command not allowed when used memory > 'maxmemory'", False),
     ],
+    ids=["lost", "reply-timeout", "loading", "busy", "masterdown", "wrongtype", "noscript", "oom"],
 )
 def test_errors_that_mean_unavailable(
     client: RedisClient, fake: FakeCommands, error: str, unavailable: bool
@@ -208,6 +209,7 @@ def test_timeout_must_be_positive(fake: FakeCommands, clock: Clock) -> None:
         ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2"),
         ("redis+sentinel://h1,h2:26380/main/4", "redis+sentinel://h1:26379,h2:26380/main/4"),
     ],
+    ids=["tcp-user", "tls", "ipv6", "unix", "sentinel"],
 )
 def test_describe_never_shows_the_password(db: str, shown: str) -> None:
     """Messages name the address as the URL would, and never the password."""
