@@ -226,6 +226,15 @@ class NumberService(Service):
             call(record)
         return number
 
+    def record_given(self, client_id: int, number: int) -> None:
+        """Record `number` as the last one given to `client_id`, drawn elsewhere (by another
+        instance sharing the state); observers are told as for `give`."""
+        record = self.clients[client_id]
+        record.last_given = number
+        record.last_seen = self._clock.seconds()
+        for call in self._given:
+            call(record)
+
     def give_many(self, client_id: int, odd: list[bool]) -> list[int]:
         """`give` for several requests of one client at once (True: odd), in order; one change."""
         random = self.rng.random  # the same draw as `give`
@@ -316,6 +325,14 @@ class NumberService(Service):
         ids = sorted(self.clients)
         chosen = ids[offset:] if limit is None else ids[offset : offset + limit]
         return [self.clients[client_id] for client_id in chosen]
+
+    def record_for(self, client_id: int) -> ClientRecord:
+        """The record of `client_id`, a new one (number 0, disconnected) if the registry has
+        none yet: for a change made elsewhere (another instance) that this copy applies."""
+        record = self.clients.get(client_id)
+        if record is None:
+            record = self.clients[client_id] = ClientRecord(client_id)
+        return record
 
     def clients_by_id(self, client_ids: Iterable[int]) -> list[ClientRecord]:
         """The records of those of `client_ids` the registry knows, in the order given."""

@@ -33,9 +33,10 @@ from numd.service import INT64_MAX, INT64_MIN, ClientRecord, NumberService, Stat
 from numd.store.redis.address import redis_config
 from numd.store.redis.connection import RedisClient, RedisUnavailable, connect
 from numd.store.redis.encoding import MemberEncoder, decode_members
-from numd.store.redis.follower import Follower, parse_clients, parse_id, values_of
+from numd.store.redis.follower import Follower
 from numd.store.redis.lua import SCRIPTS
 from numd.store.redis.scripts import Keys, StateScripts, parse_client
+from numd.store.redis.snapshot import parse_clients, parse_id, values_of
 from tests.redis_server import RedisServer, skip_without_redis
 
 pytest.importorskip("txredisapi", reason="txredisapi not installed")
