@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from numd.counter.protocol import CounterFactory
 from numd.messagelog import MessageLog
 from numd.service import NumberService
 from numd.stats import Stats
+
+from .redis_server import RedisServer, skip_without_redis
 
 
 @pytest.fixture
@@ -48,3 +53,15 @@ def message_log(tmp_path: Path, log_clock: Clock):
 def factory(state: NumberService, message_log: MessageLog, clock: Clock) -> CounterFactory:
     """A counter factory on the fake clock with the default limits."""
     return CounterFactory(state, message_log, Stats(), clock)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with every write fsynced to its append-only file
+    (skipped, with the reason, without redis-server)."""
+    skip_without_redis()
+    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
+    yield server
+    if server.process is not None:
+        os.kill(server.pid, signal.SIGCONT)  # in case a test left it stopped
+    server.stop()

@@ -15,7 +15,6 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,17 +226,6 @@ def test_sentinel_is_refused_in_one_line() -> None:
 
 
 # -- against a real redis-server ---------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, with every write fsynced to its append-only file."""
-    skip_without_redis()
-    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
-    yield server
-    if server.process is not None:
-        os.kill(server.pid, signal.SIGCONT)  # in case a test left it stopped
-    server.stop()
 
 
 async def connected(db: str, password: str | None = None, **options: Any) -> RedisClient:

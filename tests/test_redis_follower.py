@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -130,15 +130,6 @@ class Rig:
                 follower.stopService()
         for c in self.clients:
             await wait(c.close())
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, with every write fsynced to its append-only file."""
-    skip_without_redis()
-    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
-    yield server
-    server.stop()
 
 
 @pytest_twisted.async_yield_fixture

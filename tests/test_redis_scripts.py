@@ -8,8 +8,7 @@ on 127.0.0.1 and talks to it through txredisapi, as numd does: ``charset=None`` 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -38,7 +37,7 @@ from numd.store.redis.scripts import (
     parse_client,
     parse_entries,
 )
-from tests.redis_server import RedisServer, skip_without_redis
+from tests.redis_server import RedisServer
 
 txredisapi = pytest.importorskip("txredisapi", reason="txredisapi not installed")
 
@@ -68,15 +67,6 @@ async def connect(port: int) -> Any:
 async def command(redis: Any, *args: bytes | str | int) -> Any:
     """One plain Redis command's reply."""
     return await wait(redis.execute_command(*args))
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of its own for the test, with every write fsynced to its AOF."""
-    skip_without_redis()
-    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
-    yield server
-    server.stop()
 
 
 @pytest_twisted.async_yield_fixture
