@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
 READ_SIZE = 64 * 1024
 """The most one read of a TCP transport carries (Twisted reads 64 KiB at a time)."""
-TRANSPORT_BUFFER = 64 * 1024
-"""The unsent bytes past which Twisted's TCP transport pauses its producer (``bufferSize``)."""
+TRANSPORT_BUFFER = FileDescriptor.bufferSize
+"""The unsent bytes past which Twisted's TCP transport pauses its producer (64 KiB); the
+counter connection and the legacy listener both count it in their budget."""
 FLUSH_BYTES = 64 * 1024
 """Queued replies written at once, mid-read, when they reach this size."""
 LOG_WAIT_BYTES = 256 * 1024

@@ -33,7 +33,6 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -41,6 +40,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from numd.counter.budget import TRANSPORT_BUFFER
 from numd.counter.framing import IStreamTransport
 from numd.counter.held import HeldReplies
 from numd.counter.pickles import BadRequest, find_pickle_end, unpickle_list
@@ -58,8 +58,6 @@ DEFAULT_IDLE_TIMEOUT: float | None = None
 The older server never timed out, and its client loops forever on a closed socket."""
 DEFAULT_MAX_BYTES = 16 * 1024
 """Largest request (one pickle) accepted, in bytes."""
-TRANSPORT_BUFFER = FileDescriptor.bufferSize
-"""Unsent bytes past which a Twisted transport pauses its producer (64 KiB): counted in the budget."""
 REPLY_PROTOCOL = 4
 
 
