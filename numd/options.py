@@ -44,6 +44,14 @@ from numd.http.site import (
 )
 from numd.messagelog import DEFAULT_MAX_BYTES as MESSAGE_LOG_MAX_BYTES
 from numd.messagelog import DEFAULT_MAX_FILES as MESSAGE_LOG_FILES
+from numd.store.redis.address import (
+    DEFAULT_PREFIX,
+    PASSWORD_ENV,
+    RedisConfigError,
+    redis_config,
+)
+from numd.store.redis.scripts import DEFAULT_LEASE_TIME
+from numd.store.redis.startup import DEFAULT_REDIS_STARTUP, REDIS_STARTUP_POLICIES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
@@ -128,7 +136,37 @@ class Options(usage.Options):
             None,
             DEFAULT_DB,
             "SQLite file that keeps the registry and the sorted list across "
-            f"restarts ({MEMORY} keeps nothing).",
+            f"restarts ({MEMORY} keeps nothing); or Redis, shared by several instances: "
+            "redis://host:port/N, rediss://host:port/N (TLS), unix:///path/redis.sock?db=N, "
+            "redis+sentinel://h1:26379,h2:26379/MASTER/N (docs/scaling.md).",
+        ],
+        [
+            "redis-password-file",
+            None,
+            None,
+            f"File holding the Redis password (else ${PASSWORD_ENV}; never on the command line).",
+        ],
+        [
+            "redis-prefix",
+            None,
+            DEFAULT_PREFIX,
+            "Prefix of numd's Redis keys, so several numd deployments can share one Redis.",
+        ],
+        [
+            "lease-time",
+            None,
+            DEFAULT_LEASE_TIME,
+            "With Redis: seconds after which the IDs of an instance that died (or of a "
+            "silent connection) are free for another instance.",
+            _checked("lease-time", float, 0.5),
+        ],
+        [
+            "redis-startup",
+            None,
+            DEFAULT_REDIS_STARTUP,
+            "With Redis down at start-up: wait (serve once it is up; /readyz says "
+            "not-ready until then) or exit (status 1, with one line saying why).",
+            _one_of("redis-startup", REDIS_STARTUP_POLICIES),
         ],
         [
             "sync",
@@ -353,7 +391,13 @@ class Options(usage.Options):
             )
         self["api-token"] = _read_api_token(self["api-token-file"])
         _check_exposure(self)
-        if self["db"] != MEMORY:
+        try:
+            self["redis"] = redis_config(
+                self["db"], self["redis-password-file"], self["redis-prefix"]
+            )
+        except RedisConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["redis"] is None and self["db"] != MEMORY:
             directory = os.path.dirname(os.path.abspath(self["db"]))
             if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
                 raise usage.UsageError(

@@ -30,6 +30,7 @@ __all__ = [
     "Parity",
     "SortedValues",
     "StateObserver",
+    "StateUnavailable",
 ]
 
 Parity = Literal["even", "odd"]
@@ -40,6 +41,13 @@ RANDOM_VALUE_MAX = 10_000
 
 class IdInUse(Exception):
     """A client tried to register an ID that already has a live connection."""
+
+
+class StateUnavailable(Exception):
+    """The shared state (Redis) cannot be reached now: the change was not acknowledged.
+
+    Clients see ``error:unavailable`` (counter) or 503 ``unavailable`` (HTTP).
+    """
 
 
 @dataclass
@@ -110,6 +118,11 @@ class NumberService(Service):
     """
 
     name = "numd-state"
+
+    applies_later = False
+    """Whether a change shows in this object's reads only once `when_durable` fires (the
+    shared state: its changes come back through Redis's change stream). Answers that
+    show the state after a change are then built when it fires, not when it is made."""
 
     def __init__(self, clock: IReactorTime, rng: random.Random | None = None) -> None:
         self._clock = clock
@@ -198,6 +211,14 @@ class NumberService(Service):
         for call in self._registered:
             call(record)
         return record.number
+
+    def claim(self, client_id: int) -> int | Deferred[int]:
+        """`register`, for a connection: the start number, or (shared state) a Deferred of it.
+
+        Fails (or raises) `IdInUse`, or `StateUnavailable` when the shared state
+        cannot be reached.
+        """
+        return self.register(client_id)
 
     def disconnect(self, client_id: int) -> None:
         """Mark `client_id` disconnected; its record stays for its comeback."""

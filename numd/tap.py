@@ -39,6 +39,9 @@ from numd.signals import (
 )
 from numd.stats import Stats
 from numd.store.database import StoreError
+from numd.store.redis.connection import describe
+from numd.store.redis.startup import open_shared_state, unreachable
+from numd.store.redis.state import SharedState
 from numd.store.service import Store, make_store
 
 __all__ = ["Daemon", "Options", "makeService"]
@@ -140,7 +143,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         reactor = global_reactor
     clock: IReactorTime = reactor
 
-    state = NumberService(clock, random.Random(config["seed"]))
+    state = _state(config, reactor)
     message_log = MessageLog(
         config["message-log"],
         clock,
@@ -164,13 +167,21 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         takeover_time=config["takeover-time"],
     )
     # Loads the database in privilegedStartService, before any listener binds.
-    store = make_store(state, config["db"], reactor, sync=config["sync"])
+    store = None
+    if isinstance(state, SharedState):  # its leases follow the counter connections
+        state.talking = counter_factory.talking
+        state.lease_lost = counter_factory.leases_lost
+    else:
+        store = make_store(state, config["db"], reactor, sync=config["sync"])
     legacy = _legacy_array_factory(config, state, reactor)
     metrics = Metrics(state, message_log)
     metrics.add_stats("counter", stats)
     if legacy is not None:
         metrics.add_stats("legacy-array", legacy.stats)
     ready_checks = {"counter_listeners": _listening(counter_factory, len(config["listen"]))}
+    if isinstance(state, SharedState):
+        ready_checks["redis"] = lambda: state.ready
+        metrics.add_values(state.metric_values)
     if legacy is not None:
         ready_checks["legacy_array_listener"] = _listening(legacy, 1)
     api = _api(config, state, message_log, metrics, ready_checks, store, stats, legacy, reactor)
@@ -201,6 +212,25 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     for service in services:
         service.setServiceParent(top)
     return top
+
+
+def _state(config: Options, reactor: Any) -> NumberService:
+    """The embedded state, or the state shared through Redis when ``--db`` names one.
+
+    With ``--redis-startup exit``, a Redis whose address accepts no connection ends
+    start-up here, before twistd forks, with one line.
+    """
+    rng = random.Random(config["seed"])
+    redis = config["redis"]
+    if redis is None:
+        return NumberService(reactor, rng)
+    if config["redis-startup"] == "exit":
+        why = unreachable(redis)
+        if why is not None:
+            raise StartupError(
+                f"numd: cannot reach Redis at {describe(redis)}: {why} (--redis-startup exit)"
+            )
+    return open_shared_state(redis, reactor, rng, config["lease-time"])
 
 
 def _legacy_array_factory(

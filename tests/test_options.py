@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ DEFAULTS = {
     "message-log-max-bytes": 10 * 1024 * 1024,
     "message-log-files": 5,
     "db": "numd.db",
+    "redis-password-file": None,
+    "redis-prefix": "numd:",
+    "lease-time": 10.0,
+    "redis-startup": "wait",
+    "redis": None,
     "sync": "everysec",
     "seed": None,
     "quiet-time": 0.1,
@@ -78,7 +84,8 @@ def test_every_option_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     options = parse(
         "--no-message-log", "--allow-remote", "--legacy-routes",
         "--message-log", "m.log", "--message-log-max-bytes", "1000", "--message-log-files", "2",
-        "--db", "d.db", "--sync", "always", "--seed", "7", "--quiet-time", "0.25",
+        "--db", "d.db", "--sync", "always", "--redis-password-file", "pw",
+        "--redis-prefix", "other:", "--lease-time", "3", "--redis-startup", "exit", "--seed", "7", "--quiet-time", "0.25",
         "--reply-cap", "100", "--max-token-length", "64", "--max-clients", "3",
         "--idle-timeout", "9", "--write-stall-timeout", "1.5", "--connection-budget", "600000",
         "--takeover-time", "1", "--api-listen", "tcp:8081:interface=0.0.0.0", "--max-body", "10",
@@ -98,6 +105,11 @@ def test_every_option_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "message-log-max-bytes": 1000,
         "message-log-files": 2,
         "db": "d.db",
+        "redis-password-file": "pw",
+        "redis-prefix": "other:",
+        "lease-time": 3.0,
+        "redis-startup": "exit",
+        "redis": None,
         "sync": "always",
         "seed": 7,
         "quiet-time": 0.25,
@@ -285,3 +297,38 @@ def test_token_is_never_a_command_line_value(tmp_path: Path) -> None:
 def test_endpoint_is_loopback(description: str, loopback: bool) -> None:
     """Which endpoint strings listen on loopback only (an unknown kind counts as remote)."""
     assert endpoint_is_loopback(description) is loopback
+
+
+def test_a_redis_db_is_parsed_with_its_password_file_and_prefix(tmp_path: Path) -> None:
+    """``--db redis://...`` picks Redis: the address, the password from its file, the prefix."""
+    (tmp_path / "pw").write_text("s3cret\n")
+    options = parse(
+        "--message-log", str(tmp_path / "m.log"),
+        "--db", "redis://127.0.0.1:6390/2", "--redis-password-file", str(tmp_path / "pw"),
+        "--redis-prefix", "blue:",
+    )  # fmt: skip
+    config = options["redis"]
+    assert (config.address.host, config.address.port, config.address.db) == ("127.0.0.1", 6390, 2)
+    assert (config.password, config.prefix) == ("s3cret", "blue:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--db", "redis://:pw@127.0.0.1/0"], "carries a password"),
+        (["--db", "redis://127.0.0.1/0", "--redis-prefix", "a b"], "--redis-prefix"),
+        (
+            ["--db", "redis://127.0.0.1/0", "--redis-password-file", "/nonexistent/pw"],
+            "cannot read",
+        ),
+        (["--db", "redis://127.0.0.1/0", "--lease-time", "0"], "--lease-time"),
+        (["--db", "redis://127.0.0.1/0", "--redis-startup", "later"], "--redis-startup"),
+        (["--db", "redis-tls://127.0.0.1/0"], "unknown scheme"),
+    ],
+)
+def test_redis_option_mistakes_are_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A password on the command line, a bad prefix, file, lease time or policy: a usage error."""
+    with pytest.raises(usage.UsageError, match=re.escape(message)):
+        parse("--message-log", str(tmp_path / "m.log"), *args)

@@ -88,6 +88,8 @@ class BudgetedReceiver(TokenReceiver):
     _log_wait: Deferred[None] | None = None
     _stall_timer: IDelayedCall | None = None
     _transport_paused = False
+    _claiming = False
+    """A registration waits for the shared state: the read's other tokens wait for it."""
 
     def _flush(self) -> None:
         """Write the queued replies now."""
@@ -156,7 +158,7 @@ class BudgetedReceiver(TokenReceiver):
         store's acknowledgement (`_release_later`) and by the log writer
         (`_wait_for_log`), each from a reactor callback of its own.
         """
-        if self._lost or self._transport_paused:
+        if self._lost or self._transport_paused or self._claiming:
             return
         if self.holding:
             hold_at = self.factory.hold_at

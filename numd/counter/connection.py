@@ -16,11 +16,8 @@ the same replies, registry, counters and log):
   replies queued (`_reply`) or held for the store (`numd.counter.held`), and
   written together when the read is done (`tokensDone`).
 
-Both take their grammar and reply tokens from `numd.counter.tokens`, count
-through `numd.stats.Stats.count` and write records through
-`numd.messagelog.IConnectionLog`. The hot path stays written out flat rather
-than calling shared per-token helpers: at about 2 us a read, one more Python
-call per token is a measurable share of it.
+Both take their grammar and reply tokens from `numd.counter.tokens`. The hot path
+stays written out flat: at about 2 us a read, one more call per token shows.
 
 The connection keeps within a memory budget as its transport's streaming
 producer (`numd.counter.budget`); the limits and their defaults are the
@@ -31,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,13 +48,15 @@ from numd.counter.tokens import (
     parse_integer,
 )
 from numd.messagelog import describe_peer
-from numd.service import MAX_CLIENT_ID, IdInUse, Parity
+from numd.service import MAX_CLIENT_ID, IdInUse, Parity, StateUnavailable
 from numd.timers import cancel
 
 if TYPE_CHECKING:
     from numd.counter.protocol import CounterFactory
 
 STORE_FAILED = b"error:store-failed"
+UNAVAILABLE = b"error:unavailable"
+"""What a reply becomes when the shared state (Redis) could not be reached."""
 """What a reply whose change could not be stored becomes."""
 
 
@@ -215,6 +215,19 @@ class CounterProtocol(BudgetedReceiver):
         self.stop_reading_tokens()
         self.abort()
 
+    def lease_lost(self) -> None:
+        """Another instance holds this connection's ID now (its lease here ran out while the
+        connection was silent): answer ``error:id-in-use`` and close; nothing to free here."""
+        client_id, self.client_id = self.client_id, None
+        self.factory.stats.connections["lease-lost"] += 1
+        self.log.info(
+            "client {id}: {peer} lost its ID to another instance", id=client_id, peer=self.peer
+        )
+        self._log.event("lease-lost")
+        if client_id is not None and self.factory.owners.get(client_id) is self:
+            del self.factory.owners[client_id]
+        self._refuse_id("id-in-use")
+
     def idle_timeout(self) -> None:
         """Nothing came from this client for the idle timeout: close it."""
         self.factory.stats.connections["idle-timeout"] += 1
@@ -317,15 +330,46 @@ class CounterProtocol(BudgetedReceiver):
         try:
             start = self.factory.register(self, client_id)
         except IdInUse:
-            self._error("id-in-use")
-            self._send_replies()
-            self.stop_reading_tokens()
-            self.close()
+            self._refuse_id("id-in-use")
             return
+        if isinstance(start, Deferred):
+            # The shared state answers later: the read's other tokens wait for it.
+            self._claiming = True
+            self.hold_tokens()
+            self.transport.pauseProducing()
+            start.addCallbacks(self._claimed, self._not_claimed, (client_id,))
+            return
+        self._registered(client_id, start)
+
+    def _registered(self, client_id: int, start: int) -> None:
         self.client_id = client_id
         self._log.identify(client_id)
         self._log.event("register")
         self._reply("start", b"%d" % start)
+
+    def _refuse_id(self, reason: str) -> None:
+        self._error(reason)
+        self._send_replies()
+        self.stop_reading_tokens()
+        self.close()
+
+    def _claimed(self, start: int, client_id: int) -> None:
+        """The shared state registered `client_id`: answer, then handle the tokens that waited."""
+        self._claiming = False
+        if self._lost:  # gone meanwhile: free the ID again
+            if self.factory.owners.get(client_id) is self:
+                del self.factory.owners[client_id]
+            self.factory.service.disconnect(client_id)
+            return
+        self._registered(client_id, start)
+        self._send_replies()
+        self._resume()
+
+    def _not_claimed(self, failure: Failure) -> None:
+        """The shared state refused the ID (in use on some instance) or could not be reached."""
+        self._claiming = False
+        if not self._lost:
+            self._refuse_id("id-in-use" if failure.check(IdInUse) else "unavailable")
 
     def _request(self, kind: Parity) -> None:
         self._count(kind)
@@ -346,7 +390,10 @@ class CounterProtocol(BudgetedReceiver):
         reply = factory.list_reply.reply()
         if service.waits_for_durability:
             # Answered once stored: the read's changes wait for one commit (`_send_replies`).
-            self._held.hold("array", reply)
+            # Shared state: the reply is built once the merge is in the local copy.
+            self._held.hold(
+                "array", reply, factory.list_reply.reply if service.applies_later else None
+            )
             self._queued = True
         else:
             self._reply("array", reply)
@@ -404,8 +451,14 @@ class CounterProtocol(BudgetedReceiver):
 
     def _store_failed(self, failure: Failure, replies: int) -> None:
         """The change `replies` held replies waited for was not stored: each becomes an error."""
-        self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
-        self.factory.stats.errors["store-failed"] += replies
+        if failure.check(StateUnavailable):
+            self.log.warn(
+                "a change for {peer} was not applied: {why}", peer=self.peer, why=failure.value
+            )
+            self.factory.stats.errors["unavailable"] += replies
+        else:
+            self.log.failure("storing a change for {peer} failed", failure, peer=self.peer)
+            self.factory.stats.errors["store-failed"] += replies
         self._release_soon()
 
     def _release_later(self) -> None:
@@ -419,7 +472,10 @@ class CounterProtocol(BudgetedReceiver):
         self._release_call = None
         pop_ready = self._held.pop_ready
         while (held := pop_ready()) is not None:
-            kind, token = ("error", STORE_FAILED) if held.failed else (held.kind, held.token)
+            if held.failed:
+                kind, token = "error", UNAVAILABLE if held.unavailable else STORE_FAILED
+            else:
+                kind, token = held.kind, held.token
             self._count(kind, 0, 1)
             self._out.append(token)
             self._out_bytes += len(token) + 1

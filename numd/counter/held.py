@@ -18,7 +18,8 @@ that some became ready.
 One failure policy: when a change cannot be stored, the replies that waited for
 it become failed entries (ready, `HeldReply.failed`), and the owner is told at
 once, to log and count it. What a failed entry becomes is the owner's
-choice: the counter protocol answers ``error:store-failed`` in its place; the
+choice: the counter protocol answers ``error:store-failed`` (``error:unavailable``
+when the shared state could not be reached) in its place; the
 legacy listener closes the connection, which drops the queue.
 """
 
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from numd.service import StateUnavailable
+
 
 @dataclass(slots=True)
 class HeldReply:
@@ -42,6 +45,11 @@ class HeldReply:
     """Whether it may go out once the replies before it have."""
     failed: bool = False
     """Its change could not be stored: the owner sends something else, or closes."""
+    unavailable: bool = False
+    """It failed because the shared state could not be reached (`StateUnavailable`)."""
+    rebuild: Callable[[], bytes] | None = None
+    """Builds the reply anew when it goes out (the shared state shows a change only once
+    it is applied); `token` then only sizes it while it waits."""
 
 
 class HeldReplies:
@@ -79,18 +87,24 @@ class HeldReplies:
         queue.append(held)
         self.bytes += len(held.token)
 
-    def append(self, kind: str, token: bytes, durable: Deferred[None] | None = None) -> None:
+    def append(
+        self,
+        kind: str,
+        token: bytes,
+        durable: Deferred[None] | None = None,
+        rebuild: Callable[[], bytes] | None = None,
+    ) -> None:
         """Queue a reply that may go out once `durable` fires (None: once its turn comes)."""
         if durable is None:
-            self._push(HeldReply(kind, token))
+            self._push(HeldReply(kind, token, rebuild=rebuild))
             return
-        held = HeldReply(kind, token, ready=False)
+        held = HeldReply(kind, token, ready=False, rebuild=rebuild)
         self._push(held)
         self._wait([held], durable)
 
-    def hold(self, kind: str, token: bytes) -> None:
+    def hold(self, kind: str, token: bytes, rebuild: Callable[[], bytes] | None = None) -> None:
         """Queue a reply to a change whose durability the next `wait` brings."""
-        held = HeldReply(kind, token, ready=False)
+        held = HeldReply(kind, token, ready=False, rebuild=rebuild)
         self._push(held)
         if self._unwaited is None:
             self._unwaited = [held]
@@ -121,8 +135,10 @@ class HeldReplies:
             self._on_ready()
 
         def failed(failure: Failure) -> None:
+            unavailable = failure.check(StateUnavailable) is not None
             for reply in held:
                 reply.ready = reply.failed = True
+                reply.unavailable = unavailable
             self._on_failure(failure, len(held))
 
         durable.addCallbacks(stored, failed)
@@ -133,6 +149,8 @@ class HeldReplies:
         if queue and queue[0].ready:
             held = queue.popleft()
             self.bytes -= len(held.token)
+            if held.rebuild is not None and not held.failed:
+                held.token = held.rebuild()
             if not queue:
                 self._queue = None
             return held

@@ -46,7 +46,7 @@ from numd.counter.held import HeldReplies
 from numd.counter.pickles import BadRequest, find_pickle_end, unpickle_list
 from numd.counter.protocol import DEFAULT_CONNECTION_BUDGET, DEFAULT_WRITE_STALL_TIMEOUT
 from numd.messagelog import describe_peer
-from numd.service import NumberService
+from numd.service import NumberService, StateUnavailable
 from numd.stats import Stats
 from numd.timers import cancel
 
@@ -197,8 +197,7 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
                 return False
             factory.stats.count("array")
             service.merge(values)
-            reply = pickle.dumps(service.all_values(), protocol=REPLY_PROTOCOL)
-            self._answer_when_stored(reply)
+            self._answer_when_stored(self._reply())
         return False
 
     def _fits(self, request_length: int) -> bool:
@@ -227,9 +226,16 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
 
     # -- replies -----------------------------------------------------------------------
 
+    def _reply(self) -> bytes:
+        """The whole sorted list, pickled."""
+        return pickle.dumps(self.factory.service.all_values(), protocol=REPLY_PROTOCOL)
+
     def _answer_when_stored(self, reply: bytes) -> None:
-        """Send `reply` once its merge is stored, after the replies before it."""
-        self._held.append("array", reply, self.factory.service.when_durable())
+        """Send `reply` once its merge is stored, after the replies before it (built anew
+        then, for the shared state, which shows the merge once it is applied)."""
+        service = self.factory.service
+        rebuild = self._reply if service.applies_later else None
+        self._held.append("array", reply, service.when_durable(), rebuild)
         self._release()
 
     def _stored(self) -> None:
@@ -240,6 +246,9 @@ class LegacyArrayProtocol(Protocol, TimeoutMixin):
 
     def _store_failed(self, failure: Failure, replies: int) -> None:
         """A merge could not be stored: the connection is closed (its replies are dropped)."""
+        if failure.check(StateUnavailable):
+            self._refuse(BadRequest("unavailable", f"the merge was not made: {failure.value}"))
+            return
         self.log.failure("storing a merge for {peer} failed", failure, peer=self.peer)
         self._refuse(BadRequest("store-failed", "the merge could not be stored"))
 

@@ -13,7 +13,7 @@ takes them from here. See ``docs/protocol.md`` for the protocol itself.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 
 from twisted.internet.defer import Deferred, succeed
@@ -160,7 +160,7 @@ class CounterFactory(Factory[Protocol]):
             return refusal
         return super().buildProtocol(addr)
 
-    def register(self, protocol: CounterProtocol, client_id: int) -> int:
+    def register(self, protocol: CounterProtocol, client_id: int) -> int | Deferred[int]:
         """Register `client_id` for `protocol`; its start number.
 
         An ID whose connection has completed no token for `takeover_time` is taken
@@ -176,9 +176,29 @@ class CounterFactory(Factory[Protocol]):
             and self.clock.seconds() - owner.last_activity >= self.takeover_time
         ):
             owner.taken_over()
-        start = self.service.register(client_id)
+        start = self.service.claim(client_id)
+        if isinstance(
+            start, Deferred
+        ):  # the shared state: the ID is this connection's once claimed
+
+            def claimed(number: int) -> int:
+                self.owners[client_id] = protocol
+                return number
+
+            return start.addCallback(claimed)
         self.owners[client_id] = protocol
         return start
+
+    def talking(self, since: float) -> list[int]:
+        """The IDs whose connections completed a token since reactor time `since`."""
+        return [i for i, p in self.owners.items() if p.last_activity >= since]
+
+    def leases_lost(self, client_ids: Sequence[int]) -> None:
+        """Another instance holds these IDs now: close their connections here."""
+        for client_id in client_ids:
+            owner = self.owners.get(client_id)
+            if owner is not None:
+                owner.lease_lost()
 
     def startFactory(self) -> None:
         """Start sweeping idle connections (at a quarter of the idle timeout)."""

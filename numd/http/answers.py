@@ -74,3 +74,19 @@ def raw_json_response(
         "Connection: close",
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+LEGACY_TYPE = b"text/html; charset=utf-8"
+"""The older server's content type for its plain-text routes."""
+
+
+def legacy_repr(values: Sequence[int]) -> str:
+    """The list as the older server printed its `SortedList`: ``SortedList([1, 2, 3])``."""
+    return f"SortedList({list(values)!r})"
+
+
+def legacy_response(request: IRequest, text: str) -> bytes:
+    """A 200 answer of the older server's plain-text routes."""
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", LEGACY_TYPE)
+    return text.encode("utf-8")

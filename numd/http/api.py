@@ -44,7 +44,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from numd.http.answers import JSON_TYPE, ApiError, json_response
+from numd.http.answers import JSON_TYPE, ApiError, json_response, legacy_repr, legacy_response
 from numd.http.dashboard import Dashboard
 from numd.http.guard import Guard
 from numd.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -57,14 +57,13 @@ from numd.http.site import (
     ApiSite,
 )
 from numd.messagelog import MessageLog
-from numd.service import INT64_MAX, INT64_MIN, NumberService
+from numd.service import INT64_MAX, INT64_MIN, NumberService, StateUnavailable
 
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 100
 """Values or clients in one page when the request gives no ``limit``."""
 MAX_LIMIT = 1000
 """The largest ``limit`` accepted, so a huge list is never sent whole by accident."""
-LEGACY_TYPE = b"text/html; charset=utf-8"
 LEGACY_PATHS = frozenset({"/get_array", "/add_value", "/clean_array"})
 
 _app = Klein()
@@ -206,19 +205,22 @@ class NumdApi:
         if size > self.max_body:
             raise ApiError(413, "body-too-large", f"the body is larger than {self.max_body} bytes")
 
-    def _when_stored(self, body: bytes) -> bytes | Deferred[bytes]:
-        """`body`, once the change just made is stored (at once without a store).
+    def _when_stored(self, body: Callable[[], bytes]) -> bytes | Deferred[bytes]:
+        """The answer `body()` builds once the change just made is stored (at once without a store).
 
-        If storing fails the answer is 503: the change is in memory but may not
-        survive a restart.
+        Built then, so the shared state (which shows a change once it is applied)
+        answers with it. 503 if storing fails (the change may not survive a restart)
+        or the shared state could not be reached (the change was not made).
         """
         durable = self.service.when_durable()
         if durable is None:
-            return body
+            return body()
 
         def failed(failure: Failure) -> bytes | Failure:
             if failure.check(CancelledError):
                 return failure  # the client went away; Klein drops the answer
+            if failure.check(StateUnavailable):
+                raise ApiError(503, "unavailable", f"the change was not made: {failure.value}")
             self.log.failure("storing a change failed", failure)
             raise ApiError(
                 503,
@@ -226,7 +228,7 @@ class NumdApi:
                 "the change was made but could not be stored; it may be lost on restart",
             )
 
-        return durable.addCallbacks(lambda _: body, failed)
+        return durable.addCallbacks(lambda _: body(), failed)
 
     def _require_legacy(self) -> None:
         if not self.legacy_routes:
@@ -264,7 +266,7 @@ class NumdApi:
         else:
             added = [self.service.add_random()]
         return self._when_stored(
-            json_response(request, {"added": added, "size": self.service.list_size})
+            lambda: json_response(request, {"added": added, "size": self.service.list_size})
         )
 
     @_route(API_PREFIX + "/values", "DELETE")
@@ -273,7 +275,7 @@ class NumdApi:
         removed = self.service.list_size
         self.service.clear()
         return self._when_stored(
-            json_response(request, {"removed": removed, "size": self.service.list_size})
+            lambda: json_response(request, {"removed": removed, "size": self.service.list_size})
         )
 
     # -- the registry ----------------------------------------------------------------
@@ -392,10 +394,10 @@ class NumdApi:
     def legacy_get_array(self, request: IRequest) -> bytes:
         """The whole sorted list, as the older server printed it."""
         self._require_legacy()
-        return _legacy(
+        return legacy_response(
             request,
             "REST API Server[EndPoint = get_array] response : "
-            f"Array Size: {self.service.list_size}, Array: {_old_repr(self.service)}",
+            f"Array Size: {self.service.list_size}, Array: {legacy_repr(self.service.all_values())}",
         )
 
     @_route("/add_value", "GET", "POST")
@@ -403,24 +405,28 @@ class NumdApi:
         """Add one random integer in 1000-10000, as the older server did."""
         self._require_legacy()
         value = self.service.add_random()
-        text = (
-            "REST API Server[EndPoint = add_value] response : "
-            f"Added random integer: {value}, New Size: {self.service.list_size}, "
-            f"New Array: {_old_repr(self.service)}"
+        return self._when_stored(
+            lambda: legacy_response(
+                request,
+                "REST API Server[EndPoint = add_value] response : "
+                f"Added random integer: {value}, New Size: {self.service.list_size}, "
+                f"New Array: {legacy_repr(self.service.all_values())}",
+            )
         )
-        return self._when_stored(_legacy(request, text))
 
     @_route("/clean_array", "GET", "DELETE")
     def legacy_clean_array(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Empty the sorted list, as the older server did."""
         self._require_legacy()
         self.service.clear()
-        text = (
-            "REST API Server [EndPoint = clean_array] : "
-            f"Cleansed int array, New Size: {self.service.list_size}, "
-            f"New Array: {_old_repr(self.service)}"
+        return self._when_stored(
+            lambda: legacy_response(
+                request,
+                "REST API Server [EndPoint = clean_array] : "
+                f"Cleansed int array, New Size: {self.service.list_size}, "
+                f"New Array: {legacy_repr(self.service.all_values())}",
+            )
         )
-        return self._when_stored(_legacy(request, text))
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -474,17 +480,6 @@ class NumdApi:
         return json_response(
             request, {"error": "internal", "message": "internal server error"}, 500
         )
-
-
-def _old_repr(service: NumberService) -> str:
-    """The list as the older server printed its `SortedList`: ``SortedList([1, 2, 3])``."""
-    return f"SortedList({service.all_values()!r})"
-
-
-def _legacy(request: IRequest, text: str) -> bytes:
-    request.setResponseCode(200)
-    request.setHeader(b"Content-Type", LEGACY_TYPE)
-    return text.encode("utf-8")
 
 
 def _openapi_document(legacy_routes: bool) -> bytes:

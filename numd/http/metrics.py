@@ -11,7 +11,7 @@ global registry (and two daemons in one test process do not collide).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,6 +24,11 @@ from numd.stats import Stats
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The Content-Type of `Metrics.render`'s output: the Prometheus text format 0.0.4."""
+
+
+MetricValue = tuple[str, str, str, float]
+"""One value of a source added with `Metrics.add_values`: kind (``gauge`` or ``counter``),
+name, help text, value."""
 
 
 class Metrics:
@@ -39,8 +44,13 @@ class Metrics:
         self.message_log = message_log
         self.http_requests: Counter[tuple[str, int]] = Counter()
         self._stats: dict[str, Stats] = {}
+        self._sources: list[Callable[[], Iterable[MetricValue]]] = []
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_NumdCollector(self))
+
+    def add_values(self, source: Callable[[], Iterable[MetricValue]]) -> None:
+        """Export the values `source` returns at each scrape (e.g. the shared state's)."""
+        self._sources.append(source)
 
     def add_stats(self, protocol: str, stats: Stats) -> None:
         """Export `stats` (messages, errors, connections) with ``protocol=<protocol>``."""
@@ -117,6 +127,13 @@ class _NumdCollector(Collector):
         for (route, status), count in sorted(metrics.http_requests.items()):
             http.add_metric([route, str(status)], count)
         yield http
+
+        for source in metrics._sources:
+            for kind, name, documentation, value in source():
+                if kind == "gauge":
+                    yield GaugeMetricFamily(name, documentation, value=value)
+                else:
+                    yield CounterMetricFamily(name, documentation, value=value)
 
         message_log = metrics.message_log
         if message_log is not None:

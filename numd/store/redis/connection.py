@@ -51,6 +51,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from numd.service import StateUnavailable
 from numd.store.redis.address import (
     RedisConfig,
     RedisConfigError,
@@ -74,7 +75,7 @@ UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 running a long script, a replica without its primary), not that the command was wrong."""
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(StateUnavailable):
     """Redis could not be reached, or did not answer in time: nothing was acknowledged."""
 
 
@@ -103,6 +104,7 @@ class RedisClient:
         where: str = "Redis",
         abort: Callable[[], None] | None = None,
         close: Callable[[], Deferred[None]] | None = None,
+        start: Callable[[], None] | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout {timeout!r} s must be positive")
@@ -113,6 +115,7 @@ class RedisClient:
         """What this connects to, for messages (never with a password)."""
         self._abort = abort
         self._close = close
+        self._start = start
         self.epoch = 0
         """How many connections have been made so far (a new one after each loss)."""
         self.connected = False
@@ -168,6 +171,12 @@ class RedisClient:
         return f"not connected to {self.where}"
 
     # -- the connection ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (once), for a client made by `connect` with ``start=False``."""
+        start, self._start = self._start, None
+        if start is not None:
+            start()
 
     def when_connected(self) -> Deferred[None]:
         """Fire once a connection is up (at once if one is); fail if Redis refused this client.
@@ -309,11 +318,15 @@ def connect(
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
     max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
     tls: IOpenSSLClientConnectionCreator | None = None,
+    start: bool = True,
 ) -> RedisClient:
     """A `RedisClient` for `config`, connecting (and reconnecting) in the background.
 
     It is returned at once, before any connection is made: `RedisClient.when_connected`
-    fires once one is up, and until then commands fail with `RedisUnavailable`.
+    fires once one is up, and until then commands fail with `RedisUnavailable`. With
+    `start` False it connects only once `RedisClient.start` is called (twistd builds
+    the service tree before it forks into the background; connections wait for the
+    service to start).
     `reactor` provides the endpoints (TCP, Unix sockets) and the clock for the
     command timeouts. Raises `RedisConfigError` for an address it cannot connect to
     (Sentinel, for now).
@@ -377,6 +390,15 @@ def connect(
         d: Deferred[None] = factory.disconnect()
         return d.addCallback(lambda _: None)
 
-    client = RedisClient(factory.handler, reactor, timeout, where, abort, close)
-    factory.startConnecting(endpoint)
+    client = RedisClient(
+        factory.handler,
+        reactor,
+        timeout,
+        where,
+        abort,
+        close,
+        lambda: factory.startConnecting(endpoint),
+    )
+    if start:
+        client.start()
     return client

@@ -86,11 +86,13 @@ from numd.store.redis.snapshot import (
     DEFAULT_CLIENT_CHUNK,
     SNAPSHOT_ATTEMPTS,
     STREAM_STATE,
+    UPDATE_OP,
     EntryId,
     Snapshot,
     SnapshotReader,
     SnapshotSpoilt,
     parse_id,
+    parse_updates,
     record_fields,
     values_of,
 )
@@ -352,6 +354,17 @@ class Follower(Service, SnapshotReader):
             else:
                 service.disconnect(client_id)
             record.last_seen = last_seen
+        elif op == UPDATE_OP:
+            last_seen = float(entry.fields[b"last_seen"])
+            for client_id, number, given, bye in parse_updates(entry.fields[b"clients"]):
+                record = service.record_for(client_id)
+                if number is not None:
+                    service.report(client_id, number)
+                if given is not None:
+                    service.record_given(client_id, given)
+                if bye:
+                    service.disconnect(client_id)
+                record.last_seen = last_seen
         else:
             self.log.warn("skipping change {entry} of unknown kind {op}", entry=entry.entry, op=op)
 

@@ -134,6 +134,50 @@ return {_STREAM.format(key=3, op="give")}, 'id', ARGV[3], 'last_given', ARGV[4],
   'last_seen', ARGV[5])
 """
 
+UPDATE = f"""#!lua
+-- Several clients' reports, given numbers and disconnects, made on this instance since its
+-- last update, with one 'update' entry listing them. KEYS: changes, then per client its lease
+-- and its hash. ARGV: maxlen, instance, now, then per client: id, number ('' if none), last
+-- given ('' if none), '1' if it disconnected (else '0').
+-- A client whose lease this instance does not hold is skipped and returned as lost (its
+-- connection here is stale); a disconnect then marks it disconnected only if it is still
+-- marked connected here, as DISCONNECT does. The entry's 'clients' field has one line per
+-- client applied: 'id number given bye', '-' for none. Returns the entry ID ('' if nothing
+-- was applied) and the lost IDs.
+local lines, lost = {{}}, {{}}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local lease, hash = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local id, number, given, bye = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+  local holder = redis.call('GET', lease)
+  local apply = holder == ARGV[2]
+  if not apply then
+    lost[#lost + 1] = id
+    if bye == '1' and not holder and redis.call('HGET', hash, 'instance') == ARGV[2]
+        and redis.call('HGET', hash, 'connected') == '1' then
+      apply, number, given = true, '', ''
+    end
+  end
+  if apply then
+    local fields = {{'last_seen', ARGV[3]}}
+    if number ~= '' then fields[#fields + 1] = 'number'; fields[#fields + 1] = number end
+    if given ~= '' then fields[#fields + 1] = 'last_given'; fields[#fields + 1] = given end
+    if bye == '1' then
+      fields[#fields + 1] = 'connected'; fields[#fields + 1] = '0'
+      if holder == ARGV[2] then redis.call('DEL', lease) end
+    end
+    redis.call('HSET', hash, unpack(fields))
+    lines[#lines + 1] = id .. ' ' .. (number ~= '' and number or '-') .. ' '
+      .. (given ~= '' and given or '-') .. ' ' .. bye
+  end
+end
+local entry = ''
+if #lines > 0 then
+  entry = {_STREAM.format(key=1, op="update")},
+    'clients', table.concat(lines, '\\n'), 'last_seen', ARGV[3])
+end
+return {{entry, lost}}
+"""
+
 
 @dataclass(frozen=True)
 class Script:
@@ -158,5 +202,6 @@ SCRIPTS = {
         ("disconnect", DISCONNECT),
         ("report", REPORT),
         ("give", GIVE),
+        ("update", UPDATE),
     ]
 }

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.python.failure import Failure
 
 from numd.service import MAX_CLIENT_ID, MIN_CLIENT_ID, ClientRecord, IdInUse
@@ -123,6 +123,30 @@ class Registered:
     entry: bytes
     number: int
     """The start number: the last number the ID reported on any instance (0 if new)."""
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What changed of one client on this instance since its last update."""
+
+    client_id: int
+    number: int | None = None
+    """The last number it reported, or None."""
+    given: int | None = None
+    """The last even/odd number it was given, or None."""
+    bye: bool = False
+    """Whether its connection here ended."""
+
+
+@dataclass(frozen=True)
+class Updated:
+    """A batch of client updates that Redis applied."""
+
+    entries: list[bytes]
+    """The change-stream entries written (none if nothing was applied)."""
+    lost: list[int]
+    """The IDs whose leases this instance no longer holds: their updates were not applied
+    (a disconnect of an ID still marked connected here was)."""
 
 
 @dataclass(frozen=True)
@@ -241,8 +265,38 @@ class StateScripts:
             batch = ids[start : start + RENEW_BATCH]
             d = self._run("renew", [self.keys.lease(i) for i in batch], [ms], stream=False)
             calls.append(d.addCallback(_pick, batch))
-        d = gatherResults(calls, consumeErrors=True)
+        d = _gather(calls)
         return d.addCallback(lambda lists: [i for lost in lists for i in lost])
+
+    def update(self, changes: Sequence[ClientUpdate], now: float) -> Deferred[Updated]:
+        """Apply several clients' reports, given numbers and disconnects, one entry per call.
+
+        At most `RENEW_BATCH` clients go in one script call. Updates of IDs whose
+        lease this instance no longer holds are skipped and named in `Updated.lost`.
+        """
+        keys = self.keys
+        calls: list[Deferred[Any]] = []
+        for start in range(0, len(changes), RENEW_BATCH):
+            batch = changes[start : start + RENEW_BATCH]
+            batch_keys: list[bytes] = [keys.changes]
+            args: list[bytes] = [_seconds(now)]
+            for change in batch:
+                batch_keys += [keys.lease(change.client_id), keys.client(change.client_id)]
+                args += [
+                    _client_id(change.client_id),
+                    b"" if change.number is None else _integer(change.number),
+                    b"" if change.given is None else _integer(change.given),
+                    b"1" if change.bye else b"0",
+                ]
+            calls.append(self._run("update", batch_keys, args))
+        d = _gather(calls)
+
+        def updated(replies: list[Any]) -> Updated:
+            entries = [reply[0] for reply in replies if reply[0]]
+            lost = [int(i) for reply in replies for i in reply[1]]
+            return Updated(entries, lost)
+
+        return d.addCallback(updated)
 
     def disconnect(self, client_id: int, now: float) -> Deferred[bytes | None]:
         """Free `client_id`'s lease if this instance holds it and mark it disconnected.
@@ -311,6 +365,17 @@ class StateScripts:
             return again.addCallback(lambda _: self._redis.execute_command(*command))
 
         return d.addErrback(reload).addErrback(_refusal, subject)
+
+
+def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """The results of `calls`, in order; or the first failure as it is (not a `FirstError`)."""
+    d = gatherResults(calls, consumeErrors=True)
+
+    def first(failure: Failure) -> Failure:
+        error = failure.value
+        return error.subFailure if isinstance(error, FirstError) else failure
+
+    return d.addErrback(first)
 
 
 def _pick(positions: list[int], ids: list[int]) -> list[int]:

@@ -92,6 +92,8 @@ EntryId = tuple[int, int]
 
 _MEMBER = struct.Struct(f">Q{MEMBER_BYTES - 8}x")
 CLIENT_OPS = ("register", "report", "give", "disconnect")
+UPDATE_OP = "update"
+"""The entry of several clients' changes (`scripts.StateScripts.update`)."""
 _ABOVE_ALL = b"\xff" * (MEMBER_BYTES + 1)
 """Sorts above every member: where a snapshot stands once it has read the whole list."""
 
@@ -146,6 +148,22 @@ class Snapshot:
 class SnapshotSpoilt(Exception):
     """A chunked snapshot was spoilt by a clear, or a trim of entries it needed, while it was
     read: read it again."""
+
+
+def parse_updates(blob: bytes) -> list[tuple[int, int | None, int | None, bool]]:
+    """The clients of an update entry: (id, number or None, given or None, disconnected)."""
+    updates = []
+    for line in blob.split(b"\n"):
+        client_id, number, given, bye = line.split(b" ")
+        updates.append(
+            (
+                int(client_id),
+                None if number == b"-" else int(number),
+                None if given == b"-" else int(given),
+                bye == b"1",
+            )
+        )
+    return updates
 
 
 def _client_change(entry: StreamEntry, record: ClientRecord) -> None:
@@ -232,6 +250,17 @@ class SnapshotReader:
                     client_id = int(entry.fields[b"id"])
                     record = clients.setdefault(client_id, ClientRecord(client_id))
                     _client_change(entry, record)
+                elif entry.op == UPDATE_OP:
+                    last_seen = float(entry.fields[b"last_seen"])
+                    for client_id, number, given, bye in parse_updates(entry.fields[b"clients"]):
+                        record = clients.setdefault(client_id, ClientRecord(client_id))
+                        if number is not None:
+                            record.number = number
+                        if given is not None:
+                            record.last_given = given
+                        if bye:
+                            record.connected = False
+                        record.last_seen = last_seen
         if missed:
             values = sorted(values + values_of(b"".join(missed)))
         return Snapshot(last, added, values, clients, calls)

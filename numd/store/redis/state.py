@@ -1,0 +1,422 @@
+"""The state shared by several numd instances through Redis: `SharedState`.
+
+A `SharedState` is a `NumberService` whose reads are those of a local copy (kept
+up to date by a `Follower` from Redis's change stream) and whose changes go to
+Redis, each one script call (`StateScripts`), never to the copy directly: a
+change shows in the copy when its stream entry comes back, as every other
+instance's changes do, exactly once and in Redis's order.
+
+- **Merges, adds and clears** are answered once applied: `when_durable` fires
+  when Redis has applied every change made since the last call *and* the copy
+  includes them (`Follower.wait_applied`), so the very next reply or page on this
+  instance shows them. Answers that show the list after a change are built then
+  (`applies_later`).
+- **Registration** takes the ID's lease in Redis (`claim`, a Deferred): the start
+  number is the last one the ID reported on any instance; `IdInUse` while any
+  instance holds the lease.
+- **Reports, given numbers and disconnects** are not answered: they are gathered
+  per client and sent in one script call per batch (one stream entry), a batch
+  as soon as the previous one is answered, so at a low rate each goes at once and
+  at a high rate they share calls. A disconnect, then a registration of the same
+  ID, keep their order. While Redis is down they wait (at most one entry per ID)
+  and go when it is back.
+- **Leases** are renewed every third of the lease time for the IDs whose
+  connections completed a token since the last renewal (`talking`): a silent
+  connection's lease runs out and another instance may take its ID. IDs whose
+  lease this instance lost are handed to `lease_lost`, which closes their
+  connections.
+
+Redis unreachable: changes fail with `StateUnavailable` (at once while
+disconnected, within the command timeout otherwise), so nothing is acknowledged
+that Redis did not apply.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from numd.service import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_CLIENT_ID,
+    MIN_CLIENT_ID,
+    RANDOM_VALUE_MAX,
+    RANDOM_VALUE_MIN,
+    IdInUse,
+    NumberService,
+    Parity,
+    StateUnavailable,
+)
+from numd.store.redis.connection import DEFAULT_CONNECT_TIMEOUT, RedisClient
+from numd.store.redis.encoding import MemberEncoder
+from numd.store.redis.follower import Follower
+from numd.store.redis.scripts import (
+    DEFAULT_LEASE_TIME,
+    ClientUpdate,
+    MemberCollision,
+    StateScripts,
+    Updated,
+)
+from numd.store.redis.snapshot import parse_id
+from numd.timers import cancel
+
+MERGE_ATTEMPTS = 3
+"""Merges tried with a new tag after a member collision (one in 2^64 per member)."""
+MAX_UPDATE_DELAY = 2.0
+"""The longest wait before sending client updates again after a failure."""
+
+
+class SharedState(NumberService):
+    """numd's state in Redis, read from a local copy that follows the change stream.
+
+    `redis` carries the changes; `follower` keeps this object's copy (it is given
+    `local_copy`, which applies changes without sending them). `talking(since)`
+    names the IDs whose connections completed a token since `since` (their leases
+    are renewed); `lease_lost(ids)` is told of IDs whose lease another instance
+    took. Both are set by the daemon's wiring (the counter listener provides them).
+    """
+
+    log = Logger()
+    applies_later = True
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        scripts: StateScripts,
+        redis: RedisClient,
+        follower_redis: RedisClient,
+        rng: random.Random | None = None,
+        lease_time: float = DEFAULT_LEASE_TIME,
+        encoder: MemberEncoder | None = None,
+    ) -> None:
+        super().__init__(clock, rng)
+        self._clock = clock
+        self.scripts = scripts
+        self.redis = redis
+        self.lease_time = lease_time
+        self.encoder = encoder if encoder is not None else MemberEncoder()
+        self.follower = Follower(self.local_copy, follower_redis, clock, scripts.keys)
+        self.talking: Callable[[float], Iterable[int]] = lambda since: ()
+        self.lease_lost: Callable[[Sequence[int]], None] = lambda ids: None
+        self._unwaited: list[Deferred[bytes]] = []
+        """Changes to the list made since the last `when_durable`: each fires with its entry."""
+        self._updates: dict[int, list[Any]] = {}
+        """Per client, what to send: [number or None, given or None, disconnected]."""
+        self._update_call: IDelayedCall | None = None
+        self._updates_in_flight = 0
+        self._update_delay = 0.0
+        self._renewer = LoopingCall(self._renew)
+        self._renewer.clock = clock
+        self._renewed_at = clock.seconds()
+        self._down_call: IDelayedCall | None = None
+        self.unavailable = 0
+        """Changes refused because Redis could not be reached (or did not answer in time)."""
+        self.leases_lost = 0
+        """IDs whose leases this instance found taken or expired."""
+        self.update_batches = 0
+        """Script calls that sent client updates."""
+
+    @property
+    def local_copy(self) -> NumberService:
+        """This object as a plain `NumberService`: its changes apply to the copy only (the
+        follower applies Redis's changes through it)."""
+        return cast(NumberService, super())
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Connect, follow the change stream and renew leases; say so once if Redis is not
+        reachable at first (numd keeps trying)."""
+        super().startService()
+        self.redis.start()
+        self.follower.redis.start()
+        self.follower.startService()
+        self._renewer.start(self.lease_time / 3, now=False)
+        self._down_call = self._clock.callLater(DEFAULT_CONNECT_TIMEOUT, self._still_down)
+
+    def _still_down(self) -> None:
+        self._down_call = None
+        if self.redis.connected:
+            return
+        where = self.redis.where
+        self.log.warn(
+            "numd: Redis at {where} is not reachable yet; trying again with backoff "
+            "(/readyz says not-ready until it is)",
+            where=where,
+        )
+        reached = self.redis.when_connected()
+        reached.addCallback(lambda _: self.log.info("numd: Redis at {where} reached", where=where))
+        reached.addErrback(lambda _: None)
+
+    def stopService(self) -> Deferred[None]:
+        """Send the last client updates (the disconnects of a clean stop: their leases are freed
+        at once), then stop following and close the connections."""
+        super().stopService()
+        cancel(self._down_call)
+        if self._renewer.running:
+            self._renewer.stop()
+        cancel(self._update_call)
+        self._update_call = None
+        last = self._send_updates() if self._updates and self.redis.connected else None
+        d: Deferred[Any] = last if last is not None else Deferred()
+        if last is None:
+            d.callback(None)
+        d.addTimeout(self.redis.timeout, self._clock)
+        d.addErrback(lambda f: self.log.warn("last client updates not sent: {f}", f=f.value))
+
+        def close(_: object) -> Deferred[list[Any]]:
+            self.follower.stopService()
+            return gatherResults([self.redis.close(), self.follower.redis.close()])
+
+        return d.addBoth(close).addBoth(lambda _: None)
+
+    @property
+    def ready(self) -> bool:
+        """Whether changes can be made and the copy is current."""
+        return self.redis.connected and self.follower.ready
+
+    def metric_values(self) -> list[tuple[str, str, str, float]]:
+        """This instance's Redis figures for ``/metrics``: (kind, name, help, value)."""
+        follower = self.follower
+        return [
+            (
+                "gauge",
+                "numd_redis_connected",
+                "1 while the connection for changes is up.",
+                float(self.redis.connected),
+            ),
+            (
+                "gauge",
+                "numd_redis_ready",
+                "1 while changes can be made and the local copy is current.",
+                float(self.ready),
+            ),
+            (
+                "counter",
+                "numd_redis_unavailable",
+                "Changes refused because Redis could not be reached in time.",
+                self.unavailable,
+            ),
+            (
+                "counter",
+                "numd_redis_command_timeouts",
+                "Redis commands that got no answer in time.",
+                self.redis.timeouts,
+            ),
+            (
+                "counter",
+                "numd_redis_leases_lost",
+                "Client IDs this instance found held by another instance.",
+                self.leases_lost,
+            ),
+            (
+                "gauge",
+                "numd_redis_pending_updates",
+                "Clients whose reports or disconnects wait to be sent.",
+                len(self._updates),
+            ),
+            (
+                "counter",
+                "numd_redis_update_batches",
+                "Script calls that sent client updates.",
+                self.update_batches,
+            ),
+            (
+                "counter",
+                "numd_redis_entries_applied",
+                "Change-stream entries applied to the local copy.",
+                follower.applied,
+            ),
+            (
+                "counter",
+                "numd_redis_snapshot_loads",
+                "Snapshots of the shared state loaded.",
+                follower.loads,
+            ),
+            (
+                "counter",
+                "numd_redis_stream_gaps",
+                "Reloads because change-stream entries were trimmed unread.",
+                follower.gaps,
+            ),
+        ]
+
+    # -- the registry ------------------------------------------------------------------
+
+    def claim(self, client_id: int) -> Deferred[int]:
+        """Take `client_id`'s lease in Redis; fire with its start number (from any instance)."""
+        if not MIN_CLIENT_ID <= client_id <= MAX_CLIENT_ID:
+            raise ValueError(f"client id {client_id} is outside 0-10000")
+        if client_id in self._updates:
+            self._send_updates()  # its disconnect goes first, on the same connection
+        d = self.scripts.register(client_id, self._clock.seconds(), self.lease_time)
+        return d.addCallbacks(lambda registered: registered.number, self._unavailable)
+
+    def disconnect(self, client_id: int) -> None:
+        """Free `client_id`'s lease and mark it disconnected, in the next batch."""
+        self._update(client_id)[2] = True
+
+    def report(self, client_id: int, number: int) -> None:
+        """Record `number` for `client_id`, in the next batch."""
+        self._update(client_id)[0] = number
+
+    def give(self, client_id: int, parity: Parity) -> int:
+        """Draw an even (0-98) or odd (1-99) number for `client_id`; record it in the next batch."""
+        number = 2 * int(self.rng.random() * 50) + (parity == "odd")
+        self._update(client_id)[1] = number
+        return number
+
+    def give_many(self, client_id: int, odd: list[bool]) -> list[int]:
+        """`give` for several requests of one client at once (True: odd), in order."""
+        random = self.rng.random
+        numbers = [2 * int(random() * 50) + o for o in odd]
+        self._update(client_id)[1] = numbers[-1]
+        return numbers
+
+    def _update(self, client_id: int) -> list[Any]:
+        update = self._updates.get(client_id)
+        if update is None:
+            update = self._updates[client_id] = [None, None, False]
+            if self._update_call is None and not self._updates_in_flight:
+                self._update_call = self._clock.callLater(self._update_delay, self._send_updates)
+        return update
+
+    def _send_updates(self) -> Deferred[None] | None:
+        """Send the gathered client updates in one batch (None if there are none)."""
+        cancel(self._update_call)
+        self._update_call = None
+        if not self._updates:
+            return None
+        updates, self._updates = self._updates, {}
+        changes = [ClientUpdate(i, n, g, b) for i, (n, g, b) in updates.items()]
+        self._updates_in_flight += 1
+        self.update_batches += 1
+        d = self.scripts.update(changes, self._clock.seconds())
+        return d.addCallbacks(self._updated, self._update_failed, errbackArgs=(changes,))
+
+    def _updated(self, updated: Updated) -> None:
+        self._updates_in_flight -= 1
+        self._update_delay = 0.0
+        if updated.lost:
+            self._lost(updated.lost)
+        self._next_updates()
+
+    def _update_failed(self, failure: Failure, changes: list[ClientUpdate]) -> None:
+        """Keep the updates that failed (behind newer ones of the same clients) and try again
+        after a backoff: nothing that a client reported is dropped while Redis is away."""
+        self._updates_in_flight -= 1
+        if self._update_delay == 0.0:
+            self.log.warn("client updates not sent: {why}; trying again", why=failure.value)
+        for change in changes:
+            newer = self._updates.get(change.client_id)
+            if newer is None:
+                self._updates[change.client_id] = [change.number, change.given, change.bye]
+            else:
+                newer[0] = change.number if newer[0] is None else newer[0]
+                newer[1] = change.given if newer[1] is None else newer[1]
+                newer[2] = newer[2] or change.bye
+        self._update_delay = min(max(self._update_delay * 2, 0.05), MAX_UPDATE_DELAY)
+        self._next_updates()
+
+    def _next_updates(self) -> None:
+        if self._updates and self._update_call is None and not self._updates_in_flight:
+            self._update_call = self._clock.callLater(self._update_delay, self._send_updates)
+
+    def _renew(self) -> Deferred[None] | None:
+        """Extend the leases of the IDs whose connections talked since the last renewal."""
+        since, self._renewed_at = self._renewed_at, self._clock.seconds()
+        ids = list(self.talking(since))
+        if not ids or not self.redis.connected:
+            return None
+        d = self.scripts.renew(ids, self.lease_time)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("renewing {n} leases failed: {why}", n=len(ids), why=failure.value)
+
+        return d.addCallbacks(self._lost, failed)
+
+    def _lost(self, ids: Sequence[int]) -> None:
+        if ids:
+            self.leases_lost += len(ids)
+            self.log.warn(
+                "{n} client IDs are no longer held here (another instance took them, "
+                "or their leases ran out): closing their connections",
+                n=len(ids),
+            )
+            self.lease_lost(ids)
+
+    # -- the sorted list ---------------------------------------------------------------
+
+    def merge(self, values: Iterable[int]) -> list[int]:
+        """Send `values` to the shared list; `when_durable` fires once they are in the copy."""
+        added = list(values)
+        for value in added:
+            if isinstance(value, bool) or not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"{value!r} is not a 64-bit integer")
+        if added:
+            self._unwaited.append(self._merge(added, MERGE_ATTEMPTS))
+        return added
+
+    def _merge(self, values: list[int], attempts: int) -> Deferred[bytes]:
+        d = self.scripts.merge(self.encoder.encode_all(values))
+
+        def collided(failure: Failure) -> Deferred[bytes]:
+            if not failure.check(MemberCollision) or attempts <= 1:
+                failure.raiseException()
+            self.encoder.retag()
+            return self._merge(values, attempts - 1)
+
+        return d.addCallback(lambda applied: applied.entry).addErrback(collided)
+
+    def add_random(self) -> int:
+        """Add one random integer in 1000-10000 to the shared list; return it."""
+        value = self.rng.randint(RANDOM_VALUE_MIN, RANDOM_VALUE_MAX)
+        self.merge([value])
+        return value
+
+    def clear(self) -> None:
+        """Empty the shared list; `when_durable` fires once the copy is empty too."""
+        d = self.scripts.clear()
+        self._unwaited.append(d.addCallback(lambda applied: applied.entry))
+
+    # -- acknowledgements --------------------------------------------------------------
+
+    @property
+    def waits_for_durability(self) -> bool:
+        """Always: every change to the list is answered once Redis applied it."""
+        return True
+
+    def when_durable(self) -> Deferred[None] | None:
+        """Fires once Redis applied the list changes made since the last call and the copy
+        includes them; fails with `StateUnavailable` if Redis refused or did not answer."""
+        changes, self._unwaited = self._unwaited, []
+        if not changes:
+            return None
+        d = gatherResults(changes, consumeErrors=True)
+
+        def applied(entries: list[bytes]) -> Deferred[None]:
+            return self.follower.wait_applied(max(entries, key=parse_id))
+
+        def first(failure: Failure) -> Failure:
+            error = failure.value
+            return error.subFailure if isinstance(error, FirstError) else failure
+
+        return d.addErrback(first).addCallback(applied).addErrback(self._unavailable)
+
+    def _unavailable(self, failure: Failure) -> Failure:
+        """`failure` as numd's refusals: `IdInUse` as it is, anything else `StateUnavailable`."""
+        if failure.check(IdInUse):
+            return failure
+        self.unavailable += 1
+        if failure.check(StateUnavailable):
+            return failure
+        self.log.failure("Redis refused a change", failure)
+        return Failure(StateUnavailable(f"Redis refused the change: {failure.value}"))
