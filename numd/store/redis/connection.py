@@ -37,7 +37,7 @@ only Redis's refusal (a wrong password, no such database) is final, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -244,9 +244,15 @@ class _Refused(Exception):
     """Redis refused the password or the database number of a new connection."""
 
 
-async def _log_in(conn: Any, config: RedisConfig, clock: IReactorTime, timeout: float) -> None:
+async def _log_in(
+    conn: Any,
+    config: RedisConfig,
+    clock: IReactorTime,
+    timeout: float,
+    preload: Sequence[bytes] = (),
+) -> None:
     """Send ``AUTH`` (if there is a password) and ``SELECT`` (if the database is not 0) on a
-    new connection; `_Refused` if Redis refuses either."""
+    new connection, then ``SCRIPT LOAD`` each of `preload`; `_Refused` if Redis refuses any."""
     txredisapi = _txredisapi()
     address = config.address
     steps = []
@@ -255,6 +261,10 @@ async def _log_in(conn: Any, config: RedisConfig, clock: IReactorTime, timeout: 
         steps.append(("could not log in", [b"AUTH", *user, config.password.encode()]))
     if address.db:
         steps.append((f"could not select database {address.db}", [b"SELECT", b"%d" % address.db]))
+    for source in preload:
+        steps.append(
+            ("could not load numd's scripts (Redis 7 or later?)", [b"SCRIPT", b"LOAD", source])
+        )
     for what, command in steps:
         try:
             await conn.execute_command(*command).addTimeout(timeout, clock)
@@ -319,6 +329,7 @@ def connect(
     max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
     tls: IOpenSSLClientConnectionCreator | None = None,
     start: bool = True,
+    preload: Sequence[bytes] = (),
 ) -> RedisClient:
     """A `RedisClient` for `config`, connecting (and reconnecting) in the background.
 
@@ -326,7 +337,10 @@ def connect(
     fires once one is up, and until then commands fail with `RedisUnavailable`. With
     `start` False it connects only once `RedisClient.start` is called (twistd builds
     the service tree before it forks into the background; connections wait for the
-    service to start).
+    service to start). Each of `preload` (Lua scripts) is loaded on every new connection
+    before it takes commands, so that a script called by its SHA1 (``EVALSHA``) is
+    never missing after Redis restarted: reloading it then would let the commands sent
+    behind it overtake it.
     `reactor` provides the endpoints (TCP, Unix sockets) and the clock for the
     command timeouts. Raises `RedisConfigError` for an address it cannot connect to
     (Sentinel, for now).
@@ -346,7 +360,7 @@ def connect(
         def addConnection(self, conn: Any) -> None:
             super().addConnection(conn)
             if conn in self.pool:
-                d = ensureDeferred(_log_in(conn, config, reactor, connect_timeout))
+                d = ensureDeferred(_log_in(conn, config, reactor, connect_timeout, preload))
                 d.addCallbacks(ready, failed, callbackArgs=(conn,), errbackArgs=(conn,))
 
         def delConnection(self, conn: Any) -> None:

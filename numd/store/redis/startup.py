@@ -18,6 +18,7 @@ from typing import Any
 
 from numd.store.redis.address import RedisConfig, SentinelAddress, TcpAddress
 from numd.store.redis.connection import DEFAULT_CONNECT_TIMEOUT, connect
+from numd.store.redis.lua import SCRIPTS
 from numd.store.redis.scripts import DEFAULT_LEASE_TIME, Keys, StateScripts
 from numd.store.redis.state import SharedState
 
@@ -38,10 +39,11 @@ def open_shared_state(
 ) -> SharedState:
     """The shared state in `config`'s Redis, with its two connections (changes, and the
     change stream's blocking reads), which connect once the state service starts."""
-    redis = connect(config, reactor, start=False)
+    scripts = [script.source for script in SCRIPTS.values()]
+    redis = connect(config, reactor, start=False, preload=scripts)
     follower_redis = connect(config, reactor, start=False)
-    scripts = StateScripts(redis, instance_name(), Keys(config.prefix))
-    return SharedState(reactor, scripts, redis, follower_redis, rng, lease_time)
+    changes = StateScripts(redis, instance_name(), Keys(config.prefix))
+    return SharedState(reactor, changes, redis, follower_redis, rng, lease_time)
 
 
 def unreachable(config: RedisConfig, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> str | None:
