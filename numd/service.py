@@ -360,6 +360,11 @@ class NumberService(Service):
         clients = self.clients
         return [clients[i] for i in client_ids if i in clients]
 
+    def instances(self) -> list[dict[str, object]] | None:
+        """The numd instances sharing this state, each as it describes itself (None: this
+        process alone holds it)."""
+        return None
+
     # -- restoring -------------------------------------------------------------
 
     def restore(self, values: Iterable[int], clients: Iterable[ClientRecord]) -> None:

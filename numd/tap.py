@@ -171,6 +171,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     if isinstance(state, SharedState):  # its leases follow the counter connections
         state.talking = counter_factory.talking
         state.lease_lost = counter_factory.leases_lost
+        state.local_clients = lambda: len(counter_factory.owners)
     else:
         store = make_store(state, config["db"], reactor, sync=config["sync"])
     legacy = _legacy_array_factory(config, state, reactor)

@@ -316,6 +316,7 @@ def test_snapshot_route_shows_clients_totals_and_the_list(
         "messages_out": 3,
         "errors": 1,
         "list_size": 4,
+        "instances": None,  # the embedded state: this process alone
     }
     assert totals["in_per_second"] == 5.0  # 10 messages in the 2 s since the dashboard began
     assert snapshot["list"]["size"] == 4

@@ -219,3 +219,22 @@ async def test_a_member_collision_is_merged_again_under_a_new_tag(instances: Ins
     await wait(b.when_durable())
     assert b.all_values() == [10, 10]
     assert a.encoder.tag != b.encoder.tag
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_instance_lists_the_instances_alive_with_their_client_counts(
+    instances: Instances,
+) -> None:
+    """Heartbeats: every instance sees the others and their client counts; one that stops
+    cleanly leaves the list at once (at the others' next heartbeat)."""
+    a, b = await instances.start("a"), await instances.start("b")
+    a.local_clients = lambda: 3
+    b.local_clients = lambda: 1
+    a.heartbeat()
+    b.heartbeat()
+    await until(
+        lambda: [(i["name"], i["clients"]) for i in b.instances() or []] == [("a", 3), ("b", 1)]
+    )
+    await wait(b.stopService())
+    a.heartbeat()
+    await until(lambda: [i["name"] for i in a.instances() or []] == ["a"])

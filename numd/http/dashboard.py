@@ -231,6 +231,7 @@ class Dashboard:
             "out_per_second": out_rate,
             "errors": errors,
             "list_size": service.list_size,
+            "instances": service.instances(),
         }
 
     def snapshot(self) -> dict[str, Any]:

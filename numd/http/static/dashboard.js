@@ -93,6 +93,27 @@
     show("t-out", t.messages_out);
     show("t-errors", t.errors);
     show("t-size", t.list_size);
+    showInstances(t.instances);
+  }
+
+  // With Redis, the numd instances sharing the state (null: this one alone).
+  function showInstances(instances) {
+    const card = $("instances-card");
+    card.hidden = !instances;
+    if (!instances) return;
+    show("t-instances", instances.length);
+    const list = $("instances");
+    const items = instances.map((i) => {
+      const n = Number(i.clients) || 0;
+      return `${i.name}: ${fmt.format(n)} ${n === 1 ? "client" : "clients"}`;
+    });
+    if (list.dataset.items === items.join("\n")) return;
+    list.dataset.items = items.join("\n");
+    list.replaceChildren(...items.map((text) => {
+      const li = document.createElement("li");
+      li.textContent = text;
+      return li;
+    }));
   }
 
   function showList(l) {

@@ -178,6 +178,32 @@ end
 return {{entry, lost}}
 """
 
+HEARTBEAT = """#!lua
+-- An instance says it is alive (for its time to live) with what it reports of itself, and
+-- reads the instances alive. KEYS: instances (a sorted set scored by expiry time, in ms),
+-- instance info (a hash). ARGV: instance, time to live in ms (0: it is leaving), info.
+-- Forgets instances whose time ran out. Returns the info of each instance alive.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local gone = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE')
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[2], unpack(gone))
+end
+if ARGV[2] == '0' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+local alive = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #alive == 0 then
+  return {}
+end
+return redis.call('HMGET', KEYS[2], unpack(alive))
+"""
+
 
 @dataclass(frozen=True)
 class Script:
@@ -203,5 +229,6 @@ SCRIPTS = {
         ("report", REPORT),
         ("give", GIVE),
         ("update", UPDATE),
+        ("heartbeat", HEARTBEAT),
     ]
 }

@@ -90,6 +90,16 @@ class Keys:
         return self._key("changes")
 
     @property
+    def instances(self) -> bytes:
+        """The instances alive (a sorted set scored by when each stops being alive, in ms)."""
+        return self._key("instances")
+
+    @property
+    def instance_info(self) -> bytes:
+        """What each instance alive said of itself (a hash by instance name)."""
+        return self._key("instance-info")
+
+    @property
     def clients(self) -> bytes:
         """The known client IDs (a sorted set scored by ID)."""
         return self._key("clients")
@@ -297,6 +307,13 @@ class StateScripts:
             return Updated(entries, lost)
 
         return d.addCallback(updated)
+
+    def heartbeat(self, info: bytes, ttl: float) -> Deferred[list[bytes]]:
+        """Say this instance is alive for `ttl` seconds (0: it is leaving), with `info` (JSON);
+        fire with the info of every instance alive."""
+        keys = [self.keys.instances, self.keys.instance_info]
+        ms = b"0" if ttl == 0 else _milliseconds(ttl)
+        return self._run("heartbeat", keys, [ms, info], stream=False)
 
     def disconnect(self, client_id: int, now: float) -> Deferred[bytes | None]:
         """Free `client_id`'s lease if this instance holds it and mark it disconnected.

@@ -33,6 +33,7 @@ that Redis did not apply.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -72,6 +73,10 @@ MERGE_ATTEMPTS = 3
 """Merges tried with a new tag after a member collision (one in 2^64 per member)."""
 MAX_UPDATE_DELAY = 2.0
 """The longest wait before sending client updates again after a failure."""
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between two heartbeats of an instance (for the dashboard's list of instances)."""
+HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
+"""Seconds after its last heartbeat that an instance is taken for gone."""
 
 
 class SharedState(NumberService):
@@ -105,6 +110,12 @@ class SharedState(NumberService):
         self.encoder = encoder if encoder is not None else MemberEncoder()
         self.follower = Follower(self.local_copy, follower_redis, clock, scripts.keys)
         self.talking: Callable[[float], Iterable[int]] = lambda since: ()
+        self.local_clients: Callable[[], int] = lambda: 0
+        """How many counter clients are connected to this instance (for its heartbeat)."""
+        self._heart = LoopingCall(self.heartbeat)
+        self._heart.clock = clock
+        self._instances: list[dict[str, object]] = []
+        self._started = clock.seconds()
         self.lease_lost: Callable[[Sequence[int]], None] = lambda ids: None
         self._unwaited: list[Deferred[bytes]] = []
         """Changes to the list made since the last `when_durable`: each fires with its entry."""
@@ -140,6 +151,7 @@ class SharedState(NumberService):
         self.follower.redis.start()
         self.follower.startService()
         self._renewer.start(self.lease_time / 3, now=False)
+        self._heart.start(HEARTBEAT_INTERVAL, now=True)
         self._down_call = self._clock.callLater(DEFAULT_CONNECT_TIMEOUT, self._still_down)
 
     def _still_down(self) -> None:
@@ -163,6 +175,10 @@ class SharedState(NumberService):
         cancel(self._down_call)
         if self._renewer.running:
             self._renewer.stop()
+        if self._heart.running:
+            self._heart.stop()
+        if self.redis.connected:  # leaving: off the list of instances at once
+            self.scripts.heartbeat(b"{}", 0).addErrback(lambda _: None)
         cancel(self._update_call)
         self._update_call = None
         last = self._send_updates() if self._updates and self.redis.connected else None
@@ -177,6 +193,27 @@ class SharedState(NumberService):
             return gatherResults([self.redis.close(), self.follower.redis.close()])
 
         return d.addBoth(close).addBoth(lambda _: None)
+
+    def heartbeat(self) -> None:
+        """Say this instance is alive, with its client count; note the instances alive."""
+        if not self.redis.connected:
+            return
+        info = {
+            "name": self.scripts.instance,
+            "clients": self.local_clients(),
+            "started": round(self._started, 3),
+        }
+        d = self.scripts.heartbeat(json.dumps(info).encode(), HEARTBEAT_TTL)
+
+        def alive(infos: list[bytes | None]) -> None:
+            instances = [json.loads(i) for i in infos if i]
+            self._instances = sorted(instances, key=lambda i: str(i.get("name")))
+
+        d.addCallbacks(alive, lambda f: self.log.warn("heartbeat failed: {why}", why=f.value))
+
+    def instances(self) -> list[dict[str, object]] | None:
+        """The instances alive at the last heartbeat (name, clients, started), this one included."""
+        return self._instances
 
     @property
     def ready(self) -> bool:
