@@ -364,6 +364,8 @@ class SharedState(NumberService):
         self._next_updates()
 
     def _next_updates(self) -> None:
+        if not self.running:
+            return  # stopping: `stopService` sent the last batch
         if self._updates and self._update_call is None and not self._updates_in_flight:
             self._update_call = self._clock.callLater(self._update_delay, self._send_updates)
 
