@@ -322,8 +322,7 @@ class SharedState(NumberService):
         update = self._updates.get(client_id)
         if update is None:
             update = self._updates[client_id] = [None, None, False]
-            if self._update_call is None and not self._updates_in_flight:
-                self._update_call = self._clock.callLater(self._update_delay, self._send_updates)
+            self._next_updates()
         return update
 
     def _send_updates(self) -> Deferred[None] | None:
