@@ -28,12 +28,14 @@ from numd.store.redis.encoding import (
 from numd.store.redis.scripts import (
     SCRIPTS,
     Applied,
+    ClientUpdate,
     Keys,
     LeaseLost,
     MemberCollision,
     Registered,
     StateScripts,
     StreamEntry,
+    Updated,
     parse_client,
     parse_entries,
 )
@@ -266,6 +268,56 @@ async def test_register_report_give_disconnect(redis: Any, a: StateScripts) -> N
     assert await command(redis, b"EXISTS", Keys().lease(42)) == 0
     assert await wait(a.disconnect(42, now=1003.0)) is None
     assert await stream_length(redis) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_applies_many_clients_in_one_entry(redis: Any, a: StateScripts) -> None:
+    """Reports, given numbers and disconnects of several clients: one call, one 'update' entry
+    with a line per client; a disconnect frees the lease."""
+    for client_id in (1, 2, 3):
+        await wait(a.register(client_id, 10.0))
+    changes = [
+        ClientUpdate(1, number=INT64_MAX),
+        ClientUpdate(2, given=41),
+        ClientUpdate(3, number=-5, given=8, bye=True),
+    ]
+    updated = await wait(a.update(changes, 11.5))
+    assert isinstance(updated, Updated) and len(updated.entries) == 1 and updated.lost == []
+    entry = await last_entry(redis)
+    assert (entry.entry, entry.op) == (updated.entries[0], "update")
+    assert entry.fields[b"clients"] == f"1 {INT64_MAX} - 0\n2 - 41 0\n3 -5 8 1".encode()
+    assert entry.fields[b"last_seen"] == b"11.5"
+    one, two, three = [await client(redis, i) for i in (1, 2, 3)]
+    assert one is not None and (one.number, one.connected) == (INT64_MAX, True)
+    assert two is not None and two.last_given == 41
+    assert three is not None and (three.number, three.last_given, three.connected) == (-5, 8, False)
+    assert await command(redis, b"EXISTS", Keys().lease(3)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_skips_clients_whose_lease_is_not_held_here(
+    redis: Any, a: StateScripts, b: StateScripts
+) -> None:
+    """A client now live on another instance is not updated and comes back as lost; with
+    nothing applied there is no entry."""
+    await wait(b.register(4, 10.0))
+    before = await stream_length(redis)
+    updated = await wait(a.update([ClientUpdate(4, number=99)], 11.0))
+    assert (updated.entries, updated.lost) == ([], [4])
+    assert await stream_length(redis) == before
+    record = await client(redis, 4)
+    assert record is not None and record.number == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_of_more_than_a_batch_is_split(redis: Any, a: StateScripts) -> None:
+    """More clients than one call takes (1,000): several calls, every client updated."""
+    for client_id in range(1500):
+        await wait(a.register(client_id, 1.0))
+    updated = await wait(a.update([ClientUpdate(i, number=i * 3) for i in range(1500)], 2.0))
+    assert len(updated.entries) == 2 and updated.lost == []
+    record = await client(redis, 1499)
+    assert record is not None and record.number == 4497
 
 
 @pytest_twisted.ensureDeferred
