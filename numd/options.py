@@ -45,6 +45,7 @@ from numd.http.site import (
 from numd.messagelog import DEFAULT_MAX_BYTES as MESSAGE_LOG_MAX_BYTES
 from numd.messagelog import DEFAULT_MAX_FILES as MESSAGE_LOG_FILES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
+from numd.systemd import inherited_is_local, inherited_socket, is_systemd_endpoint
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 """The counter protocol's endpoint when no ``--listen`` is given."""
@@ -384,6 +385,8 @@ def endpoint_is_loopback(description: str) -> bool:
     kind = parts[0].lower()
     if kind == "unix":
         return True
+    if kind == "systemd":  # judged by the address the inherited socket is bound to
+        return inherited_is_local(description)
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
     interface = ""
@@ -431,6 +434,8 @@ def _check_endpoint(description: str) -> None:
     from twisted.internet import reactor
 
     try:
+        if is_systemd_endpoint(description):
+            inherited_socket(description, reactor)
         serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
