@@ -53,6 +53,7 @@ from numd.store.redis.address import (
 from numd.store.redis.scripts import DEFAULT_LEASE_TIME
 from numd.store.redis.startup import DEFAULT_REDIS_STARTUP, REDIS_STARTUP_POLICIES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
+from numd.systemd import inherited_is_local, inherited_socket, is_systemd_endpoint
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 """The counter protocol's endpoint when no ``--listen`` is given."""
@@ -428,6 +429,8 @@ def endpoint_is_loopback(description: str) -> bool:
     kind = parts[0].lower()
     if kind == "unix":
         return True
+    if kind == "systemd":  # judged by the address the inherited socket is bound to
+        return inherited_is_local(description)
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
     interface = ""
@@ -475,6 +478,8 @@ def _check_endpoint(description: str) -> None:
     from twisted.internet import reactor
 
     try:
+        if is_systemd_endpoint(description):
+            inherited_socket(description, reactor)
         serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e

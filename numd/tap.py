@@ -43,6 +43,7 @@ from numd.store.redis.connection import describe
 from numd.store.redis.startup import open_shared_state, unreachable
 from numd.store.redis.state import SharedState
 from numd.store.service import Store, make_store
+from numd.systemd import SystemdNotifier, serving_status
 
 __all__ = ["Daemon", "Options", "makeService"]
 
@@ -133,9 +134,9 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     """Build the daemon's parts from `config`, then the daemon from them.
 
     Services start in the order they are added here (state, message log, store,
-    counter listeners, legacy array listener, HTTP API, signal handlers) and stop
-    in reverse, after the live connections are closed, so the state service
-    stops last.
+    counter listeners, legacy array listener, HTTP API, signal handlers, and under
+    systemd its notifier) and stop in reverse, after the live connections are
+    closed, so the state service stops last.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -210,6 +211,9 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     services.append(strports.service(config["api-listen"], site, reactor=reactor))
     if IReactorCore.providedBy(reactor):
         services += _signal_handlers(reactor, message_log, site)
+    notifier = _systemd_notifier(api, counter_factory, state, reactor)
+    if notifier is not None:  # last, so it starts after the store and the listeners
+        services.append(notifier)
     for service in services:
         service.setServiceParent(top)
     return top
@@ -279,6 +283,20 @@ def _api(
         access_log=config["access-log"],
         dashboard=Dashboard(
             state, reactor, stats=[stats] + ([legacy.stats] if legacy is not None else [])
+        ),
+    )
+
+
+def _systemd_notifier(
+    api: NumdApi, counter_factory: CounterFactory, state: NumberService, reactor: Any
+) -> SystemdNotifier | None:
+    """READY=1 once ``/readyz``'s readiness checks pass (every listener is up), then STATUS=
+    lines and watchdog pings; None unless systemd asks for notifications (``$NOTIFY_SOCKET``)."""
+    return SystemdNotifier.from_environment(
+        reactor,
+        ready=lambda: all(check() for check in api.ready_checks.values()),
+        status=serving_status(
+            lambda: len(counter_factory.connections), lambda: state.list_size, api.degraded_checks
         ),
     )
 
