@@ -37,6 +37,7 @@ from numd.signals import (
     reopen_log_file,
     twistd_log_file,
 )
+from numd.startup.preflight import StartupReport, before_start
 from numd.stats import Stats
 from numd.store.database import StoreError
 from numd.store.service import Store, make_store
@@ -70,9 +71,12 @@ class Daemon(MultiService):
         legacy_array_factory: LegacyArrayFactory | None,
         clock: IReactorTime,
         collections: CollectionTuning | None = None,
+        startup_report: StartupReport | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
+        self._startup_report = startup_report
+        """Under a daemonizing twistd: where a start-up failure is written whole."""
         self._collections = collections if collections is not None else CollectionTuning()
         self.state = state
         self.message_log = message_log
@@ -89,7 +93,15 @@ class Daemon(MultiService):
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port, or an unusable database, ends start-up
-        with a clear message."""
+        with a clear message (whole on the terminal, also when twistd has forked)."""
+        try:
+            self._privileged_start()
+        except StartupError as e:
+            if self._startup_report is not None:
+                self._startup_report.failed(str(e))
+            raise
+
+    def _privileged_start(self) -> None:
         legacy = self.legacy_array_factory
         check_open_files(
             self.counter_factory.max_clients,
@@ -112,6 +124,8 @@ class Daemon(MultiService):
         """
         super().startService()
         self._collections.tune()
+        if self._startup_report is not None:
+            self._startup_report.started()
 
     def stopService(self) -> defer.Deferred[None]:
         """Close live connections first (at most `STOP_GRACE` s), then stop the services in reverse order.
@@ -139,6 +153,9 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
 
         reactor = global_reactor
     clock: IReactorTime = reactor
+    legacy_listen = [config["legacy-array-listen"]] if config["legacy-array-listen"] else []
+    # Under twistd: its files and numd's ports checked before it forks (numd.startup.preflight).
+    startup_report = before_start(config, [*config["listen"], config["api-listen"], *legacy_listen])
 
     state = NumberService(clock, random.Random(config["seed"]))
     message_log = MessageLog(
@@ -188,6 +205,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         site=site,
         legacy_array_factory=legacy,
         clock=clock,
+        startup_report=startup_report,
     )
     services: list[IService] = [state, message_log]
     if store is not None:
