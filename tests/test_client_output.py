@@ -49,6 +49,16 @@ def test_status_lines_without_a_terminal_are_plain_and_sparse() -> None:
     ]
 
 
+def test_status_line_says_why_and_when_it_retries() -> None:
+    """Not connected: the status line gives the reason of the last failure and the next retry."""
+    err = io.StringIO()
+    output = ClientOutput("status", io.StringIO(), err, Clock(), live=False)
+    output.status("retrying", CounterState(7), attempt=2, delay=2.25, reason="connection refused")
+    assert err.getvalue() == (
+        "not connected id=7 number=0 increment=1 (connection refused; retry 2 in 2.2 s)\n"
+    )
+
+
 def test_quiet_prints_only_errors() -> None:
     """--quiet shows errors and nothing of the counter's progress."""
     clock = Clock()

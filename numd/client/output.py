@@ -153,7 +153,8 @@ def _status_line(event: str, state: CounterState, fields: dict[str, object]) -> 
     where = "connected" if state.connected else "not connected"
     line = f"{where:<13} id={state.client_id} number={state.number} increment={state.increment}"
     if event == "retrying":
-        line += f" (retry {fields['attempt']} in {fields['delay']:.1f} s)"
+        why = f"{fields['reason']}; " if fields.get("reason") else ""
+        line += f" ({why}retry {fields['attempt']} in {fields['delay']:.1f} s)"
     elif event not in ("report", "connected"):
         details = " ".join(f"{key}={value}" for key, value in fields.items())
         line += f" ({event}{': ' + details if details else ''})"
