@@ -215,7 +215,9 @@ def build_client(
             output.say(HELP)
     client.setServiceParent(top)
     if wants_prompt and stdin_fd is not None:
-        PromptService(reactor, handler, stdin_fd).setServiceParent(top)
+        # What is typed on a terminal is echoed there: the status line moves out of its way.
+        typed = output.line_typed if _isatty(stdin_fd) else None
+        PromptService(reactor, handler, stdin_fd, on_line=typed).setServiceParent(top)
     return top
 
 
