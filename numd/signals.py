@@ -216,6 +216,27 @@ def usage_problem(error: usage.UsageError) -> str:
     return text
 
 
+def _twistds_own(error: usage.UsageError, twistd: usage.Options) -> usage.UsageError:
+    """`error`, or, for an option of twistd's own given after the plugin's name, where it goes.
+
+    ``twistd -n numd-client --connect --logfile client.log`` is a common slip.
+    """
+    unknown = re.fullmatch(r"option -(-?)(\S+) not recognized", str(error))
+    if unknown is None:
+        return error
+    long_option, name = unknown[1] == "-", unknown[2]
+    if long_option:
+        known = any(option.rstrip("=") == name for option in twistd.longOpt)
+    else:
+        known = name in twistd.shortOpt.replace(":", "")
+    if not known:
+        return error
+    dashes = "--" if long_option else "-"
+    return usage.UsageError(
+        f"{dashes}{name}: an option of twistd's, which goes before `{twistd.subCommand}`"
+    )
+
+
 def exit_on_usage_error(
     error: usage.UsageError,
     command: str,
@@ -256,7 +277,7 @@ class TwistdOptions(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
-            exit_on_usage_error(e, f"twistd {parent.subCommand}")
+            exit_on_usage_error(_twistds_own(e, parent), f"twistd {parent.subCommand}")
 
     def opt_version(self) -> NoReturn:
         """Display numd's version and exit."""

@@ -65,6 +65,22 @@ def test_twistd_numd_usage_mistake_is_two_lines_and_status_2(
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
 
 
+@pytest.mark.parametrize("plugin", ["numd", "numd-client"])
+def test_twistds_own_option_after_the_plugin_says_where_it_goes(
+    tmp_path: Path, plugin: str
+) -> None:
+    """``twistd -n numd-client --connect --logfile client.log`` (the README's old mistake) says
+    that --logfile is twistd's and goes before the plugin's name."""
+    status, output = twistd(tmp_path, "-n", plugin, "--logfile", "client.log")
+    assert (status, output) == (
+        2,
+        f"twistd {plugin}: --logfile: an option of twistd's, which goes before `{plugin}`\n"
+        f"see `twistd {plugin} --help`\n",
+    )
+    status, output = twistd(tmp_path, "-n", plugin, "-l", "client.log")
+    assert output.startswith(f"twistd {plugin}: -l: an option of twistd's, which goes before")
+
+
 def test_numd_tac_usage_mistake_is_two_lines_without_traceback(tmp_path: Path) -> None:
     """`NUMD_OPTIONS="--seed abc" twistd -ny numd.tac` says what is wrong in two lines, exit 2."""
     tac = str(ROOT / "numd.tac")
