@@ -67,9 +67,9 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
             number = convert(value)
         except ValueError:
             kind = "an integer" if convert is int else "a number"
-            raise ValueError(f"--{name} {value!r}: not {kind}") from None
+            raise ValueError(f"--{name}: {value!r} is not {kind}") from None
         if minimum is not None and not number >= minimum:
-            raise ValueError(f"--{name} {value!r}: must be at least {minimum}")
+            raise ValueError(f"--{name}: must be at least {minimum}, not {value!r}")
         return number
 
     return _undocumented(coerce)
@@ -80,7 +80,7 @@ def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
 
     def coerce(value: str) -> str:
         if value not in choices:
-            raise ValueError(f"--{name} {value!r}: must be one of {', '.join(choices)}")
+            raise ValueError(f"--{name}: {value!r} is not one of {', '.join(choices)}")
         return value
 
     return _undocumented(coerce)
@@ -368,10 +368,10 @@ def _read_api_token(path: str | None) -> str | None:
             token = f.read().strip()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise usage.UsageError(f"--api-token-file {path!r}: cannot read it: {reason}") from None
+        raise usage.UsageError(f"--api-token-file: cannot read {path!r}: {reason}") from None
     if not token or any(c.isspace() for c in token):
         raise usage.UsageError(
-            f"--api-token-file {path!r}: must hold one token (no spaces), not be empty"
+            f"--api-token-file: {path!r} must hold one token (no spaces), not be empty"
         )
     return token
 
@@ -433,11 +433,11 @@ def _check_endpoint(option: str, description: str) -> None:
         serverFromString(reactor, description)
     except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
         raise usage.UsageError(
-            f"--{option} {description!r}: bad endpoint (a part is missing or extra; "
-            f"e.g. {DEFAULT_LISTEN})"
+            f"--{option}: bad endpoint {description!r}: a part is missing or extra "
+            f"(e.g. {DEFAULT_LISTEN})"
         ) from e
     except (ValueError, KeyError) as e:
-        raise usage.UsageError(f"--{option} {description!r}: bad endpoint ({e})") from e
+        raise usage.UsageError(f"--{option}: bad endpoint {description!r}: {e}") from e
 
 
 def _check_directory(option: str, path: str) -> None:
@@ -445,5 +445,5 @@ def _check_directory(option: str, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise usage.UsageError(
-            f"--{option} {path!r}: directory {directory} does not exist or is not writable"
+            f"--{option}: directory {directory} (of {path!r}) does not exist or is not writable"
         )

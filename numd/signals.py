@@ -245,7 +245,7 @@ def exit_on_usage_error(
 ) -> NoReturn:
     """Print `error` in two lines, the problem then where the help is, and exit with status 2.
 
-    ``numd-client: --id 'abc': not an integer`` then ``see `numd-client --help```:
+    ``numd-client: --id: 'abc' is not an integer`` then ``see `numd-client --help```:
     the one useful line first, not after 80 lines of help.
     """
     out = stderr if stderr is not None else sys.stderr

@@ -120,7 +120,7 @@ def test_log_or_pid_file_in_a_missing_directory_is_one_line_and_status_1(
     )
     assert (status, output) == (
         1,
-        f"numd: twistd {option} '{tmp_path}/missing/file': "
+        f"numd: twistd's {option}: cannot write '{tmp_path}/missing/file': "
         f"directory {tmp_path}/missing does not exist\n",
     )
 

@@ -146,7 +146,7 @@ def test_a_twisted_log_file_that_cannot_be_reopened_stays_open(
 def _count(value: str) -> int:
     """An integer, or an error naming the option (as numd's options do)."""
     if not value.isdigit():
-        raise ValueError(f"--count {value!r}: not an integer")
+        raise ValueError(f"--count: {value!r} is not an integer")
     return int(value)
 
 
@@ -165,7 +165,7 @@ class _Twistd(usage.Options):
 @pytest.mark.parametrize(
     "message,problem",
     [
-        ("Parameter type enforcement failed: --count 'x': not an integer", "--count 'x': not an integer"),
+        ("Parameter type enforcement failed: --count: 'x' is not an integer", "--count: 'x' is not an integer"),
         ("option --frobnicate not recognized", "--frobnicate: no such option"),
         ("option --count requires argument", "--count: needs a value"),
         ("option --json must not have an argument", "--json: takes no value"),
@@ -188,7 +188,7 @@ def test_under_twistd_a_usage_mistake_prints_two_lines_and_exits_2(
     assert exited.value.code == 2
     assert capsys.readouterr() == (
         "",
-        "twistd numbers: --count 'many': not an integer\nsee `twistd numbers --help`\n",
+        "twistd numbers: --count: 'many' is not an integer\nsee `twistd numbers --help`\n",
     )
     with pytest.raises(usage.UsageError):
         _Numbers().parseOptions(["--count", "many"])

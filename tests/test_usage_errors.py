@@ -31,24 +31,24 @@ def twistd(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tup
 @pytest.mark.parametrize(
     "args,first_line",
     [
-        (["--seed", "abc"], "twistd numd: --seed 'abc': not an integer"),
+        (["--seed", "abc"], "twistd numd: --seed: 'abc' is not an integer"),
         (["--frobnicate"], "twistd numd: --frobnicate: no such option"),
         (
             ["--listen", "bogus:1"],
-            "twistd numd: --listen 'bogus:1': bad endpoint (Unknown endpoint type: 'bogus')",
+            "twistd numd: --listen: bad endpoint 'bogus:1': Unknown endpoint type: 'bogus'",
         ),
         (
             ["--listen", "tcp:abc"],
-            "twistd numd: --listen 'tcp:abc': bad endpoint "
-            "(invalid literal for int() with base 10: 'abc')",
+            "twistd numd: --listen: bad endpoint 'tcp:abc': "
+            "invalid literal for int() with base 10: 'abc'",
         ),
         (
             ["--message-log", "missing/m.log"],
-            "twistd numd: --message-log 'missing/m.log': directory {tmp}/missing "
+            "twistd numd: --message-log: directory {tmp}/missing (of 'missing/m.log') "
             "does not exist or is not writable",
         ),
-        (["--sync", "never"], "twistd numd: --sync 'never': must be one of everysec, always"),
-        (["--quiet-time", "0"], "twistd numd: --quiet-time '0': must be at least 0.001"),
+        (["--sync", "never"], "twistd numd: --sync: 'never' is not one of everysec, always"),
+        (["--quiet-time", "0"], "twistd numd: --quiet-time: must be at least 0.001, not '0'"),
         (["--seed"], "twistd numd: --seed: needs a value"),
     ],
     ids=["seed", "unknown", "endpoint-type", "endpoint-port", "log-dir", "sync", "min", "no-value"],
@@ -87,7 +87,7 @@ def test_numd_tac_usage_mistake_is_two_lines_without_traceback(tmp_path: Path) -
     status, output = twistd(tmp_path, "-ny", tac, "--pidfile=", env={"NUMD_OPTIONS": "--seed abc"})
     assert (status, output) == (
         2,
-        "numd.tac (NUMD_OPTIONS): --seed 'abc': not an integer\nsee `twistd numd --help`\n",
+        "numd.tac (NUMD_OPTIONS): --seed: 'abc' is not an integer\nsee `twistd numd --help`\n",
     )
     status, output = twistd(tmp_path, "-ny", tac, "--pidfile=", env={"NUMD_OPTIONS": "--seed '5"})
     assert (status, output) == (
@@ -101,22 +101,22 @@ def test_twistd_numd_client_usage_mistake_is_two_lines(tmp_path: Path) -> None:
     status, output = twistd(tmp_path, "-n", "--pidfile=", "numd-client", "--id", "abc")
     assert (status, output) == (
         2,
-        "twistd numd-client: --id 'abc': not an integer\nsee `twistd numd-client --help`\n",
+        "twistd numd-client: --id: 'abc' is not an integer\nsee `twistd numd-client --help`\n",
     )
 
 
 @pytest.mark.parametrize(
     "args,first_line",
     [
-        (["--id", "abc"], "numd-client: --id 'abc': not an integer"),
-        (["--id", "10001"], "numd-client: --id '10001': must be 0-10000"),
-        (["--timeout", "soon"], "numd-client: --timeout 'soon': not a number"),
-        (["--array", "--count", "0"], "numd-client: --count '0': must be at least 1"),
+        (["--id", "abc"], "numd-client: --id: 'abc' is not an integer"),
+        (["--id", "10001"], "numd-client: --id: must be 0-10000, not '10001'"),
+        (["--timeout", "soon"], "numd-client: --timeout: 'soon' is not a number"),
+        (["--array", "--count", "0"], "numd-client: --count: must be at least 1, not '0'"),
         (["--parity", "blue"], "numd-client: --parity must be even, odd or random, not 'blue'"),
         (
             ["--server", "tcp:localhost"],
-            "numd-client: --server 'tcp:localhost': bad endpoint "
-            "(a part is missing or extra; e.g. tcp:127.0.0.1:2004)",
+            "numd-client: --server: bad endpoint 'tcp:localhost': "
+            "a part is missing or extra (e.g. tcp:127.0.0.1:2004)",
         ),
         (["--conect"], "numd-client: --conect: no such option"),
     ],

@@ -45,27 +45,27 @@ def _number(option: str, value: str, convert: Callable[[str], Any]) -> Any:
         return convert(value)
     except ValueError:
         kind = "an integer" if convert is int else "a number"
-        raise ValueError(f"--{option} {value!r}: not {kind}") from None
+        raise ValueError(f"--{option}: {value!r} is not {kind}") from None
 
 
 def _client_id(value: str) -> int:
     number: int = _number("id", value, int)
     if not MIN_CLIENT_ID <= number <= MAX_CLIENT_ID:
-        raise ValueError(f"--id {value!r}: must be {MIN_CLIENT_ID}-{MAX_CLIENT_ID}")
+        raise ValueError(f"--id: must be {MIN_CLIENT_ID}-{MAX_CLIENT_ID}, not {value!r}")
     return number
 
 
 def _count(value: str) -> int:
     number: int = _number("count", value, int)
     if number < 1:
-        raise ValueError(f"--count {value!r}: must be at least 1")
+        raise ValueError(f"--count: must be at least 1, not {value!r}")
     return number
 
 
 def _timeout(value: str) -> float:
     number: float = _number("timeout", value, float)
     if not number > 0:
-        raise ValueError(f"--timeout {value!r}: must be more than 0")
+        raise ValueError(f"--timeout: must be more than 0, not {value!r}")
     return number
 
 
@@ -136,11 +136,11 @@ class Options(TwistdOptions):
             clientFromString(None, self["server"])
         except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
             raise usage.UsageError(
-                f"--server {self['server']!r}: bad endpoint (a part is missing or extra; "
-                f"e.g. {DEFAULT_SERVER})"
+                f"--server: bad endpoint {self['server']!r}: a part is missing or extra "
+                f"(e.g. {DEFAULT_SERVER})"
             ) from e
         except (ValueError, KeyError) as e:
-            raise usage.UsageError(f"--server {self['server']!r}: bad endpoint ({e})") from e
+            raise usage.UsageError(f"--server: bad endpoint {self['server']!r}: {e}") from e
 
     @property
     def mode(self) -> Mode:

@@ -109,7 +109,7 @@ def _check_writable(option: str, path: str) -> None:
         problem = f"directory {directory} is not writable"
     else:
         return
-    raise StartupError(f"numd: twistd {option} {path!r}: {problem}")
+    raise StartupError(f"numd: twistd's {option}: cannot write {path!r}: {problem}")
 
 
 def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int] | None:
