@@ -44,6 +44,7 @@ from numd.http.site import (
 )
 from numd.messagelog import DEFAULT_MAX_BYTES as MESSAGE_LOG_MAX_BYTES
 from numd.messagelog import DEFAULT_MAX_FILES as MESSAGE_LOG_FILES
+from numd.signals import TwistdOptions
 from numd.store.redis.address import (
     DEFAULT_PREFIX,
     PASSWORD_ENV,
@@ -74,9 +75,10 @@ def _checked(name: str, convert: Callable[[str], Any], minimum: float | None = N
         try:
             number = convert(value)
         except ValueError:
-            raise ValueError(f"--{name}: {value!r} is not a valid {convert.__name__}") from None
+            kind = "an integer" if convert is int else "a number"
+            raise ValueError(f"--{name}: {value!r} is not {kind}") from None
         if minimum is not None and not number >= minimum:
-            raise ValueError(f"--{name}: must be at least {minimum}, not {value}")
+            raise ValueError(f"--{name}: must be at least {minimum}, not {value!r}")
         return number
 
     return _undocumented(coerce)
@@ -102,8 +104,11 @@ def _undocumented(coerce: _Coerce) -> _Coerce:
     return coerce
 
 
-class Options(usage.Options):
-    """Options of ``twistd numd`` (and of ``numd.tac``, which takes the defaults)."""
+class Options(TwistdOptions):
+    """Options of ``twistd numd`` (and of ``numd.tac``, which takes the defaults).
+
+    Under twistd a usage mistake prints two lines and exits 2 (`TwistdOptions`).
+    """
 
     synopsis = "[options]"
     longdesc = (
@@ -377,19 +382,13 @@ class Options(usage.Options):
         """Fill in defaults and reject values that cannot work, with a clear message."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self["listen"] = [_with_backlog(d) for d in self["listen"]]
         for description in self["listen"]:
-            _check_endpoint(description)
-        _check_endpoint(self["api-listen"])
+            _check_endpoint("listen", description)
+        _check_endpoint("api-listen", self["api-listen"])
         if self["legacy-array-listen"] is not None:
-            _check_endpoint(self["legacy-array-listen"])
-        directory = os.path.dirname(os.path.abspath(self["message-log"]))
-        if self["no-message-log"]:
-            pass
-        elif not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-            raise usage.UsageError(
-                f"--message-log: directory {directory} does not exist or is not writable"
-            )
+            _check_endpoint("legacy-array-listen", self["legacy-array-listen"])
+        if not self["no-message-log"]:
+            _check_directory("message-log", self["message-log"])
         self["api-token"] = _read_api_token(self["api-token-file"])
         _check_exposure(self)
         try:
@@ -398,12 +397,10 @@ class Options(usage.Options):
             )
         except RedisConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # Only now, so that every message above quotes the endpoints as typed.
+        self["listen"] = [_with_backlog(d) for d in self["listen"]]
         if self["redis"] is None and self["db"] != MEMORY:
-            directory = os.path.dirname(os.path.abspath(self["db"]))
-            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                raise usage.UsageError(
-                    f"--db: directory {directory} does not exist or is not writable"
-                )
+            _check_directory("db", self["db"])
 
 
 def _read_api_token(path: str | None) -> str | None:
@@ -415,10 +412,11 @@ def _read_api_token(path: str | None) -> str | None:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise usage.UsageError(f"--api-token-file: cannot read {path}: {e}") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise usage.UsageError(f"--api-token-file: cannot read {path!r}: {reason}") from None
     if not token or any(c.isspace() for c in token):
         raise usage.UsageError(
-            f"--api-token-file: {path} must hold one token (no spaces), not be empty"
+            f"--api-token-file: {path!r} must hold one token (no spaces), not be empty"
         )
     return token
 
@@ -474,12 +472,27 @@ def _with_backlog(description: str) -> str:
     return description
 
 
-def _check_endpoint(description: str) -> None:
+def _check_endpoint(option: str, description: str) -> None:
+    """A usage error naming `option` and quoting `description` unless it is a server endpoint."""
     from twisted.internet import reactor
 
     try:
         if is_systemd_endpoint(description):
             inherited_socket(description, reactor)
         serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError(f"bad endpoint {description!r}: {e}") from e
+    except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
+        raise usage.UsageError(
+            f"--{option}: bad endpoint {description!r}: a part is missing or extra "
+            f"(e.g. {DEFAULT_LISTEN})"
+        ) from e
+    except (ValueError, KeyError) as e:
+        raise usage.UsageError(f"--{option}: bad endpoint {description!r}: {e}") from e
+
+
+def _check_directory(option: str, path: str) -> None:
+    """A usage error naming `option` and quoting `path` unless its directory is writable."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise usage.UsageError(
+            f"--{option}: directory {directory} (of {path!r}) does not exist or is not writable"
+        )

@@ -1,20 +1,30 @@
-"""Clean starts and exits under twistd: start-up failures as one line, exit 0 on SIGTERM/SIGINT,
-and SIGHUP to reopen the log files after an outside rotation (``logrotate``)."""
+"""Clean starts and exits under twistd: usage mistakes as two lines (exit 2), start-up failures
+as one line (exit 1), exit 0 on SIGTERM/SIGINT, and SIGHUP to reopen the log files after an
+outside rotation (``logrotate``).
+
+Shared by the daemon and the client (``twistd numd``, ``numd.tac``, ``numd-client`` and
+``twistd numd-client``), so a mistake reads the same whichever way numd was started.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import FileLogObserver, Logger, LogPublisher, globalLogPublisher
+from twisted.python import usage
 from twisted.python.logfile import BaseLogFile
+
+from numd import version_line
 
 
 class _SignalHandlers(Service):
@@ -178,3 +188,98 @@ class StartupError(SystemExit, Exception):
 
     def __str__(self) -> str:
         return str(self.code)
+
+
+USAGE_STATUS = 2
+"""Exit status of a usage mistake (an unknown option, a bad value), as for most Unix commands."""
+
+_TYPE_ENFORCEMENT = "Parameter type enforcement failed: "
+"""What `usage.Options` puts before a coercer's `ValueError`."""
+
+_GETOPT_ERRORS = [
+    (re.compile(r"option (\S+) not recognized"), r"\1: no such option"),
+    (re.compile(r"option (\S+) requires argument"), r"\1: needs a value"),
+    (re.compile(r"option (\S+) must not have an argument"), r"\1: takes no value"),
+    (re.compile(r"option (\S+) not a unique prefix"), r"\1: more than one option starts with it"),
+]
+"""`getopt`'s messages (which `usage.Options` passes on), said as numd says its own."""
+
+
+def usage_problem(error: usage.UsageError) -> str:
+    """The one-line problem of a usage error: the option first, without `usage.Options`' prefix."""
+    text = str(error)
+    if text.startswith(_TYPE_ENFORCEMENT):
+        text = text[len(_TYPE_ENFORCEMENT) :]
+    for pattern, replacement in _GETOPT_ERRORS:
+        if pattern.fullmatch(text):
+            return pattern.sub(replacement, text)
+    return text
+
+
+def _twistds_own(error: usage.UsageError, twistd: usage.Options) -> usage.UsageError:
+    """`error`, or, for an option of twistd's own given after the plugin's name, where it goes.
+
+    ``twistd -n numd-client --connect --logfile client.log`` is a common slip.
+    """
+    unknown = re.fullmatch(r"option -(-?)(\S+) not recognized", str(error))
+    if unknown is None:
+        return error
+    long_option, name = unknown[1] == "-", unknown[2]
+    if long_option:
+        known = any(option.rstrip("=") == name for option in twistd.longOpt)
+    else:
+        known = name in twistd.shortOpt.replace(":", "")
+    if not known:
+        return error
+    dashes = "--" if long_option else "-"
+    return usage.UsageError(
+        f"{dashes}{name}: an option of twistd's, which goes before `{twistd.subCommand}`"
+    )
+
+
+def exit_on_usage_error(
+    error: usage.UsageError,
+    command: str,
+    help_command: str | None = None,
+    stderr: TextIO | None = None,
+) -> NoReturn:
+    """Print `error` in two lines, the problem then where the help is, and exit with status 2.
+
+    ``numd-client: --id: 'abc' is not an integer`` then ``see `numd-client --help```:
+    the one useful line first, not after 80 lines of help.
+    """
+    out = stderr if stderr is not None else sys.stderr
+    out.write(f"{command}: {usage_problem(error)}\nsee `{help_command or command} --help`\n")
+    out.flush()
+    raise SystemExit(USAGE_STATUS)
+
+
+class TwistdOptions(usage.Options):
+    """Options of a twistd plugin (numd's two) whose usage errors print two lines and exit 2.
+
+    twistd catches a plugin's `usage.UsageError`, prints the whole help with the
+    error last, and exits 1. Parsed by twistd (the options then have twistd's
+    own as their ``parent``), these options print the error first, with a
+    pointer to ``--help`` (`exit_on_usage_error`), and end the process with
+    status 2 (a `SystemExit`, which twistd lets through). Parsed without a
+    parent (tests, ``numd.tac``, the ``numd-client`` command) they raise the
+    error as usual, for the caller to report.
+
+    ``--version`` prints numd's version, not Twisted's.
+    """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse `options`; under twistd, a usage error ends the process (status 2)."""
+        parent = self.parent
+        if parent is None:
+            super().parseOptions(options)
+            return
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            exit_on_usage_error(_twistds_own(e, parent), f"twistd {parent.subCommand}")
+
+    def opt_version(self) -> NoReturn:
+        """Display numd's version and exit."""
+        print(version_line())
+        raise SystemExit(0)

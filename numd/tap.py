@@ -37,6 +37,8 @@ from numd.signals import (
     reopen_log_file,
     twistd_log_file,
 )
+from numd.startup.announce import COUNTER, HTTP_API, LEGACY_ARRAY, StartupLog, http_details
+from numd.startup.preflight import StartupReport, before_start
 from numd.stats import Stats
 from numd.store.database import StoreError
 from numd.store.redis.connection import describe
@@ -74,9 +76,15 @@ class Daemon(MultiService):
         legacy_array_factory: LegacyArrayFactory | None,
         clock: IReactorTime,
         collections: CollectionTuning | None = None,
+        startup_report: StartupReport | None = None,
+        startup_log: StartupLog | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
+        self._startup_report = startup_report
+        """Under a daemonizing twistd: where a start-up failure is written whole."""
+        self._startup_log = startup_log
+        """Says numd's version and files at start (each listener says where it listens)."""
         self._collections = collections if collections is not None else CollectionTuning()
         self.state = state
         self.message_log = message_log
@@ -93,7 +101,17 @@ class Daemon(MultiService):
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port, or an unusable database, ends start-up
-        with a clear message."""
+        with a clear message (whole on the terminal, also when twistd has forked)."""
+        try:
+            self._privileged_start()
+        except StartupError as e:
+            if self._startup_report is not None:
+                self._startup_report.failed(str(e))
+            raise
+
+    def _privileged_start(self) -> None:
+        if self._startup_log is not None:
+            self._startup_log.starting()
         legacy = self.legacy_array_factory
         check_open_files(
             self.counter_factory.max_clients,
@@ -116,6 +134,8 @@ class Daemon(MultiService):
         """
         super().startService()
         self._collections.tune()
+        if self._startup_report is not None:
+            self._startup_report.started()
 
     def stopService(self) -> defer.Deferred[None]:
         """Close live connections first (at most `STOP_GRACE` s), then stop the services in reverse order.
@@ -143,6 +163,13 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
 
         reactor = global_reactor
     clock: IReactorTime = reactor
+    legacy_listen = [config["legacy-array-listen"]] if config["legacy-array-listen"] else []
+    # Under twistd: its files and numd's ports checked before it forks (numd.startup.preflight).
+    startup_report = before_start(config, [*config["listen"], config["api-listen"], *legacy_listen])
+    startup_log = StartupLog(
+        store=config["db"],
+        message_log=None if config["no-message-log"] else config["message-log"],
+    )
 
     state = _state(config, reactor)
     message_log = MessageLog(
@@ -201,14 +228,23 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         site=site,
         legacy_array_factory=legacy,
         clock=clock,
+        startup_report=startup_report,
+        startup_log=startup_log,
     )
     services: list[IService] = [state, message_log]
     if store is not None:
         services.append(store)
-    services += [strports.service(d, counter_factory, reactor=reactor) for d in config["listen"]]
+    listen = startup_log.listener  # each listener says where it listens, once it does
+    services += [
+        listen(strports.service(d, counter_factory, reactor=reactor), COUNTER, d)
+        for d in config["listen"]
+    ]
     if legacy is not None:
-        services.append(strports.service(config["legacy-array-listen"], legacy, reactor=reactor))
-    services.append(strports.service(config["api-listen"], site, reactor=reactor))
+        d = config["legacy-array-listen"]
+        services.append(listen(strports.service(d, legacy, reactor=reactor), LEGACY_ARRAY, d))
+    d = config["api-listen"]
+    http = http_details(bool(config["legacy-routes"]))
+    services.append(listen(strports.service(d, site, reactor=reactor), HTTP_API, d, http))
     if IReactorCore.providedBy(reactor):
         services += _signal_handlers(reactor, message_log, site)
     notifier = _systemd_notifier(api, counter_factory, state, reactor)

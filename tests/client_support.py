@@ -60,3 +60,56 @@ class Harness:
     def events(self) -> list[dict[str, object]]:
         """JSON events written so far."""
         return [json.loads(line) for line in self.stdout.getvalue().splitlines()]
+
+
+class Screen:
+    """A terminal, as far as the client drives one: rows of characters and a cursor.
+
+    It understands exactly what the status line writes (CR, LF, ``ESC [K`` clear
+    to the end of the row, ``ESC [A`` one row up, ``ESC 7`` / ``ESC 8`` save and
+    restore the cursor) and prints everything else where the cursor is, as a
+    terminal does with the echo of typed keys.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[list[str]] = [[]]
+        self.row = 0
+        self.col = 0
+        self.saved = (0, 0)
+
+    def feed(self, text: str) -> None:
+        """Show `text` (output, or the echo of typed keys)."""
+        i = 0
+        while i < len(text):
+            if text.startswith("\x1b[K", i):
+                del self.rows[self.row][self.col :]
+                i += 3
+            elif text.startswith("\x1b[A", i):
+                self.row = max(0, self.row - 1)
+                i += 3
+            elif text.startswith("\x1b7", i):
+                self.saved = (self.row, self.col)
+                i += 2
+            elif text.startswith("\x1b8", i):
+                self.row, self.col = self.saved
+                i += 2
+            elif text[i] == "\r":
+                self.col = 0
+                i += 1
+            elif text[i] == "\n":  # the terminal's output mapping: a newline also returns
+                self.row += 1
+                self.col = 0
+                while len(self.rows) <= self.row:
+                    self.rows.append([])
+                i += 1
+            else:
+                assert text[i] != "\x1b", f"escape sequence not modelled: {text[i : i + 4]!r}"
+                cells = self.rows[self.row]
+                cells.extend(" " * (self.col + 1 - len(cells)))
+                cells[self.col] = text[i]
+                self.col += 1
+                i += 1
+
+    def lines(self) -> list[str]:
+        """The rows as text, without trailing blanks."""
+        return ["".join(cells).rstrip() for cells in self.rows]

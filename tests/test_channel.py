@@ -211,6 +211,21 @@ def test_malformed_requests_split_at_every_read_get_the_same_answer(
     assert_json_error(answer, status, code)
 
 
+def test_a_refusal_is_logged_with_the_peer_as_host_and_port(service: NumberService) -> None:
+    """The log says ``refused a request from 192.168.1.1:54321: 413 body-too-large``, not the
+    address object's repr (``IPv4Address(type='TCP', ...)``)."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    site = NumdApi(service, max_body=1024).site(reactor=Clock())
+    wire = Wire(site)
+    with capturedLogs() as events:
+        wire.send(MALFORMED["body-over-the-cap"][0])
+    peer = wire.transport.getPeer()
+    assert [formatEvent(e) for e in events if "refused" in formatEvent(e)] == [
+        f"refused a request from {peer.host}:{peer.port}: 413 body-too-large"
+    ]
+
+
 def test_each_request_on_a_connection_is_judged_on_its_own(service: NumberService) -> None:
     """Header counts and sizes start again at each request, and so does the diagnosis of a bad one."""
     wire = Wire(NumdApi(service).site(reactor=Clock()))

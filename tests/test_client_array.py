@@ -211,4 +211,5 @@ def test_refused_connection_is_reported() -> None:
     run.client.startService()
     assert run.quits == [1]
     assert run.stderr.getvalue().startswith("numd-client: error: cannot connect:")
+    assert run.stderr.getvalue() == "numd-client: error: cannot connect: connection refused\n"
     assert endpoint.attempts == 1

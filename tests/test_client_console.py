@@ -108,3 +108,15 @@ def test_prompt_service_reads_standard_input_through_the_reactor() -> None:
 
 
 # -- output -----------------------------------------------------------------------------
+
+
+def test_each_line_read_is_announced_before_its_command() -> None:
+    """`on_line` hears of every line (an over-long one too) before the handler acts on it, so the
+    status line can move below what was typed before anything answers it."""
+    h = Harness()
+    calls: list[object] = []
+    prompt = CommandPrompt(h.client, on_line=lambda: calls.append(len(messages(h))))
+    prompt.makeConnection(StringTransport())
+    prompt.dataReceived(b"s\n" + b"x" * 2000 + b"\n")
+    assert calls == [0, 1]  # each before its answer
+    assert messages(h) == ["not connected", HELP]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import defer, error
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
-from numd.client.counter import ParityChoice
+from numd.client.counter import ParityChoice, connection_problem
 
 from .client_support import CLIENT_ID, Harness
 
@@ -230,6 +231,63 @@ def test_refused_registration_backs_off() -> None:
     assert delays == sorted(delays) and len(set(delays)) == len(delays)
     errors = [e for e in h.events() if e["event"] == "error"]
     assert "error:id-in-use" in str(errors[0]["message"])
+
+
+def test_each_retry_says_why_the_client_is_not_connected() -> None:
+    """The ``retrying`` event keeps its fields and adds the reason: a refused connection, a lost
+    one, a refused registration, a registration without answer."""
+    h = Harness(request_timeout=2.5)
+    h.endpoint.refusing = True
+    h.client.command("c")
+
+    def retries() -> list[dict[str, object]]:
+        return [e for e in h.events() if e["event"] == "retrying"]
+
+    def retry_now() -> None:
+        (retry,) = h.clock.getDelayedCalls()
+        h.clock.advance(retry.getTime() - h.clock.seconds())
+
+    (refused,) = retries()
+    assert set(refused) == {"event", "t", "id", "connected", "number", "increment"} | {
+        "attempt",
+        "delay",
+        "reason",
+    }
+    assert (refused["attempt"], refused["reason"]) == (1, "connection refused")
+    h.endpoint.refusing = False
+    retry_now()
+    h.endpoint.protocol.dataReceived(b"3 ")
+    h.endpoint.protocol.connectionLost(Failure(ConnectionLost()))
+    assert retries()[-1]["reason"] == "connection lost"
+    retry_now()
+    h.endpoint.protocol.dataReceived(b"error:id-in-use ")
+    assert retries()[-1]["reason"] == "registration refused: server said error:id-in-use"
+    retry_now()
+    h.clock.advance(2.5)
+    assert retries()[-1]["reason"] == "no answer to registration"
+    assert len(retries()) == 4
+
+
+@pytest.mark.parametrize(
+    "problem,words",
+    [
+        (error.ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (error.ConnectionRefusedError(), "connection refused"),
+        (error.TCPTimedOutError(110, "Connection timed out"), "timed out"),
+        (error.TimeoutError(), "timed out"),
+        (defer.TimeoutError(), "timed out"),
+        (error.ConnectError(113, "No route to host"), "no route to host"),
+        (error.NoRouteError(101, "Network is unreachable"), "network is unreachable"),
+        (error.DNSLookupError("no-such-host.invalid"), "host name not found"),
+        (error.UnknownHostError(-2, "Name or service not known"), "host name not found"),
+        (error.ConnectionLost(), "connection lost"),
+        (error.ConnectionDone(), "closed by the server"),
+        (ValueError("something else\nentirely"), "something else"),
+    ],
+)
+def test_connection_problems_in_a_few_words(problem: BaseException, words: str) -> None:
+    """Why a connection failed, said short enough for the status line."""
+    assert connection_problem(problem) == words
 
 
 def test_registration_without_answer_times_out_and_reconnects() -> None:

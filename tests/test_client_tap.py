@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from twisted.python import usage
 from numd.client import tap as client_tap
 from numd.client.array import ArrayClient
 from numd.client.console import PromptService
-from numd.client.counter import CounterClient
+from numd.client.counter import HELP, CounterClient
 from numd.client.tap import Options, build_client, main, makeService
 
 
@@ -137,13 +138,15 @@ def test_quit_under_twistd_stops_the_reactor() -> None:
 
 
 def test_console_script_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
-    """`numd-client --parity blue` prints the usage and the problem, and exits with status 2."""
+    """`numd-client --parity blue` prints the problem and where the help is (not the whole help,
+    issue 16), and exits with status 2."""
     with pytest.raises(SystemExit) as exited:
         main(["--parity", "blue"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--parity must be even, odd or random" in err
-    assert "--server=" in err
+    assert "--server=" not in err
+    assert err.splitlines()[-1] == "see `numd-client --help`"
 
 
 def test_importing_the_client_does_not_install_a_reactor() -> None:
@@ -154,3 +157,65 @@ def test_importing_the_client_does_not_install_a_reactor() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(Path(client_tap.__file__).parent.parent.parent)}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_on_a_terminal_typed_commands_stay_on_their_own_row(tmp_path: Path) -> None:
+    """Through a real pseudo-terminal (its own echo of typed keys included): the status line is
+    redrawn while a key is half typed, and the typed command stays on its own row, never glued
+    to the status line."""
+    import select
+
+    from twisted.internet.testing import StringTransport
+
+    from .client_support import Screen
+
+    master, terminal = os.openpty()
+    stderr = open(os.dup(terminal), "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    transcript = b""
+
+    def shown(until: bytes) -> None:
+        """Read the terminal until its output ends with `until` (at most 5 s)."""
+        nonlocal transcript
+        deadline = time.monotonic() + 5
+        while not transcript.endswith(until):
+            assert time.monotonic() < deadline, transcript
+            if select.select([master], [], [], 0.1)[0]:
+                transcript += os.read(master, 4096)
+
+    try:
+        reactor = MemoryReactorClock()
+        service = build_client(
+            parse("--id", "7"), reactor, print, io.StringIO(), stderr, stdin_fd=terminal
+        )
+        service.startService()
+        (reader,) = reactor.getReaders()
+        os.write(master, b"c\n")
+        shown(b"c\r\n")
+        reader.doRead()
+        (connection,) = reactor.tcpClients
+        server = connection[2].buildProtocol(None)
+        server.makeConnection(StringTransport())
+        server.dataReceived(b"3 ")
+        os.write(master, b"s")  # typed, not yet entered
+        shown(b"s")
+        reactor.advance(0.5)  # a report redraws the status line
+        shown(b"\x1b8")
+        os.write(master, b"\n")
+        shown(b"\r\n")
+        reader.doRead()
+        shown(b"(shutdown)\r\n")  # the terminal's own newline mapping
+        service.stopService()
+    finally:
+        stderr.close()
+        os.close(master)
+        os.close(terminal)
+    screen = Screen()
+    screen.feed(transcript.decode())
+    assert screen.lines() == [
+        HELP,
+        "c",
+        "connected     id=7 number=4 increment=1",
+        "s",
+        "connected     id=7 number=4 increment=1 (shutdown)",  # until the close completes
+        "",
+    ]

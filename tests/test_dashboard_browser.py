@@ -321,6 +321,16 @@ def test_the_dashboard_follows_live_clients_in_a_real_browser(
         )
         assert text(driver, "status") == "Cleared 3,002 values."
 
+        # One value is "1 value", not "1 values".
+        driver.find_element(By.ID, "add").click()
+        wait_for(driver, lambda: text(driver, "t-size") == "1", "one value in the list")
+        assert text(driver, "status").endswith("; the list now holds 1 value.")
+        driver.find_element(By.ID, "clear").click()
+        assert text(driver, "confirm-text").startswith("Clear all 1 value from the list?")
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait_for(driver, lambda: text(driver, "t-size") == "0", "the list to be cleared again")
+        assert text(driver, "status") == "Cleared 1 value."
+
         # A narrow window: everything stacks, nothing scrolls sideways.
         driver.set_window_size(400, 900)
         wait_for(

@@ -43,3 +43,37 @@ def test_every_cited_test_exists(doc: Path) -> None:
         if not source.exists() or not re.search(pattern, source.read_text(encoding="utf-8")):
             missing.append(f"{path}::{name}")
     assert missing == []
+
+
+TWISTD_OWN_OPTIONS = ("--logfile", "--pidfile", "--nodaemon", "--rundir", "--syslog", "--umask")
+"""twistd's options: on a command line they go before the plugin's name, or the plugin refuses them."""
+
+
+def misplaced_twistd_options(text: str) -> list[str]:
+    """Every ``twistd ... numd[-client] ... --logfile`` command written in `text` (a twistd option
+    after the plugin's name, where the plugin gets it)."""
+    found = []
+    for command in re.findall(r"\btwistd [^`\n#]*", text):
+        words = command.split()
+        plugin = next((i for i, w in enumerate(words) if w in ("numd", "numd-client")), None)
+        if plugin is not None and any(
+            w.split("=")[0] in TWISTD_OWN_OPTIONS for w in words[plugin + 1 :]
+        ):
+            found.append(command.strip())
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_twistd_options_come_before_the_plugin_name(doc: Path) -> None:
+    """No document shows ``twistd -n numd-client --connect --logfile client.log``, which fails:
+    twistd's own options go before ``numd`` or ``numd-client``."""
+    assert misplaced_twistd_options(doc.read_text(encoding="utf-8")) == []
+
+
+def test_misplaced_twistd_options_are_found() -> None:
+    """The check above finds the command issue 16 reported, and passes the right order."""
+    wrong = "twistd -n numd-client --connect --logfile client.log # plugin"
+    assert misplaced_twistd_options(wrong) == [
+        "twistd -n numd-client --connect --logfile client.log"
+    ]
+    assert misplaced_twistd_options("twistd -n --logfile client.log numd-client --connect") == []

@@ -10,14 +10,18 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogPublisher, capturedLogs, textFileLogObserver
+from twisted.python import usage
 from twisted.python.logfile import LogFile
 
+from numd import version_line
 from numd.signals import (
     ExitZeroOnSignal,
     ReopenLogsOnHangup,
     StartupError,
+    TwistdOptions,
     reopen_log_file,
     twistd_log_file,
+    usage_problem,
 )
 
 
@@ -134,3 +138,66 @@ def test_a_twisted_log_file_that_cannot_be_reopened_stays_open(
     log_file.write("still here\n")
     log_file.close()
     assert path.read_text() == "still here\n"
+
+
+# -- usage mistakes ------------------------------------------------------------------------
+
+
+def _count(value: str) -> int:
+    """An integer, or an error naming the option (as numd's options do)."""
+    if not value.isdigit():
+        raise ValueError(f"--count: {value!r} is not an integer")
+    return int(value)
+
+
+class _Numbers(TwistdOptions):
+    """A plugin's options with one integer option."""
+
+    optParameters = [["count", None, 1, "How many.", _count]]
+
+
+class _Twistd(usage.Options):
+    """twistd's options, as far as a plugin's options see them: a parent with a subcommand."""
+
+    subCommands = [["numbers", None, _Numbers, "A plugin."]]
+
+
+@pytest.mark.parametrize(
+    "message,problem",
+    [
+        ("Parameter type enforcement failed: --count: 'x' is not an integer", "--count: 'x' is not an integer"),
+        ("option --frobnicate not recognized", "--frobnicate: no such option"),
+        ("option --count requires argument", "--count: needs a value"),
+        ("option --json must not have an argument", "--json: takes no value"),
+        ("option --c not a unique prefix", "--c: more than one option starts with it"),
+        ("--parity must be even, odd or random, not 'x'", "--parity must be even, odd or random, not 'x'"),
+    ],
+)  # fmt: skip
+def test_usage_problem_names_the_option_first(message: str, problem: str) -> None:
+    """Twisted's and getopt's wordings are said as numd says its own: the option, then what is wrong."""
+    assert usage_problem(usage.UsageError(message)) == problem
+
+
+def test_under_twistd_a_usage_mistake_prints_two_lines_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Parsed as a twistd subcommand, a bad value ends the process with status 2 and two lines
+    on stderr; parsed alone, the same options raise the usage error for the caller."""
+    with pytest.raises(SystemExit) as exited:
+        _Twistd().parseOptions(["numbers", "--count", "many"])
+    assert exited.value.code == 2
+    assert capsys.readouterr() == (
+        "",
+        "twistd numbers: --count: 'many' is not an integer\nsee `twistd numbers --help`\n",
+    )
+    with pytest.raises(usage.UsageError):
+        _Numbers().parseOptions(["--count", "many"])
+    assert capsys.readouterr() == ("", "")
+
+
+def test_version_option_prints_numds_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--version`` of numd's options is numd's version (with Twisted's and Python's)."""
+    with pytest.raises(SystemExit) as exited:
+        _Numbers().parseOptions(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == version_line() + "\n"

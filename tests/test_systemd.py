@@ -430,7 +430,7 @@ def test_a_missing_or_wrong_inherited_socket_is_a_clear_usage_error(
         inherit["numd-counter"] = sock.fileno()
         with pytest.raises(usage.UsageError, match=message) as caught:
             parse(tmp_path, "--listen", description)
-    assert str(caught.value).startswith(f"bad endpoint {description!r}: ")
+    assert str(caught.value).startswith(f"--listen: bad endpoint {description!r}: ")
 
 
 def test_without_inherited_sockets_the_error_says_how_systemd_passes_them(

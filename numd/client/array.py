@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from numd.client.counter import connection_problem
 from numd.client.output import ClientOutput
 from numd.counter.framing import TokenReceiver
 
@@ -233,7 +234,7 @@ class ArrayClient(Service):
         try:
             self.protocol = await connecting
         except Exception as e:
-            self.output.error(f"cannot connect: {_reason(e)}")
+            self.output.error(f"cannot connect: {connection_problem(e)}")
             return 1
         status = 0
         sent = 0

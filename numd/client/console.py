@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
@@ -40,20 +41,31 @@ class CommandHandler(TypingProtocol):
 
 
 class CommandPrompt(LineReceiver):
-    """Reads commands, one per line, and hands them to a `CommandHandler`."""
+    """Reads commands, one per line, and hands them to a `CommandHandler`.
+
+    `on_line`, if given, is called before each line is handed on (the status
+    line learns that Enter moved the terminal's cursor a row down).
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = 1024
 
-    def __init__(self, handler: CommandHandler) -> None:
+    def __init__(
+        self, handler: CommandHandler, on_line: Callable[[], object] | None = None
+    ) -> None:
         self.handler = handler
+        self.on_line = on_line
 
     def lineReceived(self, line: bytes) -> None:
         """Pass the line on, decoded, without a trailing carriage return."""
+        if self.on_line is not None:
+            self.on_line()
         self.handler.command(line.rstrip(b"\r").decode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """An over-long line is not a command: answer it like any unknown one."""
+        if self.on_line is not None:
+            self.on_line()
         self.handler.command("?")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -117,20 +129,30 @@ class _DescriptorReader:
 
 
 class PromptService(Service):
-    """Feeds a `CommandPrompt` from standard input (or another descriptor) while running."""
+    """Feeds a `CommandPrompt` from standard input (or another descriptor) while running.
+
+    `on_line` is called as each line is read (see `CommandPrompt`).
+    """
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorFDSet, handler: CommandHandler, fd: int = 0) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFDSet,
+        handler: CommandHandler,
+        fd: int = 0,
+        on_line: Callable[[], object] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._handler = handler
         self._fd = fd
+        self._on_line = on_line
         self._reader: _DescriptorReader | None = None
 
     def startService(self) -> None:
         """Start reading; a closed descriptor counts as an input that has already ended."""
         super().startService()
-        prompt = CommandPrompt(self._handler)
+        prompt = CommandPrompt(self._handler, self._on_line)
         try:
             os.fstat(self._fd)
         except OSError:

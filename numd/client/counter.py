@@ -11,7 +11,9 @@ it ever comes, is recognised by its place in the reply order and dropped).
 `CounterClient` is the client as a service: ``c`` (`connect`) starts a
 `ClientService` that reconnects with backoff when the connection is lost, ``s``
 (`shutdown`) stops it and every timer, ``q`` quits. The ID, number and
-increment live in a `CounterState` that outlives connections.
+increment live in a `CounterState` that outlives connections. Each retry says
+why the last attempt failed or the last connection ended (`connection_problem`:
+``connection refused``, ``timed out``, ``no route to host``, ...).
 
 Time comes from an injected `IReactorTime`, randomness from an injected
 `random.Random`, so tests drive everything with `task.Clock`.
@@ -19,6 +21,7 @@ Time comes from an injected `IReactorTime`, randomness from an injected
 
 from __future__ import annotations
 
+import os
 import random
 from collections import deque
 from collections.abc import Callable
@@ -27,10 +30,13 @@ from typing import Literal
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
+from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
 )
@@ -38,6 +44,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from numd.client.output import ClientOutput, CounterState
 from numd.counter.framing import TokenReceiver
@@ -81,6 +88,8 @@ class CounterClientProtocol(TokenReceiver):
         self._request_timer: IDelayedCall | None = None
         self._reporter = LoopingCall(self._report)
         self._reporter.clock = self._clock
+        self._end_reason: str | None = None
+        """Why this side ends the connection, when it does (a refused registration, ...)."""
 
     # -- connection ----------------------------------------------------------------
 
@@ -106,11 +115,18 @@ class CounterClientProtocol(TokenReceiver):
                 "disconnected from the server: {reason}",
                 reason=reason.getErrorMessage() if isinstance(reason, Failure) else reason,
             )
-        self.client.connection_ended(self, was_connected)
+        if self._end_reason is not None:
+            why = self._end_reason
+        elif isinstance(reason, Failure):
+            why = connection_problem(reason.value)
+        else:
+            why = "connection closed"
+        self.client.connection_ended(self, was_connected, why)
 
     def lineLengthExceeded(self, token: bytes) -> None:
         """The server sent an over-long token: report it and drop the connection."""
         self.client.output.error(f"server sent an over-long token ({token[:32]!r}...)")
+        self._end_reason = "server sent an over-long token"
         self.transport.loseConnection()
 
     # -- replies ---------------------------------------------------------------------
@@ -139,6 +155,7 @@ class CounterClientProtocol(TokenReceiver):
         start = parse_integer(token)
         if start is None:
             self.client.output.error(f"registration refused: {_describe(token)}")
+            self._end_reason = f"registration refused: {_describe(token)}"
             self.transport.loseConnection()
             return
         self.state.number = start
@@ -198,6 +215,7 @@ class CounterClientProtocol(TokenReceiver):
             self.client.output.error(
                 f"no answer to registration within {self.client.request_timeout} s"
             )
+            self._end_reason = "no answer to registration"
             self.transport.loseConnection()
             return
         self._request = None
@@ -268,6 +286,8 @@ class CounterClient(Service):
         self.factory = CounterClientFactory(self)
         self._connector: ClientService | None = None
         self._unregistered_in_a_row = 0
+        self._problem = "unknown"
+        """Why the last connection attempt failed or the last connection ended."""
 
     # -- commands --------------------------------------------------------------------
 
@@ -302,7 +322,10 @@ class CounterClient(Service):
         self.output.status("connecting", self.state)
         self._unregistered_in_a_row = 0
         self._connector = ClientService(
-            self.endpoint, self.factory, retryPolicy=self._retry_delay, clock=self.clock
+            _NotingFailures(self.endpoint, self._connect_failed),
+            self.factory,
+            retryPolicy=self._retry_delay,
+            clock=self.clock,
         )
         self._connector.startService()
 
@@ -343,8 +366,11 @@ class CounterClient(Service):
             return "even" if self.rng.random() < 0.5 else "odd"
         return self.parity
 
-    def connection_ended(self, protocol: CounterClientProtocol, was_connected: bool) -> None:
-        """A connection is gone (lost, refused at registration, or shut down)."""
+    def connection_ended(
+        self, protocol: CounterClientProtocol, was_connected: bool, problem: str
+    ) -> None:
+        """A connection is gone (lost, refused at registration, or shut down), for `problem`."""
+        self._problem = problem
         if was_connected:
             self._unregistered_in_a_row = 0
             self.output.status("disconnected", self.state)
@@ -361,8 +387,61 @@ class CounterClient(Service):
         `ClientService` as of Twisted 26.10.)
         """
         delay = self.retry_policy(attempt + self._unregistered_in_a_row)
-        self.output.status("retrying", self.state, attempt=attempt, delay=round(delay, 3))
+        self.output.status(
+            "retrying", self.state, attempt=attempt, delay=round(delay, 3), reason=self._problem
+        )
         return delay
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self._problem = connection_problem(reason.value)
+        self.log.info("cannot connect: {problem}", problem=self._problem)
+
+
+@implementer(IStreamClientEndpoint)
+class _NotingFailures:
+    """An endpoint that tells `failed` why each failed connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect through the wrapped endpoint; a failure is noted and passed on."""
+        connecting: Deferred[IProtocol] = self._endpoint.connect(protocolFactory)
+        return connecting.addErrback(self._noted)
+
+    def _noted(self, reason: Failure) -> Failure:
+        self._failed(reason)
+        return reason
+
+
+def connection_problem(problem: BaseException | None) -> str:
+    """Why a connection attempt failed or a connection ended, in a few words.
+
+    ``connection refused``, ``timed out``, ``no route to host``, ``host name not
+    found``, ``connection lost``, ``closed by the server``; else the error's own
+    message, shortened.
+    """
+    if problem is None:
+        return "unknown"
+    if isinstance(problem, (error.DNSLookupError, error.UnknownHostError)):
+        return "host name not found"
+    if isinstance(problem, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(problem, (error.TCPTimedOutError, error.TimeoutError, defer.TimeoutError)):
+        return "timed out"
+    if isinstance(problem, error.ConnectError) and isinstance(problem.osError, int):
+        return os.strerror(problem.osError).lower()  # e.g. "no route to host"
+    if isinstance(problem, error.NoRouteError):
+        return "no route to host"
+    if isinstance(problem, error.ConnectionDone):
+        return "closed by the server"
+    if isinstance(problem, error.ConnectionLost):
+        return "connection lost"
+    if isinstance(problem, TimeoutError):
+        return "timed out"
+    message = str(problem).strip().splitlines()[0] if str(problem).strip() else ""
+    return (message or type(problem).__name__)[:80]
 
 
 def _describe(token: bytes) -> str:

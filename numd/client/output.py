@@ -15,6 +15,16 @@ question) are shown in every mode: the person asked for them.
 
 This is user output, not logging: the streams are injected so that tests can
 read them, and operational logs go through `twisted.logger` as usual.
+
+The status line and typed input never share a row. The terminal echoes what a
+person types where the cursor is, and the client only reads it once Enter is
+pressed; so the cursor never rests at the end of the status line. The status
+line is drawn with a newline after it, which leaves the cursor at the start of
+the row below (where typing appears), and redrawn in place from there: cursor
+saved, one row up, line cleared and written, cursor restored (``ESC 7``,
+``ESC [A``, ``ESC 8``), so half-typed keys stay as they are. Once a typed line
+has been read (`line_typed`: Enter moved the cursor down a row), the next status
+line is drawn afresh below it: the typed command stays on its own row.
 """
 
 from __future__ import annotations
@@ -28,6 +38,12 @@ from twisted.internet.interfaces import IReactorTime
 Mode = Literal["status", "json", "quiet"]
 
 _CLEAR_LINE = "\r\x1b[K"
+"""Back to the row's start, and clear the row."""
+_REDRAW_ABOVE = "\x1b7\x1b[A" + _CLEAR_LINE
+"""Save the cursor, go one row up, clear that row (then write the line, then `_RESTORE`)."""
+_RESTORE = "\x1b8"
+"""Back to the saved cursor."""
+_UP = "\x1b[A"
 
 
 @dataclass
@@ -63,6 +79,8 @@ class ClientOutput:
         """Redraw the status line in place (stderr is a terminal)."""
         self.line_interval = line_interval
         self._shown = ""
+        self._above = False
+        """The live status line is on the row just above the cursor (where typing shows)."""
         self._last_line_at: float | None = None
 
     # -- counter events ----------------------------------------------------------
@@ -84,7 +102,11 @@ class ClientOutput:
         line = _status_line(event, state, fields)
         if self.live:
             self._shown = line
-            self.stderr.write(_CLEAR_LINE + line)
+            if self._above:
+                self.stderr.write(_REDRAW_ABOVE + line + _RESTORE)
+            else:
+                self.stderr.write(_CLEAR_LINE + line + "\n")
+                self._above = True
             self.stderr.flush()
             return
         now = self._clock.seconds()
@@ -122,9 +144,15 @@ class ClientOutput:
             self.stdout.write(text + "\n")
             self.stdout.flush()
 
+    def line_typed(self) -> None:
+        """A line typed on the terminal was read: Enter moved the cursor a row down, so the next
+        status line is drawn afresh, below the typed command."""
+        self._above = False
+
     def close(self) -> None:
         """End the in-place status line so the shell prompt starts clean; plain lines from now on."""
         self._end_live_line()
+        self._shown = ""
         self.live = False
 
     # -- writing -----------------------------------------------------------------
@@ -135,25 +163,30 @@ class ClientOutput:
         self.stdout.flush()
 
     def _line(self, text: str) -> None:
-        """A whole line on stderr; a live status line is redrawn below it."""
-        if self._shown:
-            self.stderr.write(_CLEAR_LINE + text + "\n" + self._shown)
-        else:
+        """A whole line on stderr; a live status line is redrawn below it (and the cursor below that)."""
+        if not self._shown:
             self.stderr.write(text + "\n")
+        elif self._above:  # over the status line, then the status line over the typing row
+            self.stderr.write(_UP + _CLEAR_LINE + text + "\n" + _CLEAR_LINE + self._shown + "\n")
+        else:
+            self.stderr.write(_CLEAR_LINE + text + "\n" + self._shown + "\n")
+            self._above = True
         self.stderr.flush()
 
     def _end_live_line(self) -> None:
-        if self._shown:
-            self.stderr.write("\n")
+        """Leave the cursor at the start of a clear row below the status line."""
+        if self._above:
+            self.stderr.write(_CLEAR_LINE)
             self.stderr.flush()
-            self._shown = ""
+            self._above = False
 
 
 def _status_line(event: str, state: CounterState, fields: dict[str, object]) -> str:
     where = "connected" if state.connected else "not connected"
     line = f"{where:<13} id={state.client_id} number={state.number} increment={state.increment}"
     if event == "retrying":
-        line += f" (retry {fields['attempt']} in {fields['delay']:.1f} s)"
+        why = f"{fields['reason']}; " if fields.get("reason") else ""
+        line += f" ({why}retry {fields['attempt']} in {fields['delay']:.1f} s)"
     elif event not in ("report", "connected"):
         details = " ".join(f"{key}={value}" for key, value in fields.items())
         line += f" ({event}{': ' + details if details else ''})"

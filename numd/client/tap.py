@@ -34,34 +34,47 @@ from numd.client.console import PromptService
 from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
 from numd.client.output import ClientOutput, CounterState, Mode
 from numd.counter.tokens import MAX_CLIENT_ID, MIN_CLIENT_ID
-from numd.signals import ExitZeroOnSignal
+from numd.signals import ExitZeroOnSignal, TwistdOptions, exit_on_usage_error
 
 DEFAULT_SERVER = "tcp:127.0.0.1:2004"
 
 
+def _number(option: str, value: str, convert: Callable[[str], Any]) -> Any:
+    """`value` converted, or a `ValueError` that names `option` and quotes `value`."""
+    try:
+        return convert(value)
+    except ValueError:
+        kind = "an integer" if convert is int else "a number"
+        raise ValueError(f"--{option}: {value!r} is not {kind}") from None
+
+
 def _client_id(value: str) -> int:
-    number = int(value)
+    number: int = _number("id", value, int)
     if not MIN_CLIENT_ID <= number <= MAX_CLIENT_ID:
-        raise ValueError(f"must be {MIN_CLIENT_ID}-{MAX_CLIENT_ID}")
+        raise ValueError(f"--id: must be {MIN_CLIENT_ID}-{MAX_CLIENT_ID}, not {value!r}")
     return number
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
+def _count(value: str) -> int:
+    number: int = _number("count", value, int)
     if number < 1:
-        raise ValueError("must be at least 1")
+        raise ValueError(f"--count: must be at least 1, not {value!r}")
     return number
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
+def _timeout(value: str) -> float:
+    number: float = _number("timeout", value, float)
     if not number > 0:
-        raise ValueError("must be more than 0")
+        raise ValueError(f"--timeout: must be more than 0, not {value!r}")
     return number
 
 
-class Options(usage.Options):
-    """Options of ``twistd numd-client`` and of the ``numd-client`` command (the same)."""
+class Options(TwistdOptions):
+    """Options of ``twistd numd-client`` and of the ``numd-client`` command (the same).
+
+    Under twistd a usage mistake prints two lines and exits 2 (`TwistdOptions`);
+    `main` does the same for the command.
+    """
 
     synopsis = "[options]"
     longdesc = (
@@ -86,7 +99,7 @@ class Options(usage.Options):
             None,
             None,
             "With --array: send this many arrays, without asking to continue.",
-            _positive_int,
+            _count,
         ],
         [
             "timeout",
@@ -94,7 +107,7 @@ class Options(usage.Options):
             None,
             f"Seconds to wait for an answer [default: {REQUEST_TIMEOUT} for even/odd "
             f"and registration, {REPLY_TIMEOUT} for arrays].",
-            _positive_float,
+            _timeout,
         ],
     ]
     optFlags: list[list[Any]] = [
@@ -113,7 +126,7 @@ class Options(usage.Options):
         if self["id"] is None:
             self["id"] = random.randint(MIN_CLIENT_ID, MAX_CLIENT_ID)
         if self["parity"] not in ("even", "odd", "random"):
-            raise usage.UsageError("--parity must be even, odd or random")
+            raise usage.UsageError(f"--parity must be even, odd or random, not {self['parity']!r}")
         if self["json"] and self["quiet"]:
             raise usage.UsageError("--json and --quiet exclude each other")
         if self["count"] is not None and not self["array"]:
@@ -121,8 +134,13 @@ class Options(usage.Options):
         try:
             # Only parses the description: no reactor is needed for that.
             clientFromString(None, self["server"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise usage.UsageError(f"bad --server endpoint {self['server']!r}: {e}") from e
+        except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
+            raise usage.UsageError(
+                f"--server: bad endpoint {self['server']!r}: a part is missing or extra "
+                f"(e.g. {DEFAULT_SERVER})"
+            ) from e
+        except (ValueError, KeyError) as e:
+            raise usage.UsageError(f"--server: bad endpoint {self['server']!r}: {e}") from e
 
     @property
     def mode(self) -> Mode:
@@ -197,7 +215,9 @@ def build_client(
             output.say(HELP)
     client.setServiceParent(top)
     if wants_prompt and stdin_fd is not None:
-        PromptService(reactor, handler, stdin_fd).setServiceParent(top)
+        # What is typed on a terminal is echoed there: the status line moves out of its way.
+        typed = output.line_typed if _isatty(stdin_fd) else None
+        PromptService(reactor, handler, stdin_fd, on_line=typed).setServiceParent(top)
     return top
 
 
@@ -249,8 +269,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         config.parseOptions(list(argv) if argv is not None else sys.argv[1:])
     except usage.UsageError as e:
-        sys.stderr.write(f"{config}\nnumd-client: {e}\n")
-        raise SystemExit(2) from None
+        exit_on_usage_error(e, "numd-client")
     # What the person should see goes through the client's output; the log only
     # shows what would otherwise vanish: unhandled errors.
     globalLogBeginner.beginLoggingTo(

@@ -334,6 +334,8 @@ class LegacyArrayFactory(Factory[Protocol]):
     """Builds `LegacyArrayProtocol`s sharing one service; counts into its own `Stats`."""
 
     protocol = LegacyArrayProtocol
+    noisy = False
+    """No "Starting factory <... at 0x...>" lines: the start-up log says where it listens."""
 
     def __init__(
         self,

@@ -107,6 +107,8 @@ class CounterFactory(Factory[Protocol]):
 
     log = Logger()
     protocol = CounterProtocol
+    noisy = False
+    """No "Starting factory <... at 0x...>" lines: the start-up log says where it listens."""
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from numd.http.answers import json_response, raw_json_response
+from numd.messagelog import describe_peer
 from numd.stats import Stats
 from numd.timers import cancel
 
@@ -257,7 +258,7 @@ class GuardedChannel(HTTPChannel):
         self.site.stats.errors[code] += 1
         assert self.transport is not None  # connected: the refusal answers bytes it received
         self.log.info("refused a request from {peer}: {status} {code}",
-                      peer=str(self.transport.getPeer()), status=status, code=code)  # fmt: skip
+                      peer=describe_peer(self.transport.getPeer()), status=status, code=code)  # fmt: skip
         if self.abortTimeout is not None:  # before the close, which may be at once
             self._abort_call = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.transport.write(raw_json_response(status, code, message, headers))

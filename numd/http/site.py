@@ -78,6 +78,8 @@ class ApiSite(Site):
     """
 
     _logger = Logger()  # not `log`: that is Site's access-log method
+    noisy = False
+    """No "Starting factory <... at 0x...>" lines: the start-up log says where it listens."""
     requestFactory = GuardedRequest
     protocol = GuardedChannel  # type: ignore[assignment]  # no ALPN/HTTP/2 wrapper: HTTP/1.1 only
 

@@ -78,6 +78,8 @@
   // -- totals and the list ------------------------------------------------------------
 
   const fmt = new Intl.NumberFormat();
+  /** "1 value", "3,002 values". */
+  const values = (n) => `${fmt.format(n)} ${n === 1 ? "value" : "values"}`;
   const show = (id, value) => {
     const text = value === null || value === undefined ? "–" : typeof value === "number" ? fmt.format(value) : String(value);
     const el = $(id);
@@ -133,7 +135,7 @@
     const height = 180;
     svg.replaceChildren();
     const tallest = l.size ? Math.max(...l.bins) : 0;
-    $("axis-top").textContent = l.size ? `tallest bar: ${fmt.format(tallest)} value${tallest === 1 ? "" : "s"}` : "";
+    $("axis-top").textContent = l.size ? `tallest bar: ${values(tallest)}` : "";
     for (const f of [0.25, 0.5, 0.75]) {
       const line = document.createElementNS(SVG, "line");
       line.setAttribute("class", "grid");
@@ -370,19 +372,19 @@
 
   const addValue = async () => {
     const body = await call("POST", "/api/v1/values");
-    return `Added ${body.added.join(", ")}; the list now holds ${fmt.format(body.size)} values.`;
+    return `Added ${body.added.join(", ")}; the list now holds ${values(body.size)}.`;
   };
 
   const clearList = async () => {
     const body = await call("DELETE", "/api/v1/values");
-    return `Cleared ${fmt.format(body.removed)} values.`;
+    return `Cleared ${values(body.removed)}.`;
   };
 
   function wire() {
     $("add").addEventListener("click", () => run(addValue));
     $("clear").addEventListener("click", () => {
       const size = list ? list.size : 0;
-      $("confirm-text").textContent = `Clear all ${fmt.format(size)} values from the list? This cannot be undone.`;
+      $("confirm-text").textContent = `Clear all ${values(size)} from the list? This cannot be undone.`;
       $("confirm").hidden = false;
       $("confirm-no").focus();
     });
