@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert 0 <= client_id <= 10000
     assert {key: config[key] for key in config if key != "id"} == {
         "server": "tcp:127.0.0.1:2004",
+        "servers": ["tcp:127.0.0.1:2004"],
         "parity": "random",
         "count": None,
         "timeout": None,
@@ -219,3 +220,12 @@ def test_on_a_terminal_typed_commands_stay_on_their_own_row(tmp_path: Path) -> N
         "connected     id=7 number=4 increment=1 (shutdown)",  # until the close completes
         "",
     ]
+
+
+def test_several_servers_are_comma_separated_and_each_checked() -> None:
+    """``--server a,b``: both kept in order (the client fails over between them); a bad one is
+    named in the usage error."""
+    config = parse("--server", "tcp:127.0.0.1:2004, tcp:127.0.0.1:2005")
+    assert config["servers"] == ["tcp:127.0.0.1:2004", "tcp:127.0.0.1:2005"]
+    with pytest.raises(usage.UsageError, match="--server: bad endpoint 'tcp:nowhere'"):
+        parse("--server", "tcp:127.0.0.1:2004,tcp:nowhere")

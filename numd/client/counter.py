@@ -424,6 +424,9 @@ def connection_problem(problem: BaseException | None) -> str:
     """
     if problem is None:
         return "unknown"
+    summary = getattr(problem, "summary", None)  # several servers' reasons (`FailoverEndpoint`)
+    if isinstance(summary, str):
+        return summary
     if isinstance(problem, (error.DNSLookupError, error.UnknownHostError)):
         return "host name not found"
     if isinstance(problem, error.ConnectionRefusedError):

@@ -18,17 +18,18 @@ from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from zope.interface import implementer
 
-
-def describe_failure(error: BaseException) -> str:
-    """A short reason for a failed connection attempt (refused, timed out, no route...)."""
-    return (str(error) or type(error).__name__).strip().rstrip(".")
+from numd.client.counter import connection_problem
 
 
 class NoServerAccepted(ConnectError):
-    """No endpoint accepted the connection; the message has each one's reason."""
+    """No endpoint accepted the connection; `summary` has each one's reason."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(string=summary)
+        self.summary = summary
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "no server accepted the connection"
+        return self.summary
 
 
 @implementer(IStreamClientEndpoint)
@@ -66,9 +67,9 @@ class FailoverEndpoint:
             except CancelledError:
                 raise
             except Exception as e:
-                reason = describe_failure(e)
-                reasons.append(f"{name}: {reason}" if count > 1 else reason)
+                reason = connection_problem(e)
+                reasons.append(f"{name} {reason}" if count > 1 else reason)
                 continue
             self.current = index
             return protocol
-        raise NoServerAccepted(string="; ".join(reasons))
+        raise NoServerAccepted("; ".join(reasons))

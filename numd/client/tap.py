@@ -32,6 +32,7 @@ from twisted.python import usage
 from numd.client.array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
 from numd.client.console import PromptService
 from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
+from numd.client.failover import FailoverEndpoint
 from numd.client.output import ClientOutput, CounterState, Mode
 from numd.counter.tokens import MAX_CLIENT_ID, MIN_CLIENT_ID
 from numd.signals import ExitZeroOnSignal, TwistdOptions, exit_on_usage_error
@@ -85,7 +86,13 @@ class Options(TwistdOptions):
     )
 
     optParameters: list[list[Any]] = [
-        ["server", None, DEFAULT_SERVER, "Server endpoint (a Twisted client endpoint string)."],
+        [
+            "server",
+            None,
+            DEFAULT_SERVER,
+            "Server endpoint (a Twisted client endpoint string); several, comma-separated, "
+            "for numd instances sharing their state: the client fails over between them.",
+        ],
         [
             "id",
             None,
@@ -131,16 +138,18 @@ class Options(TwistdOptions):
             raise usage.UsageError("--json and --quiet exclude each other")
         if self["count"] is not None and not self["array"]:
             raise usage.UsageError("--count needs --array")
-        try:
-            # Only parses the description: no reactor is needed for that.
-            clientFromString(None, self["server"])
-        except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
-            raise usage.UsageError(
-                f"--server: bad endpoint {self['server']!r}: a part is missing or extra "
-                f"(e.g. {DEFAULT_SERVER})"
-            ) from e
-        except (ValueError, KeyError) as e:
-            raise usage.UsageError(f"--server: bad endpoint {self['server']!r}: {e}") from e
+        self["servers"] = [s.strip() for s in self["server"].split(",")]
+        for server in self["servers"]:
+            try:
+                # Only parses the description: no reactor is needed for that.
+                clientFromString(None, server)
+            except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
+                raise usage.UsageError(
+                    f"--server: bad endpoint {server!r}: a part is missing or extra "
+                    f"(e.g. {DEFAULT_SERVER})"
+                ) from e
+            except (ValueError, KeyError) as e:
+                raise usage.UsageError(f"--server: bad endpoint {server!r}: {e}") from e
 
     @property
     def mode(self) -> Mode:
@@ -179,7 +188,7 @@ def build_client(
     """
     rng = rng if rng is not None else random.Random()
     output = ClientOutput(config.mode, stdout, stderr, reactor)
-    endpoint = clientFromString(reactor, config["server"])
+    endpoint = FailoverEndpoint([(s, clientFromString(reactor, s)) for s in config["servers"]])
     top = MultiService()
     _CloseOutput(output).setServiceParent(top)
     client: ArrayClient | CounterClient
