@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -98,6 +99,8 @@ class Daemon(MultiService):
         self.site = site
         self.legacy_array_factory = legacy_array_factory
         """None unless ``--legacy-array-listen`` is given."""
+        self.listeners: list[IService] = []
+        """The listening services: on stop they stop accepting first."""
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a busy or forbidden port, or an unusable database, ends start-up
@@ -145,6 +148,11 @@ class Daemon(MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        # Stop accepting first: a client that connects now waits in the listening socket's
+        # queue, which under socket activation the next numd takes over, instead of being
+        # accepted here and closed with the rest.
+        for listener in self.listeners:
+            await defer.maybeDeferred(listener.stopService)
         await self.counter_factory.close_all(self._clock, timeout=STOP_GRACE)
         await super().stopService()
         self._collections.restore()
@@ -252,6 +260,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
         services.append(notifier)
     for service in services:
         service.setServiceParent(top)
+    top.listeners = [s for s in services if isinstance(s, StreamServerEndpointService)]
     return top
 
 

@@ -208,3 +208,26 @@ def test_services_start_in_the_order_of_the_tree(tmp_path: Path) -> None:
         daemon.site,
     ]
     assert [type(s) for s in services[7:]] == [ExitZeroOnSignal, ReopenLogsOnHangup]
+
+
+def test_stop_stops_accepting_before_it_closes_the_connections(tmp_path: Path) -> None:
+    """On stop every listener stops accepting first, then the live connections close: a client
+    that connects meanwhile waits in the socket's queue (for the next numd, under socket
+    activation) instead of being accepted and closed."""
+    service = makeService(
+        parse("--message-log", str(tmp_path / "m.log"), "--db", ":memory:"),
+        reactor=MemoryReactorClock(),
+    )
+    service.privilegedStartService()
+    service.startService()
+    listening_at_close: list[bool] = []
+    close_all = service.counter_factory.close_all
+
+    def recording_close_all(clock: object, timeout: float) -> object:
+        listening_at_close.extend(listener.running for listener in service.listeners)
+        return close_all(clock, timeout)  # type: ignore[arg-type]
+
+    service.counter_factory.close_all = recording_close_all  # type: ignore[method-assign]
+    service.stopService()
+    assert len(service.listeners) == 2  # the counter port and the HTTP API
+    assert listening_at_close == [False, False]
