@@ -45,6 +45,7 @@ from numd.http.site import (
 from numd.messagelog import DEFAULT_MAX_BYTES as MESSAGE_LOG_MAX_BYTES
 from numd.messagelog import DEFAULT_MAX_FILES as MESSAGE_LOG_FILES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
+from numd.tls.endpoints import check_tls_listeners
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 """The counter protocol's endpoint when no ``--listen`` is given."""
@@ -339,6 +340,7 @@ class Options(usage.Options):
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["listen"] = [_with_backlog(d) for d in self["listen"]]
+        check_tls_listeners(self)  # before Twisted's ssl: parser reads the files
         for description in self["listen"]:
             _check_endpoint(description)
         _check_endpoint(self["api-listen"])
@@ -420,9 +422,9 @@ thousands of clients connecting at once wait seconds)."""
 
 
 def _with_backlog(description: str) -> str:
-    """`description` with ``backlog=4096`` added if it is a TCP endpoint without one."""
+    """`description` with ``backlog=4096`` added if it is a TCP (or TLS) endpoint without one."""
     kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
 
