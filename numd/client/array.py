@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from numd.client.output import ClientOutput
+from numd.client.tls import tls_failure
 from numd.counter.framing import TokenReceiver
 
 ARRAY_SIZE = (10, 20)
@@ -278,6 +279,9 @@ class ArrayClient(Service):
 
 
 def _reason(error: BaseException) -> str:
+    refused = tls_failure(error)
+    if refused is not None:
+        return refused
     if isinstance(error, (TimeoutError, CancelledError)):
         return "no answer in time"
     if isinstance(error, BadReply):

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from numd.client.output import ClientOutput, CounterState
+from numd.client.tls import tls_failure
 from numd.counter.framing import TokenReceiver
 from numd.counter.tokens import parse_integer
 from numd.timers import cancel
@@ -106,6 +107,8 @@ class CounterClientProtocol(TokenReceiver):
                 "disconnected from the server: {reason}",
                 reason=reason.getErrorMessage() if isinstance(reason, Failure) else reason,
             )
+        elif isinstance(reason, Failure) and (refused := tls_failure(reason.value)) is not None:
+            self.client.output.error(refused)
         self.client.connection_ended(self, was_connected)
 
     def lineLengthExceeded(self, token: bytes) -> None:

@@ -33,6 +33,7 @@ from numd.client.array import REPLY_TIMEOUT, ArrayClient, YesNoPrompt
 from numd.client.console import PromptService
 from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
 from numd.client.output import ClientOutput, CounterState, Mode
+from numd.client.tls import check_trust_roots
 from numd.counter.tokens import MAX_CLIENT_ID, MIN_CLIENT_ID
 from numd.signals import ExitZeroOnSignal
 
@@ -72,7 +73,13 @@ class Options(usage.Options):
     )
 
     optParameters: list[list[Any]] = [
-        ["server", None, DEFAULT_SERVER, "Server endpoint (a Twisted client endpoint string)."],
+        [
+            "server",
+            None,
+            DEFAULT_SERVER,
+            "Server endpoint (a Twisted client endpoint string; tls:HOST:PORT for a TLS "
+            "listener, with trustRoots=DIR for a CA of your own).",
+        ],
         [
             "id",
             None,
@@ -119,9 +126,10 @@ class Options(usage.Options):
         if self["count"] is not None and not self["array"]:
             raise usage.UsageError("--count needs --array")
         try:
+            check_trust_roots(self["server"])
             # Only parses the description: no reactor is needed for that.
             clientFromString(None, self["server"])
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OSError) as e:
             raise usage.UsageError(f"bad --server endpoint {self['server']!r}: {e}") from e
 
     @property
