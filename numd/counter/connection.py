@@ -73,8 +73,6 @@ class CounterProtocol(BudgetedReceiver):
     _release_call: IDelayedCall | None = None
     _seen_token = False
     _quiet_timer: IDelayedCall | None = None
-    _producing = False
-    """Registered as the transport's producer (from `connectionMade` until `close`)."""
     _queued = False
     """A reply waits its turn: queued to be written (`_out`) or held (`_held`).
 
@@ -101,10 +99,7 @@ class CounterProtocol(BudgetedReceiver):
         self._log_pending = 0
         """Bytes of this connection's message log records not known to be written."""
         self._read_at = self.last_activity = factory.clock.seconds()
-        # Backpressure: the transport pauses us when its unsent output passes
-        # its buffer size, and we then stop reading from this client.
-        self.transport.registerProducer(self, True)
-        self._producing = True
+        self.start_producing()  # backpressure: numd.counter.budget
         factory.connection_made(self)
         self._log.event("connect")
 
@@ -224,28 +219,6 @@ class CounterProtocol(BudgetedReceiver):
         self._log.event("idle-timeout")
         self.stop_reading_tokens()
         self.abort()
-
-    def close(self) -> None:
-        """Close once what was written is sent; a client that does not let it close is cut off.
-
-        Unregistered as the transport's producer first: a TCP transport whose
-        producer is paused when its buffer drains resumes the producer instead of
-        finishing the close, and the connection would stay half-closed; a TLS
-        transport does not even start closing while a producer is registered.
-        Reading resumes (the tokens are ignored): a TLS connection closes only
-        once it reads the client's close_notify or end of stream. A client that
-        does not take what is left and close within the write-stall timeout is
-        aborted, as one that stops reading its replies is.
-        """
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
-        self.transport.resumeProducing()
-        self.transport.loseConnection()
-        if self._stall_timer is None and not self._lost:
-            self._stall_timer = self.factory.clock.callLater(
-                self.factory.write_stall_timeout, self._write_stalled
-            )
 
     def abort(self) -> None:
         """Drop the connection now, and with it every reply not yet sent (even one released later)."""
