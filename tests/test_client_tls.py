@@ -126,7 +126,7 @@ def test_other_failures_are_not_tls_ones() -> None:
     assert tls_failure(None) is None
 
 
-def test_a_tls_refusal_before_registration_is_an_error_line() -> None:
+def test_a_tls_refusal_before_registration_is_said_on_stderr() -> None:
     """In status mode a TLS failure before registration is said on stderr, in words."""
     harness = Harness(mode="status")
     harness.client.command("c")
