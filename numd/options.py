@@ -55,6 +55,7 @@ from numd.store.redis.scripts import DEFAULT_LEASE_TIME
 from numd.store.redis.startup import DEFAULT_REDIS_STARTUP, REDIS_STARTUP_POLICIES
 from numd.store.service import DEFAULT_SYNC, MEMORY, SYNC_POLICIES
 from numd.systemd import inherited_is_local, inherited_socket, is_systemd_endpoint
+from numd.tls.endpoints import check_tls_listeners
 
 DEFAULT_LISTEN = "tcp:2004:interface=127.0.0.1"
 """The counter protocol's endpoint when no ``--listen`` is given."""
@@ -382,6 +383,7 @@ class Options(TwistdOptions):
         """Fill in defaults and reject values that cannot work, with a clear message."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        check_tls_listeners(self)  # before Twisted's ssl: parser reads the files
         for description in self["listen"]:
             _check_endpoint("listen", description)
         _check_endpoint("api-listen", self["api-listen"])
@@ -465,9 +467,9 @@ thousands of clients connecting at once wait seconds)."""
 
 
 def _with_backlog(description: str) -> str:
-    """`description` with ``backlog=4096`` added if it is a TCP endpoint without one."""
+    """`description` with ``backlog=4096`` added if it is a TCP (or TLS) endpoint without one."""
     kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
 

@@ -256,6 +256,29 @@ def test_client_that_never_reads_is_cut_off(limited: CounterFactory, clock: Cloc
     ]
 
 
+def test_a_closed_connection_that_does_not_finish_closing_is_cut_off(
+    limited: CounterFactory, clock: Clock
+) -> None:
+    """A connection numd closes (here error:id-in-use) whose client neither takes what is left
+    nor closes is aborted after the write-stall timeout; one that closes in time is not."""
+    first = FakeClient(limited)
+    assert first.send(b"1 ") == [b"0"]
+    second = FakeClient(limited, port=40001)
+    assert second.send(b"1 ") == [b"error:id-in-use"]
+    assert second.transport.disconnecting
+    clock.advance(4.9)
+    assert limited.stats.connections["write-stalled"] == 0
+    clock.advance(0.1)
+    assert limited.stats.connections["write-stalled"] == 1
+    second.close()
+    first.send(b"2 ")  # still alive: it keeps its ID
+    third = FakeClient(limited, port=40002)
+    assert third.send(b"1 ") == [b"error:id-in-use"]
+    third.close()  # the client closes in time
+    clock.advance(5)
+    assert limited.stats.connections["write-stalled"] == 1
+
+
 # 8. Reset mid-token
 
 

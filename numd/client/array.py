@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from numd.client.counter import connection_problem
 from numd.client.output import ClientOutput
+from numd.client.tls import tls_failure
 from numd.counter.framing import TokenReceiver
 
 ARRAY_SIZE = (10, 20)
@@ -279,6 +280,9 @@ class ArrayClient(Service):
 
 
 def _reason(error: BaseException) -> str:
+    refused = tls_failure(error)
+    if refused is not None:
+        return refused
     if isinstance(error, (TimeoutError, CancelledError)):
         return "no answer in time"
     if isinstance(error, BadReply):

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from numd.client.output import ClientOutput, CounterState
+from numd.client.tls import tls_failure
 from numd.counter.framing import TokenReceiver
 from numd.counter.tokens import parse_integer
 from numd.timers import cancel
@@ -424,6 +425,9 @@ def connection_problem(problem: BaseException | None) -> str:
     """
     if problem is None:
         return "unknown"
+    refused = tls_failure(problem)
+    if refused is not None:
+        return refused
     summary = getattr(problem, "summary", None)  # several servers' reasons (`FailoverEndpoint`)
     if isinstance(summary, str):
         return summary

@@ -34,6 +34,7 @@ from numd.client.console import PromptService
 from numd.client.counter import HELP, REQUEST_TIMEOUT, CounterClient
 from numd.client.failover import FailoverEndpoint
 from numd.client.output import ClientOutput, CounterState, Mode
+from numd.client.tls import check_trust_roots
 from numd.counter.tokens import MAX_CLIENT_ID, MIN_CLIENT_ID
 from numd.signals import ExitZeroOnSignal, TwistdOptions, exit_on_usage_error
 
@@ -90,7 +91,8 @@ class Options(TwistdOptions):
             "server",
             None,
             DEFAULT_SERVER,
-            "Server endpoint (a Twisted client endpoint string); several, comma-separated, "
+            "Server endpoint (a Twisted client endpoint string; tls:HOST:PORT for a TLS "
+            "listener, with trustRoots=DIR for a CA of your own); several, comma-separated, "
             "for numd instances sharing their state: the client fails over between them.",
         ],
         [
@@ -141,6 +143,7 @@ class Options(TwistdOptions):
         self["servers"] = [s.strip() for s in self["server"].split(",")]
         for server in self["servers"]:
             try:
+                check_trust_roots(server)
                 # Only parses the description: no reactor is needed for that.
                 clientFromString(None, server)
             except TypeError as e:  # Twisted's endpoint class was given too few or too many parts
@@ -148,7 +151,7 @@ class Options(TwistdOptions):
                     f"--server: bad endpoint {server!r}: a part is missing or extra "
                     f"(e.g. {DEFAULT_SERVER})"
                 ) from e
-            except (ValueError, KeyError) as e:
+            except (ValueError, KeyError, OSError) as e:
                 raise usage.UsageError(f"--server: bad endpoint {server!r}: {e}") from e
 
     @property

@@ -14,7 +14,9 @@ read's tokens (`TokenReceiver.hold_tokens`) and stops reading once what it
 holds passes `hold_at`, and carries on when that drains: the transport's buffer
 (`resumeProducing`), the store's answer, the log writer (`_wait_for_log`). A
 client that leaves its replies unread for the write-stall timeout is cut off;
-waiting for the store or the log writer never counts as a stall.
+waiting for the store or the log writer never counts as a stall. Being the
+producer, it is also what closes the connection (`BudgetedReceiver.close`),
+and the same timeout cuts off a client that does not let a close finish.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from zope.interface import implementer
 
 from numd.counter.framing import TokenReceiver
 from numd.counter.held import HeldReplies
@@ -66,6 +69,7 @@ def hold_at(budget: int, max_token_length: int, reply_cap: int) -> int:
     return max(budget - margin, 0)
 
 
+@implementer(IPushProducer)
 class BudgetedReceiver(TokenReceiver):
     """A `TokenReceiver` that holds at most its factory's budget, and is its transport's producer.
 
@@ -90,6 +94,8 @@ class BudgetedReceiver(TokenReceiver):
     _transport_paused = False
     _claiming = False
     """A registration waits for the shared state: the read's other tokens wait for it."""
+    _producing = False
+    """Registered as the transport's producer (from `start_producing` until `close`)."""
 
     def _flush(self) -> None:
         """Write the queued replies now."""
@@ -101,6 +107,12 @@ class BudgetedReceiver(TokenReceiver):
 
     # -- backpressure (IPushProducer, driven by the transport) ---------------------
 
+    def start_producing(self) -> None:
+        """Become the transport's streaming producer: it pauses us when its unsent output
+        passes its buffer size, and we then stop reading from this client."""
+        self.transport.registerProducer(self, True)
+        self._producing = True
+
     def pauseProducing(self) -> None:
         """Our unsent output is over the transport's bound: stop reading this client.
 
@@ -109,10 +121,7 @@ class BudgetedReceiver(TokenReceiver):
         """
         self._transport_paused = True
         self.transport.pauseProducing()
-        if self._stall_timer is None:
-            self._stall_timer = self.factory.clock.callLater(
-                self.factory.write_stall_timeout, self._write_stalled
-            )
+        self._arm_stall_timer()
 
     def resumeProducing(self) -> None:
         """The client read its replies: handle its kept tokens and read from it again."""
@@ -186,7 +195,36 @@ class BudgetedReceiver(TokenReceiver):
         self._log_wait = wait
         wait.addBoth(done)
 
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close once what was written is sent; a client that does not let it close is cut off.
+
+        Unregistered as the transport's producer first: a TCP transport whose
+        producer is paused when its buffer drains resumes the producer instead of
+        finishing the close, and the connection would stay half-closed; a TLS
+        transport does not even start closing while a producer is registered.
+        Reading resumes (the subclass ignores the tokens): a TLS connection closes
+        only once it reads the client's close_notify or end of stream. A client
+        that does not take what is left and close within the write-stall timeout
+        is aborted, as one that stops reading its replies is.
+        """
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.resumeProducing()
+        self.transport.loseConnection()
+        if not self._lost:
+            self._arm_stall_timer()
+
     # -- the write-stall cut-off -----------------------------------------------------
+
+    def _arm_stall_timer(self) -> None:
+        """Cut the client off after the write-stall timeout, unless that is armed already."""
+        if self._stall_timer is None:
+            self._stall_timer = self.factory.clock.callLater(
+                self.factory.write_stall_timeout, self._write_stalled
+            )
 
     def _write_stalled(self) -> None:
         self._stall_timer = None

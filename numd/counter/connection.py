@@ -99,9 +99,7 @@ class CounterProtocol(BudgetedReceiver):
         self._log_pending = 0
         """Bytes of this connection's message log records not known to be written."""
         self._read_at = self.last_activity = factory.clock.seconds()
-        # Backpressure: the transport pauses us when its unsent output passes
-        # its buffer size, and we then stop reading from this client.
-        self.transport.registerProducer(self, True)
+        self.start_producing()  # backpressure: numd.counter.budget
         factory.connection_made(self)
         self._log.event("connect")
 
@@ -234,17 +232,6 @@ class CounterProtocol(BudgetedReceiver):
         self._log.event("idle-timeout")
         self.stop_reading_tokens()
         self.abort()
-
-    def close(self) -> None:
-        """Close once what was written is sent.
-
-        Unregistered as the transport's producer first: a TCP transport whose
-        producer is paused when its buffer drains resumes the producer instead of
-        finishing the close, and the connection would stay half-closed.
-        """
-        if getattr(self.transport, "producer", None) is self:
-            self.transport.unregisterProducer()
-        self.transport.loseConnection()
 
     def abort(self) -> None:
         """Drop the connection now, and with it every reply not yet sent (even one released later)."""

@@ -19,6 +19,15 @@ Only plain TCP (and Unix stream) connections qualify (`writer_for`): a TLS
 transport's handle is the raw socket under the encryption, so writing to it
 would bypass TLS; if TLS were started later, writes go back to the transport.
 
+A connection of an ``ssl:`` listener is a `TLSMemoryBIOProtocol` over the TCP
+connection. Its ``write`` (Twisted's `BufferingTLSTransport`) gathers writes for
+a reactor turn, up to 64 KB, before it encrypts them: counter replies are one
+write per read already, so that only delays each reply by a turn, and the bytes
+it holds are seen neither by the TCP transport's backpressure nor by the
+connection's memory budget. `writer_for` therefore gives such a connection
+`TLSMemoryBIOProtocol.write` itself: each reply is encrypted at once into the
+TCP transport's buffer, which pauses the connection when full, as for plain TCP.
+
 Twisted's ``abortConnection`` drops the transport's queue but does not mark the
 transport as closing, so an owner that aborts must stop writing through the
 `DirectWriter` first (as `numd.counter.protocol.CounterProtocol.abort` does).
@@ -28,9 +37,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from types import MethodType
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport, ITransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 Write = Callable[[bytes], None]
 
@@ -60,7 +71,8 @@ class DirectWriter:
 
 
 def writer_for(transport: ITransport) -> Write:
-    """The fastest correct write for `transport`: `DirectWriter` for plain TCP, else its own write."""
+    """The fastest correct write for `transport`: `DirectWriter` for plain TCP, TLS's own unbuffered
+    write for an ``ssl:`` connection, else the transport's write."""
     if (
         isinstance(transport, tcp.Connection)
         and not ISSLTransport.providedBy(transport)
@@ -68,4 +80,6 @@ def writer_for(transport: ITransport) -> Write:
         and isinstance(transport.getHandle(), socket.socket)
     ):
         return DirectWriter(transport).write
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return MethodType(TLSMemoryBIOProtocol.write, transport)  # not the gathering one
     return transport.write

@@ -81,11 +81,11 @@ def tune_keepalive(transport: object) -> None:
     """Make TCP keepalive find a vanished peer within about a minute (`KEEPALIVE_*`).
 
     The kernel's defaults wait two hours before the first probe. Only for a real
-    TCP socket; Linux names the options, other systems keep their defaults.
+    TCP socket (under TLS, the one under the TLS layer); Linux names the options,
+    other systems keep their defaults.
     """
-    get_handle = getattr(transport, "getHandle", None)
-    handle = get_handle() if get_handle is not None else None
-    if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
+    handle = _socket_under(transport)
+    if handle is None or handle.type != socket.SOCK_STREAM:
         return
     if handle.family not in (socket.AF_INET, socket.AF_INET6):
         return
@@ -100,6 +100,21 @@ def tune_keepalive(transport: object) -> None:
                 handle.setsockopt(socket.IPPROTO_TCP, option, value)
             except OSError:
                 pass  # the connection is already gone: connectionLost follows
+
+
+def _socket_under(transport: object) -> socket.socket | None:
+    """The socket of `transport`, or of the transport a wrapper (TLS) runs over; None if it has none.
+
+    A TLS connection's handle is its OpenSSL connection, not a socket: the
+    socket is its wrapped transport's.
+    """
+    for _ in range(2):
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 class CounterFactory(Factory[Protocol]):
