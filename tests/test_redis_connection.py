@@ -146,11 +146,22 @@ def test_fails_at_once_while_disconnected(fake: FakeCommands, clock: Clock) -> N
         ("ResponseError:LOADING Redis is loading the dataset in memory", True),
         ("ResponseError:BUSY Redis is busy running a script", True),
         ("ResponseError:MASTERDOWN Link with MASTER is down", True),
+        ("ResponseError:NOREPLICAS Not enough good replicas to write.", True),
         ("ResponseError:WRONGTYPE Operation against a key holding the wrong kind of value", False),
         ("ResponseError:NOSCRIPT No matching script", False),
         ("ResponseError:OOM command not allowed when used memory > 'maxmemory'", False),
     ],
-    ids=["lost", "reply-timeout", "loading", "busy", "masterdown", "wrongtype", "noscript", "oom"],
+    ids=[
+        "lost",
+        "reply-timeout",
+        "loading",
+        "busy",
+        "masterdown",
+        "noreplicas",
+        "wrongtype",
+        "noscript",
+        "oom",
+    ],
 )
 def test_errors_that_mean_unavailable(
     client: RedisClient, fake: FakeCommands, error: str, unavailable: bool

@@ -76,9 +76,10 @@ DEFAULT_RECONNECT_DELAY = 0.1
 DEFAULT_MAX_RECONNECT_DELAY = 2.0
 """The longest wait between two attempts to connect (the backoff grows by e up to it)."""
 
-UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS")
 """Error replies that mean Redis cannot serve right now (loading its data after a restart,
-running a long script, a replica without its primary), not that the command was wrong."""
+running a long script, a replica without its primary, a primary without the replicas
+``min-replicas-to-write`` asks for), not that the command was wrong."""
 DEMOTED_REPLIES = ("READONLY", "UNBLOCKED")
 """Error replies that mean the server is no longer the primary (a failover made it a replica):
 the connection is dropped, so that the next one finds the primary."""
