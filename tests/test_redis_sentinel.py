@@ -144,6 +144,57 @@ def test_asks_a_sentinel_then_connects_to_the_primary_it_names() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_an_unreachable_primary_sends_it_back_to_the_sentinels_until_they_name_another() -> None:
+    """A failover starts with a primary that cannot be reached: the sentinels are asked
+    again every 0.1 s, and the attempt connects as soon as they name another primary."""
+    clock = MemoryReactorClock()
+    endpoint = make_endpoint(clock, sentinels=1)
+    connected = results(endpoint.connect(Factory.forProtocol(Protocol)))
+    protocol, _ = accept(clock, 0)
+    feed(protocol, resp(b"127.0.0.1", b"7000"))
+    refuse(clock, 1)
+    for named in (b"7000", b"7001"):
+        asked = len(clock.tcpClients)
+        clock.advance(0.09)
+        assert len(clock.tcpClients) == asked
+        clock.advance(0.01)
+        protocol, _ = accept(clock, asked)
+        feed(protocol, resp(b"127.0.0.1", named))
+    sentinel = ("127.0.0.1", 26379)
+    assert addresses(clock) == [
+        sentinel,
+        ("127.0.0.1", 7000),
+        sentinel,
+        sentinel,
+        ("127.0.0.1", 7001),
+    ]
+    accept(clock, 4)
+    assert isinstance(connected[0], Protocol) and endpoint.primary == ("127.0.0.1", 7001)
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_unreachable_primary_fails_the_attempt_after_the_longest_delay() -> None:
+    """While the sentinels go on naming an unreachable primary, the attempt fails with the
+    connection's error once the longest reconnection delay (2 s) has passed."""
+    clock = MemoryReactorClock()
+    endpoint = make_endpoint(clock, sentinels=1)
+    failed = results(endpoint.connect(Factory.forProtocol(Protocol)))
+    protocol, _ = accept(clock, 0)
+    feed(protocol, resp(b"127.0.0.1", b"7000"))
+    refuse(clock, 1)
+    asked = 1
+    while not failed:
+        clock.advance(0.1)
+        if len(clock.tcpClients) > asked + 1:
+            protocol, _ = accept(clock, asked + 1)
+            feed(protocol, resp(b"127.0.0.1", b"7000"))
+            asked += 1
+    assert failed[0].check(ConnectionRefusedError)
+    assert 1.9 <= clock.seconds() <= 2.1 and asked == 17  # at 0, then every 0.1 s from 0.4 s
+    assert addresses(clock)[1] == ("127.0.0.1", 7000) and len(clock.tcpClients) == 18
+    assert clock.getDelayedCalls() == []
+
+
 def test_silent_sentinels_are_passed_over_after_their_bound() -> None:
     """A sentinel that does not accept, or accepts and never answers, is given 0.5 s; the
     next one is asked, and the one that answered is asked first next time."""

@@ -159,18 +159,42 @@ class SentinelEndpoint:
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
         if self.not_primary:
             await deferLater(self._reactor, self.delay(), lambda: None)
-        host, port = await self.discover()
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
-        try:
-            protocol: IProtocol = await endpoint.connect(factory)
-        except CancelledError:
-            raise
-        except Exception as e:
-            self._failed(
-                f"cannot reach {_hostport(host, port)}, the primary the sentinels name: {e}"
-            )
-            raise
-        return protocol
+        primary = await self.discover()
+        until = self._reactor.seconds() + self.max_retry_delay
+        while True:
+            endpoint = HostnameEndpoint(self._reactor, *primary, timeout=self.connect_timeout)
+            try:
+                protocol: IProtocol = await endpoint.connect(factory)
+                return protocol
+            except CancelledError:
+                raise
+            except Exception as e:
+                where = _hostport(*primary)
+                self._failed(f"cannot reach {where}, the primary the sentinels name: {e}")
+                other = await self._another_primary(primary, until)
+                if other is None:
+                    raise
+                primary = other
+
+    async def _another_primary(
+        self, primary: tuple[str, int], until: float
+    ) -> tuple[str, int] | None:
+        """A primary other than `primary` once the sentinels name one, asking them every
+        `retry_delay` seconds until `until`; None if they did not.
+
+        A primary that cannot be reached is how a failover starts: the sentinels name
+        the promoted replica a few seconds later. Asking them often, for a while, finds
+        it at once, where the reconnection backoff would wait up to its maximum.
+        """
+        while self._reactor.seconds() + self.retry_delay <= until:
+            await deferLater(self._reactor, self.retry_delay, lambda: None)
+            try:
+                named = await self.discover()
+            except NoPrimary:
+                continue
+            if named != primary:
+                return named
+        return None
 
     def delay(self) -> float:
         """Seconds to wait before asking again, after `not_primary` servers in a row were not it."""
