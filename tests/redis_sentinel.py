@@ -194,7 +194,9 @@ class SentinelGroup:
     replica and the two other sentinels, so that a failover can happen; `stop` ends
     every process by PID. `password` protects the primary and the replica (the
     sentinels get it as ``auth-pass``); the sentinels themselves ask for none, as in
-    Debian's default ``sentinel.conf``.
+    Debian's default ``sentinel.conf``. `extra` are more ``redis-server`` arguments for
+    both; `link`, given the primary's port, returns the port the replica should follow
+    instead (a relay in between, e.g. one that delays the replication stream).
     """
 
     def __init__(
@@ -204,9 +206,11 @@ class SentinelGroup:
         password: str | None = None,
         sentinels: int = 3,
         extra: Sequence[str] = (),
+        link: Callable[[int], int] | None = None,
     ) -> None:
         self.directory = directory
         self.password = password
+        self.link = link
         self.primary = GroupServer(directory / "a", appendfsync, password, extra=extra)
         self.replica = GroupServer(directory / "b", appendfsync, password, extra=extra)
         self.sentinel_count = sentinels
@@ -226,7 +230,8 @@ class SentinelGroup:
         """Start everything and wait until a failover is possible."""
         try:
             self.primary.start()
-            self.replica.replicaof = self.primary.port
+            port = self.primary.port
+            self.replica.replicaof = port if self.link is None else self.link(port)
             self.replica.start()
             self._wait("the replica to synchronise", self._replica_synchronised)
             for n in range(self.sentinel_count):
