@@ -74,6 +74,10 @@ class RedisServer:
         """The server's own log file."""
         return self.directory / "redis.log"
 
+    def answers(self) -> bool:
+        """Whether the server answers (PING) on its port."""
+        return ping(self.port)
+
     def _arguments(self) -> list[str]:
         arguments = [
             REDIS_SERVER,
@@ -115,7 +119,7 @@ class RedisServer:
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self.process.poll() is None:
-                if ping(self.port):
+                if self.answers():
                     return self
                 time.sleep(0.02)
             self.stop()  # exited (a port taken meanwhile?) or too slow: try another port

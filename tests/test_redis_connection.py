@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 
-from numd.store.redis.address import RedisConfigError, redis_config
+from numd.store.redis.address import redis_config
 from numd.store.redis.connection import (
     RedisClient,
     RedisUnavailable,
@@ -34,6 +34,7 @@ from numd.store.redis.connection import (
 )
 from numd.store.redis.encoding import MemberEncoder
 from numd.store.redis.scripts import StateScripts
+from numd.store.redis.sentinel import SentinelEndpoint
 from tests.redis_server import RedisServer, free_port, skip_without_redis
 
 txredisapi = pytest.importorskip("txredisapi", reason="txredisapi not installed")
@@ -145,11 +146,22 @@ def test_fails_at_once_while_disconnected(fake: FakeCommands, clock: Clock) -> N
         ("ResponseError:LOADING Redis is loading the dataset in memory", True),
         ("ResponseError:BUSY Redis is busy running a script", True),
         ("ResponseError:MASTERDOWN Link with MASTER is down", True),
+        ("ResponseError:NOREPLICAS Not enough good replicas to write.", True),
         ("ResponseError:WRONGTYPE Operation against a key holding the wrong kind of value", False),
         ("ResponseError:NOSCRIPT No matching script", False),
         ("ResponseError:OOM command not allowed when used memory > 'maxmemory'", False),
     ],
-    ids=["lost", "reply-timeout", "loading", "busy", "masterdown", "wrongtype", "noscript", "oom"],
+    ids=[
+        "lost",
+        "reply-timeout",
+        "loading",
+        "busy",
+        "masterdown",
+        "noreplicas",
+        "wrongtype",
+        "noscript",
+        "oom",
+    ],
 )
 def test_errors_that_mean_unavailable(
     client: RedisClient, fake: FakeCommands, error: str, unavailable: bool
@@ -217,12 +229,38 @@ def test_describe_never_shows_the_password(db: str, shown: str) -> None:
     assert describe(config) == shown
 
 
-def test_sentinel_is_refused_in_one_line() -> None:
-    """A Sentinel address is refused with a message that names it (not yet supported)."""
-    config = redis_config("redis+sentinel://h1/main")
+def test_sentinel_address_gets_an_endpoint_that_asks_the_sentinels() -> None:
+    """A Sentinel address connects through the sentinels it lists (in its order), to its
+    master name, with the Redis password at hand for sentinels that ask for one."""
+    config = redis_config(
+        "redis+sentinel://h1,h2:26380/main/2", environ={"NUMD_REDIS_PASSWORD": "s3cret"}
+    )
     assert config is not None
-    with pytest.raises(RedisConfigError, match="Sentinel is not supported yet"):
-        endpoint_for(config, reactor)
+    endpoint = endpoint_for(config, reactor, connect_timeout=1.5)
+    assert isinstance(endpoint, SentinelEndpoint)
+    assert endpoint.sentinels == [("h1", 26379), ("h2", 26380)] and endpoint.master == "main"
+    assert endpoint.connect_timeout == 1.5 and endpoint.primary is None
+    assert "s3cret" not in repr(endpoint)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "READONLY You can't write against a read only replica.",
+        "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
+    ],
+    ids=["readonly", "unblocked"],
+)
+def test_demoted_primary_is_unavailable_and_dropped(
+    client: RedisClient, fake: FakeCommands, aborted: list[bool], reply: str
+) -> None:
+    """A server that says it is a replica now fails the command as unavailable and loses
+    the connection, so that the next one finds the primary."""
+    failures: list[Any] = []
+    client.execute_command(b"EVALSHA", b"x", b"0").addErrback(failures.append)
+    fake.answers[0].errback(txredisapi.ResponseError(reply))
+    assert failures[0].check(RedisUnavailable) and reply in str(failures[0].value)
+    assert aborted == [True]
 
 
 # -- against a real redis-server ---------------------------------------------------------

@@ -32,12 +32,19 @@ into ``AUTH``, the database number into ``SELECT``, on every new connection, sen
 here rather than by txredisapi: it stops reconnecting for good when either fails,
 even when only the connection was lost (a restart, a failed TLS handshake). Here
 only Redis's refusal (a wrong password, no such database) is final, and
-`RedisClient.refused` says why. Sentinel addresses are not supported here yet.
+`RedisClient.refused` says why. ``redis+sentinel://`` addresses connect through
+`numd.store.redis.sentinel.SentinelEndpoint`, which asks the sentinels for the
+primary before every connection; the new connection is then checked with ``ROLE``.
+
+A server that was the primary and is now a replica answers changes with
+``READONLY`` (and blocking reads with ``UNBLOCKED``): the command fails with
+`RedisUnavailable` and the connection is dropped, so that the next one finds the
+primary again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -54,11 +61,11 @@ from twisted.python.failure import Failure
 from numd.service import StateUnavailable
 from numd.store.redis.address import (
     RedisConfig,
-    RedisConfigError,
     SentinelAddress,
     TcpAddress,
     UnixAddress,
 )
+from numd.store.redis.sentinel import SentinelEndpoint
 
 DEFAULT_TIMEOUT = 2.0
 """Seconds a command may wait for its answer before it fails with `RedisUnavailable`."""
@@ -70,9 +77,13 @@ DEFAULT_RECONNECT_DELAY = 0.1
 DEFAULT_MAX_RECONNECT_DELAY = 2.0
 """The longest wait between two attempts to connect (the backoff grows by e up to it)."""
 
-UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS")
 """Error replies that mean Redis cannot serve right now (loading its data after a restart,
-running a long script, a replica without its primary), not that the command was wrong."""
+running a long script, a replica without its primary, a primary without the replicas
+``min-replicas-to-write`` asks for), not that the command was wrong."""
+DEMOTED_REPLIES = ("READONLY", "UNBLOCKED")
+"""Error replies that mean the server is no longer the primary (a failover made it a replica):
+the connection is dropped, so that the next one finds the primary."""
 
 
 class RedisUnavailable(StateUnavailable):
@@ -157,9 +168,17 @@ class RedisClient:
             return Failure(RedisUnavailable(f"{self.where}: no answer within {seconds} s"))
         txredisapi = _txredisapi()
         error = failure.value
+        if isinstance(error, txredisapi.ResponseError) and _first_word(error) in DEMOTED_REPLIES:
+            self.log.warn(
+                "{where} is no longer the primary ({error}); dropping the connection",
+                where=self.where,
+                error=str(error),
+            )
+            self.abort()
+            return Failure(RedisUnavailable(f"{self.where}: {error}"))
         if isinstance(error, txredisapi.ConnectionError) or (
             isinstance(error, txredisapi.ResponseError)
-            and str(error).split(" ", 1)[0] in UNAVAILABLE_REPLIES
+            and _first_word(error) in UNAVAILABLE_REPLIES
         ):
             return Failure(RedisUnavailable(f"{self.where}: {error}"))
         return failure
@@ -250,9 +269,12 @@ async def _log_in(
     clock: IReactorTime,
     timeout: float,
     preload: Sequence[bytes] = (),
+    check: Callable[[Any, float], Awaitable[None]] | None = None,
 ) -> None:
     """Send ``AUTH`` (if there is a password) and ``SELECT`` (if the database is not 0) on a
-    new connection, then ``SCRIPT LOAD`` each of `preload`; `_Refused` if Redis refuses any."""
+    new connection, then ``SCRIPT LOAD`` each of `preload`; `_Refused` if Redis refuses any.
+    Then run `check` (Sentinel's ``ROLE`` check, after ``AUTH``: with a password Redis
+    answers nothing else before it)."""
     txredisapi = _txredisapi()
     address = config.address
     steps = []
@@ -272,6 +294,13 @@ async def _log_in(
             if str(e).split(" ", 1)[0] in UNAVAILABLE_REPLIES:
                 raise
             raise _Refused(f"{what}: {e}") from None
+    if check is not None:
+        await check(conn, timeout)
+
+
+def _first_word(error: Exception) -> str:
+    """The first word of an error reply: its kind (``READONLY``, ``LOADING``, ...)."""
+    return str(error).split(" ", 1)[0]
 
 
 def _txredisapi() -> Any:
@@ -301,11 +330,21 @@ def endpoint_for(
     reactor: Any,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     tls: IOpenSSLClientConnectionCreator | None = None,
+    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
 ) -> IStreamClientEndpoint:
-    """The client endpoint of `config`'s address on `reactor` (TCP, TLS or a Unix socket)."""
+    """The client endpoint of `config`'s address on `reactor` (TCP, TLS, a Unix socket, or the
+    primary that Sentinel names, found again on each connection)."""
     address = config.address
     if isinstance(address, SentinelAddress):
-        raise RedisConfigError(f"--db: {describe(config)}: Sentinel is not supported yet")
+        return SentinelEndpoint(
+            address,
+            reactor,
+            config.password,
+            connect_timeout=connect_timeout,
+            retry_delay=reconnect_delay,
+            max_retry_delay=max_reconnect_delay,
+        )
     if isinstance(address, UnixAddress):
         return UNIXClientEndpoint(reactor, address.path, timeout=connect_timeout)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
@@ -342,11 +381,13 @@ def connect(
     never missing after Redis restarted: reloading it then would let the commands sent
     behind it overtake it.
     `reactor` provides the endpoints (TCP, Unix sockets) and the clock for the
-    command timeouts. Raises `RedisConfigError` for an address it cannot connect to
-    (Sentinel, for now).
+    command timeouts.
     """
     txredisapi = _txredisapi()
-    endpoint = endpoint_for(config, reactor, connect_timeout, tls)
+    endpoint = endpoint_for(
+        config, reactor, connect_timeout, tls, reconnect_delay, max_reconnect_delay
+    )
+    check = endpoint.check_primary if isinstance(endpoint, SentinelEndpoint) else None
     where = describe(config)
 
     base: Any = txredisapi.RedisFactory
@@ -360,7 +401,7 @@ def connect(
         def addConnection(self, conn: Any) -> None:
             super().addConnection(conn)
             if conn in self.pool:
-                d = ensureDeferred(_log_in(conn, config, reactor, connect_timeout, preload))
+                d = ensureDeferred(_log_in(conn, config, reactor, connect_timeout, preload, check))
                 d.addCallbacks(ready, failed, callbackArgs=(conn,), errbackArgs=(conn,))
 
         def delConnection(self, conn: Any) -> None:
