@@ -17,7 +17,16 @@ def test_each_script_is_called_by_the_sha1_of_its_source() -> None:
 
 def test_every_script_is_a_function_flagged_script() -> None:
     """Every script has the ``#!lua`` header; only ``renew`` carries ``allow-oom``."""
-    assert set(SCRIPTS) == {"merge", "clear", "register", "renew", "disconnect", "report", "give", "update"}
+    assert set(SCRIPTS) == {
+        "merge",
+        "clear",
+        "register",
+        "renew",
+        "disconnect",
+        "report",
+        "give",
+        "update",
+    }
     for name, script in SCRIPTS.items():
         first_line = script.source.split(b"\n", 1)[0]
         assert first_line.startswith(b"#!lua")
