@@ -10,11 +10,12 @@ from B to A: send a one-value array (a new value each time) on a counter
 connection to one instance, wait for its reply (the acknowledgement: Redis applied
 it and that instance's copy holds it), and poll the other instance's
 ``GET /api/v1/values?min=V&max=V`` on a kept-alive HTTP connection until the value
-is there. Two figures per merge:
+is there. Three figures per merge:
 
 - **after the reply**: from the acknowledgement to the first page on the other
   instance that shows the value (what a second client sees after the first was told);
-- **after the send**: from sending the array to that page.
+- **after the send**: from sending the array to that page;
+- **reply**: from sending the array to its reply (what an acknowledgement costs).
 
 A poll takes a fraction of a millisecond (its median is printed), so each figure is
 late by at most one poll. Nothing is pinned to a core: the two instances, Redis and
@@ -75,6 +76,7 @@ def measure(a: Daemon, b: Daemon, merges: int, pace: float) -> dict[str, Any]:
     apis = [http.client.HTTPConnection("127.0.0.1", d.api_port, timeout=5) for d in (a, b)]
     after_reply: list[float] = []
     after_send: list[float] = []
+    replies: list[float] = []
     polls: list[float] = []
     first_poll = 0
     try:
@@ -93,6 +95,7 @@ def measure(a: Daemon, b: Daemon, merges: int, pace: float) -> dict[str, Any]:
             first_poll += len(polls) == before + 1
             after_reply.append(seen - acknowledged)
             after_send.append(seen - sent)
+            replies.append(acknowledged - sent)
             time.sleep(pace)
     finally:
         for sock in counters:
@@ -112,6 +115,7 @@ def measure(a: Daemon, b: Daemon, merges: int, pace: float) -> dict[str, Any]:
         "merges": merges,
         "after_reply": figures(after_reply),
         "after_send": figures(after_send),
+        "reply": figures(replies),
         "poll_median_ms": statistics.median(polls) * 1000,
         "polls": len(polls),
         "seen_at_first_poll": first_poll,
@@ -150,17 +154,15 @@ def machine() -> dict[str, str]:
 
 def markdown(result: dict[str, Any], facts: dict[str, str], appendfsync: str) -> str:
     """The result as a Markdown table, with the machine's facts."""
+    quantiles = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+    labels = {
+        "after_reply": "from one instance's reply to the other's page",
+        "after_send": "from sending the array to the other's page",
+        "reply": "from sending the array to its reply (the acknowledgement)",
+    }
     rows = [
-        "| from one instance's reply to the other's page | "
-        + " | ".join(
-            f"{result['after_reply'][k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
-        )
-        + " |",
-        "| from sending the array to the other's page | "
-        + " | ".join(
-            f"{result['after_send'][k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
-        )
-        + " |",
+        f"| {label} | " + " | ".join(f"{result[key][q]:.2f}" for q in quantiles) + " |"
+        for key, label in labels.items()
     ]
     return "\n".join(
         [
