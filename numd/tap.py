@@ -39,6 +39,7 @@ from numd.signals import (
 )
 from numd.stats import Stats
 from numd.store.database import StoreError
+from numd.store.redis.address import RedisConfigError
 from numd.store.redis.connection import describe
 from numd.store.redis.startup import open_shared_state, unreachable
 from numd.store.redis.state import SharedState
@@ -230,7 +231,10 @@ def _state(config: Options, reactor: Any) -> NumberService:
             raise StartupError(
                 f"numd: cannot reach Redis at {describe(redis)}: {why} (--redis-startup exit)"
             )
-    return open_shared_state(redis, reactor, rng, config["lease-time"])
+    try:
+        return open_shared_state(redis, reactor, rng, config["lease-time"])
+    except RedisConfigError as e:  # an address numd parses but cannot use yet (Sentinel)
+        raise StartupError(f"numd: {e}") from None
 
 
 def _legacy_array_factory(
