@@ -65,33 +65,57 @@ def wait_until(what: Callable[[], Any], timeout: float, interval: float = 0.02) 
 
 
 def wait_ready(daemon: Daemon, timeout: float = READY_TIMEOUT) -> float:
-    """Wait until `daemon`'s ``/readyz`` answers 200 (its Redis reached, its copy loaded)."""
+    """Wait until `daemon`'s ``/readyz`` answers 200 (its Redis reached, its copy loaded); if it
+    exits instead, fail with the end of its output."""
 
     def ready() -> bool:
         if daemon.process.poll() is not None:
-            raise AssertionError(f"numd exited with {daemon.process.returncode}")
+            tail = "\n".join(daemon.output.read_text(errors="replace").splitlines()[-5:])
+            raise AssertionError(f"numd exited with {daemon.process.returncode}:\n{tail}")
         return readyz(daemon.api_port)[0] == 200
 
     return wait_until(ready, timeout, interval=0.05)
 
 
+START_ATTEMPTS = 3
+"""Starts of an instance on new free ports when another process took one meanwhile."""
+
+
+@contextmanager
+def ready_instance(directory: Path, *args: str) -> Iterator[Daemon]:
+    """`running_numd` in `directory` with `args`, once its ``/readyz`` answers 200. Started
+    again on new ports if another process took one of its free ports before it bound them
+    (several test runs share the machine); killed on the way out."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with ExitStack() as stack:
+            try:
+                daemon = stack.enter_context(running_numd(directory, *args))
+                wait_ready(daemon)
+            except (RuntimeError, TimeoutError, AssertionError):
+                output = (directory / "twistd.out").read_text(errors="replace")
+                if attempt == START_ATTEMPTS or "cannot listen" not in output:
+                    raise
+                continue
+            yield daemon
+            return
+
+
 @contextmanager
 def shared_instances(
-    directory: Path, redis: RedisServer, *args: str, count: int = 2, ready: bool = True
+    directory: Path, redis: RedisServer, *args: str, count: int = 2
 ) -> Iterator[list[Daemon]]:
     """`count` numd instances on `redis`, each in its own subdirectory of `directory` (``a``,
-    ``b``, ...) with `args`; once `ready`, each answers ``/readyz`` with 200. All are killed
-    on the way out, whatever happened."""
+    ``b``, ...) with `args`, each answering ``/readyz`` with 200. All are killed on the way out,
+    whatever happened."""
     with ExitStack() as stack:
         daemons = []
         for name in "abcdefgh"[:count]:
             (directory / name).mkdir()
             daemons.append(
-                stack.enter_context(running_numd(directory / name, "--db", redis_url(redis), *args))
+                stack.enter_context(
+                    ready_instance(directory / name, "--db", redis_url(redis), *args)
+                )
             )
-        if ready:
-            for daemon in daemons:
-                wait_ready(daemon)
         yield daemons
 
 
