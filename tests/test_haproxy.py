@@ -15,9 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,9 +98,11 @@ def registrations(daemon: Daemon) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def run_client(port: int, client_id: int, seconds: float) -> list[dict]:
-    """numd's own counter client (``numd-client --connect --json``) on 127.0.0.1:`port` for
-    `seconds`, then SIGTERM; its JSON events."""
+def run_client(
+    port: int, client_id: int, until: Callable[[list[dict]], bool], timeout: float = 15.0
+) -> list[dict]:
+    """numd's own counter client (``numd-client --connect --json``) on 127.0.0.1:`port`, until its
+    JSON events so far satisfy `until` (or `timeout` passes), then SIGTERM; its events."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -117,15 +120,30 @@ def run_client(port: int, client_id: int, seconds: float) -> list[dict]:
         stderr=subprocess.STDOUT,
         env=subprocess_env(),
     )
+    events: list[dict] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(b"{"):
+                events.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(seconds)
+        deadline = time.monotonic() + timeout
+        while not until(list(events)) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=10)
+        process.wait(10)
+        reader.join(5)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(5)
-    return [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    return events
 
 
 def test_the_shipped_configuration_is_valid() -> None:
@@ -190,7 +208,7 @@ def test_clients_reach_two_instances_through_one_address(
 
             # numd's own client: reports through HAProxy; its instance stops; it resumes.
             before = registrations(a), registrations(b)
-            events = run_client(counter, 31, 1.3)
+            events = run_client(counter, 31, lambda e: sum(x["event"] == "report" for x in e) >= 2)
             reports = [e["number"] for e in events if e["event"] == "report"]
             assert reports, events
             served_by_a = registrations(a) > before[0]
@@ -199,7 +217,7 @@ def test_clients_reach_two_instances_through_one_address(
                 lambda: http_json(http, "/api/v1/clients/31")[1].get("number") == reports[-1], 2
             )
             assert (a if served_by_a else b).stop(signal.SIGTERM) == 0
-            events = run_client(counter, 31, 0.7)
+            events = run_client(counter, 31, lambda e: any(x["event"] == "connected" for x in e))
             connected = [e for e in events if e["event"] == "connected"]
             assert connected and connected[0]["number"] == reports[-1], events
         assert "Traceback" not in a.output.read_text() + b.output.read_text()
