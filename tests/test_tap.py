@@ -126,6 +126,21 @@ def test_no_message_log_option(tmp_path: Path) -> None:
     assert parse("--db", ":memory:")["no-message-log"] == 0
 
 
+def test_a_redis_address_numd_cannot_use_yet_ends_start_up_in_one_line(tmp_path: Path) -> None:
+    """A ``--db`` that parses but that numd cannot connect to yet (Sentinel) ends start-up with
+    one line naming it (`StartupError`, which twistd prints without a traceback)."""
+    from numd.signals import StartupError
+
+    options = parse(
+        "--db", "redis+sentinel://127.0.0.1:26379/main/0", "--message-log", str(tmp_path / "m.log")
+    )
+    with pytest.raises(StartupError) as raised:
+        makeService(options, reactor=MemoryReactorClock())
+    assert str(raised.value) == (
+        "numd: --db: redis+sentinel://127.0.0.1:26379/main/0: Sentinel is not supported yet"
+    )
+
+
 def test_daemon_is_given_its_parts_and_tunes_the_process_around_its_services(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -208,18 +223,3 @@ def test_services_start_in_the_order_of_the_tree(tmp_path: Path) -> None:
         daemon.site,
     ]
     assert [type(s) for s in services[7:]] == [ExitZeroOnSignal, ReopenLogsOnHangup]
-
-
-def test_a_redis_address_numd_cannot_use_yet_ends_start_up_in_one_line(tmp_path: Path) -> None:
-    """A ``--db`` that parses but that numd cannot connect to yet (Sentinel) ends start-up with
-    one line naming it (`StartupError`, which twistd prints without a traceback)."""
-    from numd.signals import StartupError
-
-    options = parse(
-        "--db", "redis+sentinel://127.0.0.1:26379/main/0", "--message-log", str(tmp_path / "m.log")
-    )
-    with pytest.raises(StartupError) as raised:
-        makeService(options, reactor=MemoryReactorClock())
-    assert str(raised.value) == (
-        "numd: --db: redis+sentinel://127.0.0.1:26379/main/0: Sentinel is not supported yet"
-    )
