@@ -126,6 +126,23 @@ def test_no_message_log_option(tmp_path: Path) -> None:
     assert parse("--db", ":memory:")["no-message-log"] == 0
 
 
+def test_each_redis_address_builds_the_shared_state(tmp_path: Path) -> None:
+    """``--db`` with a Redis, a Unix-socket or a Sentinel address: the state is shared through
+    Redis (its connections wait for the service to start), and no SQLite store is made."""
+    from numd.store.redis.state import SharedState
+
+    for db in (
+        "redis://127.0.0.1:6390/1",
+        "unix:///run/redis/redis.sock?db=2",
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/main/0",
+    ):
+        options = parse("--db", db, "--message-log", str(tmp_path / "m.log"))
+        service = makeService(options, reactor=MemoryReactorClock())
+        assert isinstance(service.state, SharedState), db
+        assert service.store is None
+        assert not service.state.redis.connected
+
+
 def test_daemon_is_given_its_parts_and_tunes_the_process_around_its_services(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
