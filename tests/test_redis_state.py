@@ -238,3 +238,27 @@ async def test_each_instance_lists_the_instances_alive_with_their_client_counts(
     await wait(b.stopService())
     a.heartbeat()
     await until(lambda: [i["name"] for i in a.instances() or []] == ["a"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_redis_refuses_are_unavailable_and_logged_without_a_flood(
+    instances: Instances,
+) -> None:
+    """Redis out of memory (``maxmemory`` with ``noeviction``): each refused merge fails with
+    StateUnavailable, counted; the log gets one line for the lot, not one per change."""
+    from twisted.logger import capturedLogs
+
+    a = await instances.start("a")
+    await wait(a.redis.execute_command(b"CONFIG", b"SET", b"maxmemory", b"1"))
+    with capturedLogs() as events:
+        for value in range(20):
+            a.merge([value])
+            with pytest.raises(StateUnavailable, match="OOM"):
+                await wait(a.when_durable())
+    await wait(a.redis.execute_command(b"CONFIG", b"SET", b"maxmemory", b"0"))
+    assert (a.refused, a.unavailable) == (20, 20)
+    refusals = [e for e in events if "refused" in e.get("log_format", "")]
+    assert len(refusals) == 1
+    a.merge([1])
+    await wait(a.when_durable())
+    assert a.all_values() == [1]

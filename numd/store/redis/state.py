@@ -73,6 +73,8 @@ MERGE_ATTEMPTS = 3
 """Merges tried with a new tag after a member collision (one in 2^64 per member)."""
 MAX_UPDATE_DELAY = 2.0
 """The longest wait before sending client updates again after a failure."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about changes Redis refused."""
 HEARTBEAT_INTERVAL = 2.0
 """Seconds between two heartbeats of an instance (for the dashboard's list of instances)."""
 HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
@@ -130,6 +132,10 @@ class SharedState(NumberService):
         self._down_call: IDelayedCall | None = None
         self.unavailable = 0
         """Changes refused because Redis could not be reached (or did not answer in time)."""
+        self.refused = 0
+        """Changes Redis itself refused (e.g. out of memory): counted in `unavailable` too."""
+        self._refused_logged = 0
+        self._refusal_logged_at = float("-inf")
         self.leases_lost = 0
         """IDs whose leases this instance found taken or expired."""
         self.update_batches = 0
@@ -456,5 +462,14 @@ class SharedState(NumberService):
         self.unavailable += 1
         if failure.check(StateUnavailable):
             return failure
-        self.log.failure("Redis refused a change", failure)
-        return Failure(StateUnavailable(f"Redis refused the change: {failure.value}"))
+        # Redis's own refusal (out of memory, say): one line now and then, never a flood.
+        self.refused += 1
+        now = self._clock.seconds()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            self.log.error(
+                "Redis refused {n} change(s) since the last report: {why}",
+                n=self.refused - self._refused_logged,
+                why=failure.getErrorMessage(),
+            )
+            self._refusal_logged_at, self._refused_logged = now, self.refused
+        return Failure(StateUnavailable(f"Redis refused the change: {failure.getErrorMessage()}"))
