@@ -48,8 +48,12 @@ from numd.store.redis.lua import SCRIPTS, Script
 
 DEFAULT_LEASE_TIME = 10.0
 """Seconds an ID stays owned by an instance that stopped renewing its lease (it died)."""
-DEFAULT_STREAM_MAXLEN = 100_000
-"""About how many entries the change stream keeps (``MAXLEN ~``); older ones are trimmed."""
+DEFAULT_STREAM_MAXLEN = 10_000
+"""About how many entries the change stream keeps (``MAXLEN ~``); older ones are trimmed.
+
+Enough for a copy that fell a few seconds behind to catch up (a copy that lost its
+connection loads a snapshot anyway); with arrays of 1,000 values, about 170 MB of Redis
+at most (about 17 bytes a merged value)."""
 RENEW_BATCH = 1000
 """Most leases one renewal script call extends (a script blocks Redis while it runs)."""
 
