@@ -175,7 +175,8 @@ def number_of(state: SharedState, client_id: int) -> int | None:
 async def test_many_reports_share_few_script_calls(instances: Instances) -> None:
     """1,500 clients' reports of one reactor turn go in two calls (1,000 a call at most)."""
     a, b = await instances.start("a"), await instances.start("b")
-    await wait(gatherResults([a.claim(i) for i in range(1500)]))
+    await wait(gatherResults([a.claim(i) for i in range(750)]))  # at most 1,000 may wait
+    await wait(gatherResults([a.claim(i) for i in range(750, 1500)]))
     before = a.update_batches
     for i in range(1500):
         a.report(i, i + 1)
@@ -262,3 +263,24 @@ async def test_changes_redis_refuses_are_unavailable_and_logged_without_a_flood(
     a.merge([1])
     await wait(a.when_durable())
     assert a.all_values() == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_registrations_past_the_waiting_limit_are_refused_at_once(
+    instances: Instances, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of registrations larger than may wait for Redis: the excess is refused at once
+    (StateUnavailable: the client backs off), the others registered; nothing times out."""
+    import numd.store.redis.state as state_module
+
+    monkeypatch.setattr(state_module, "MAX_PENDING_CLAIMS", 5)
+    a = await instances.start("a")
+    outcomes: dict[int, object] = {}
+    claims = [a.claim(i).addBoth(lambda r, i=i: outcomes.__setitem__(i, r)) for i in range(8)]
+    refused = dict(outcomes)  # those answered at once, before Redis could answer any
+    assert sorted(refused) == [5, 6, 7]
+    assert all("5 registrations wait for Redis" in str(f.value) for f in refused.values())  # type: ignore[attr-defined]
+    for d in claims:
+        await wait(d)
+    assert [outcomes[i] for i in range(5)] == [0] * 5
+    assert await wait(a.claim(9)) == 0  # room again once they were answered

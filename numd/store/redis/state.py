@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -71,6 +71,14 @@ from numd.timers import cancel
 
 MERGE_ATTEMPTS = 3
 """Merges tried with a new tag after a member collision (one in 2^64 per member)."""
+UPDATE_INTERVAL = 0.02
+"""Seconds between two batches of client updates: reports are never answered, so waiting this
+long costs clients nothing and makes one script call (and one stream entry, which every
+instance reads) carry the reports of many clients, even at a low rate."""
+MAX_PENDING_CLAIMS = 1000
+"""Registrations that may wait for Redis at once; past it a registration is refused at once
+(``error:unavailable``; the client backs off) instead of queueing behind the others until
+every one of them times out."""
 MAX_UPDATE_DELAY = 2.0
 """The longest wait before sending client updates again after a failure."""
 REFUSAL_LOG_INTERVAL = 10.0
@@ -125,7 +133,8 @@ class SharedState(NumberService):
         """Per client, what to send: [number or None, given or None, disconnected]."""
         self._update_call: IDelayedCall | None = None
         self._updates_in_flight = 0
-        self._update_delay = 0.0
+        self._update_delay = UPDATE_INTERVAL
+        self._claims_waiting = 0
         self._renewer = LoopingCall(self._renew)
         self._renewer.clock = clock
         self._renewed_at = clock.seconds()
@@ -298,9 +307,19 @@ class SharedState(NumberService):
         """Take `client_id`'s lease in Redis; fire with its start number (from any instance)."""
         if not MIN_CLIENT_ID <= client_id <= MAX_CLIENT_ID:
             raise ValueError(f"client id {client_id} is outside 0-10000")
+        if self._claims_waiting >= MAX_PENDING_CLAIMS:
+            self.unavailable += 1
+            return fail(StateUnavailable(f"{MAX_PENDING_CLAIMS} registrations wait for Redis"))
         if client_id in self._updates:
             self._send_updates()  # its disconnect goes first, on the same connection
+        self._claims_waiting += 1
         d = self.scripts.register(client_id, self._clock.seconds(), self.lease_time)
+
+        def answered(result: object) -> object:
+            self._claims_waiting -= 1
+            return result
+
+        d.addBoth(answered)
         return d.addCallbacks(lambda registered: registered.number, self._unavailable)
 
     def disconnect(self, client_id: int) -> None:
@@ -346,7 +365,7 @@ class SharedState(NumberService):
 
     def _updated(self, updated: Updated) -> None:
         self._updates_in_flight -= 1
-        self._update_delay = 0.0
+        self._update_delay = UPDATE_INTERVAL
         if updated.lost:
             self._lost(updated.lost)
         self._next_updates()
@@ -355,7 +374,7 @@ class SharedState(NumberService):
         """Keep the updates that failed (behind newer ones of the same clients) and try again
         after a backoff: nothing that a client reported is dropped while Redis is away."""
         self._updates_in_flight -= 1
-        if self._update_delay == 0.0:
+        if self._update_delay == UPDATE_INTERVAL:
             self.log.warn("client updates not sent: {why}; trying again", why=failure.value)
         for change in changes:
             newer = self._updates.get(change.client_id)
