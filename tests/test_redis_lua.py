@@ -27,6 +27,7 @@ def test_every_script_is_a_function_flagged_script() -> None:
         "give",
         "update",
         "heartbeat",
+        "register-many",
     }
     for name, script in SCRIPTS.items():
         first_line = script.source.split(b"\n", 1)[0]

@@ -271,6 +271,30 @@ async def test_register_report_give_disconnect(redis: Any, a: StateScripts) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_register_many_registers_each_free_id_in_one_entry(
+    redis: Any, a: StateScripts, b: StateScripts
+) -> None:
+    """Several registrations in one call: each free ID gets its start number (from any
+    instance), an ID live elsewhere gets None and is left alone; one 'register-many' entry."""
+    await wait(b.register(2, 1.0))
+    await wait(b.update([ClientUpdate(2, number=40), ClientUpdate(3, number=0)], 1.5))
+    await wait(b.register(3, 1.0))
+    await wait(b.update([ClientUpdate(3, number=33, bye=True)], 2.0))
+    numbers = await wait(a.register_many([1, 2, 3], 5.0))
+    assert numbers == [0, None, 33]
+    entry = await last_entry(redis)
+    assert (entry.op, entry.instance) == ("register-many", "instance-a")
+    assert entry.fields[b"clients"] == b"1 0\n3 33"
+    assert entry.fields[b"last_seen"] == b"5.0"
+    three = await client(redis, 3)
+    assert three is not None and (three.number, three.connected) == (33, True)
+    assert await command(redis, b"GET", Keys().lease(3)) == b"instance-a"
+    assert await command(redis, b"GET", Keys().lease(2)) == b"instance-b"
+    assert await wait(a.register_many([2], 6.0)) == [None]  # nothing applied: no entry
+    assert (await last_entry(redis)).entry == entry.entry
+
+
+@pytest_twisted.ensureDeferred
 async def test_update_applies_many_clients_in_one_entry(redis: Any, a: StateScripts) -> None:
     """Reports, given numbers and disconnects of several clients: one call, one 'update' entry
     with a line per client; a disconnect frees the lease."""

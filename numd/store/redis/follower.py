@@ -84,6 +84,7 @@ from numd.store.redis.snapshot import (
     CLIENT_OPS,
     DEFAULT_CHUNK,
     DEFAULT_CLIENT_CHUNK,
+    REGISTER_MANY_OP,
     SNAPSHOT_ATTEMPTS,
     STREAM_STATE,
     UPDATE_OP,
@@ -92,6 +93,7 @@ from numd.store.redis.snapshot import (
     SnapshotReader,
     SnapshotSpoilt,
     parse_id,
+    parse_registrations,
     parse_updates,
     record_fields,
     values_of,
@@ -354,6 +356,14 @@ class Follower(Service, SnapshotReader):
             else:
                 service.disconnect(client_id)
             record.last_seen = last_seen
+        elif op == REGISTER_MANY_OP:
+            last_seen = float(entry.fields[b"last_seen"])
+            for client_id, start in parse_registrations(entry.fields[b"clients"]):
+                record = service.record_for(client_id)
+                record.number = start
+                record.connected = False  # a record still marked connected lost its lease
+                service.register(client_id)
+                record.last_seen = last_seen
         elif op == UPDATE_OP:
             last_seen = float(entry.fields[b"last_seen"])
             for client_id, number, given, bye in parse_updates(entry.fields[b"clients"]):

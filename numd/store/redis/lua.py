@@ -178,6 +178,35 @@ end
 return {{entry, lost}}
 """
 
+REGISTER_MANY = f"""#!lua
+-- Register several clients on this instance, as REGISTER does each, with one 'register-many'
+-- entry listing those registered ('id number' a line). KEYS: changes, clients, then per client
+-- its lease and its hash. ARGV: maxlen, instance, lease ms, now, then the ids. Returns the
+-- entry ID ('' if none registered), then per client its start number, or '' while any
+-- instance (this one too) holds its lease (id-in-use: nothing changed for it).
+local lines, results = {{}}, {{}}
+for i = 5, #ARGV do
+  local lease, hash, id = KEYS[2 * (i - 5) + 3], KEYS[2 * (i - 5) + 4], ARGV[i]
+  if redis.call('SET', lease, ARGV[2], 'PX', ARGV[3], 'NX') then
+    local number = redis.call('HGET', hash, 'number') or '0'
+    redis.call('HSET', hash, 'number', number, 'connected', '1', 'last_seen', ARGV[4],
+      'instance', ARGV[2])
+    redis.call('ZADD', KEYS[2], id, id)
+    lines[#lines + 1] = id .. ' ' .. number
+    results[#results + 1] = number
+  else
+    results[#results + 1] = ''
+  end
+end
+local entry = ''
+if #lines > 0 then
+  entry = {_STREAM.format(key=1, op="register-many")},
+    'clients', table.concat(lines, '\\n'), 'last_seen', ARGV[4])
+end
+table.insert(results, 1, entry)
+return results
+"""
+
 HEARTBEAT = """#!lua
 -- An instance says it is alive (for its time to live) with what it reports of itself, and
 -- reads the instances alive. KEYS: instances (a sorted set scored by expiry time, in ms),
@@ -230,5 +259,6 @@ SCRIPTS = {
         ("give", GIVE),
         ("update", UPDATE),
         ("heartbeat", HEARTBEAT),
+        ("register-many", REGISTER_MANY),
     ]
 }

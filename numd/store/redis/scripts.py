@@ -264,6 +264,28 @@ class StateScripts:
         )
         return d.addCallback(lambda reply: Registered(reply[0], int(reply[1])))
 
+    def register_many(
+        self, client_ids: Sequence[int], now: float, lease_time: float = DEFAULT_LEASE_TIME
+    ) -> Deferred[list[int | None]]:
+        """Register several clients here, each as `register` does, in as few script calls as
+        `RENEW_BATCH` allows; fire with each one's start number, or None where the ID is in
+        use (its lease held by some instance)."""
+        ids = list(client_ids)
+        keys = self.keys
+        ms, seconds = _milliseconds(lease_time), _seconds(now)
+        calls: list[Deferred[Any]] = []
+        for start in range(0, len(ids), RENEW_BATCH):
+            batch = ids[start : start + RENEW_BATCH]
+            batch_keys = [keys.changes, keys.clients]
+            for client_id in batch:
+                batch_keys += [keys.lease(client_id), keys.client(client_id)]
+            args = [ms, seconds, *map(_client_id, batch)]
+            calls.append(self._run("register-many", batch_keys, args))
+        d = _gather(calls)
+        return d.addCallback(
+            lambda replies: [int(n) if n else None for reply in replies for n in reply[1:]]
+        )
+
     def renew(
         self, client_ids: Sequence[int], lease_time: float = DEFAULT_LEASE_TIME
     ) -> Deferred[list[int]]:

@@ -93,6 +93,8 @@ EntryId = tuple[int, int]
 _MEMBER = struct.Struct(f">Q{MEMBER_BYTES - 8}x")
 CLIENT_OPS = ("register", "report", "give", "disconnect")
 UPDATE_OP = "update"
+REGISTER_MANY_OP = "register-many"
+"""The entry of several clients' registrations (`scripts.StateScripts.register_many`)."""
 """The entry of several clients' changes (`scripts.StateScripts.update`)."""
 _ABOVE_ALL = b"\xff" * (MEMBER_BYTES + 1)
 """Sorts above every member: where a snapshot stands once it has read the whole list."""
@@ -164,6 +166,15 @@ def parse_updates(blob: bytes) -> list[tuple[int, int | None, int | None, bool]]
             )
         )
     return updates
+
+
+def parse_registrations(blob: bytes) -> list[tuple[int, int]]:
+    """The clients of a register-many entry: (id, start number)."""
+    pairs = []
+    for line in blob.split(b"\n"):
+        client_id, number = line.split(b" ")
+        pairs.append((int(client_id), int(number)))
+    return pairs
 
 
 def _client_change(entry: StreamEntry, record: ClientRecord) -> None:
@@ -250,6 +261,12 @@ class SnapshotReader:
                     client_id = int(entry.fields[b"id"])
                     record = clients.setdefault(client_id, ClientRecord(client_id))
                     _client_change(entry, record)
+                elif entry.op == REGISTER_MANY_OP:
+                    last_seen = float(entry.fields[b"last_seen"])
+                    for client_id, start_number in parse_registrations(entry.fields[b"clients"]):
+                        record = clients.setdefault(client_id, ClientRecord(client_id))
+                        record.number, record.connected = start_number, True
+                        record.last_seen = last_seen
                 elif entry.op == UPDATE_OP:
                     last_seen = float(entry.fields[b"last_seen"])
                     for client_id, number, given, bye in parse_updates(entry.fields[b"clients"]):

@@ -135,6 +135,8 @@ class SharedState(NumberService):
         self._updates_in_flight = 0
         self._update_delay = UPDATE_INTERVAL
         self._claims_waiting = 0
+        self._claims: list[tuple[int, Deferred[int]]] = []
+        self._claim_call: IDelayedCall | None = None
         self._renewer = LoopingCall(self._renew)
         self._renewer.clock = clock
         self._renewed_at = clock.seconds()
@@ -188,6 +190,11 @@ class SharedState(NumberService):
         at once), then stop following and close the connections."""
         super().stopService()
         cancel(self._down_call)
+        cancel(self._claim_call)
+        self._claim_call = None
+        claims, self._claims = self._claims, []
+        for _, waiting in claims:
+            waiting.errback(StateUnavailable("numd is stopping"))
         if self._renewer.running:
             self._renewer.stop()
         if self._heart.running:
@@ -304,7 +311,11 @@ class SharedState(NumberService):
     # -- the registry ------------------------------------------------------------------
 
     def claim(self, client_id: int) -> Deferred[int]:
-        """Take `client_id`'s lease in Redis; fire with its start number (from any instance)."""
+        """Take `client_id`'s lease in Redis; fire with its start number (from any instance).
+
+        The registrations of one reactor turn go in one script call (a burst of
+        clients costs a few calls, not one each).
+        """
         if not MIN_CLIENT_ID <= client_id <= MAX_CLIENT_ID:
             raise ValueError(f"client id {client_id} is outside 0-10000")
         if self._claims_waiting >= MAX_PENDING_CLAIMS:
@@ -313,14 +324,35 @@ class SharedState(NumberService):
         if client_id in self._updates:
             self._send_updates()  # its disconnect goes first, on the same connection
         self._claims_waiting += 1
-        d = self.scripts.register(client_id, self._clock.seconds(), self.lease_time)
+        d: Deferred[int] = Deferred()
+        self._claims.append((client_id, d))
+        if self._claim_call is None:
+            self._claim_call = self._clock.callLater(0, self._send_claims)
+        return d.addErrback(self._unavailable)
 
-        def answered(result: object) -> object:
-            self._claims_waiting -= 1
-            return result
+    def _send_claims(self) -> None:
+        """Send the registrations gathered this turn in one batch; answer each."""
+        self._claim_call = None
+        claims, self._claims = self._claims, []
+        if not claims:
+            return
+        ids = [client_id for client_id, _ in claims]
+        sent = self.scripts.register_many(ids, self._clock.seconds(), self.lease_time)
 
-        d.addBoth(answered)
-        return d.addCallbacks(lambda registered: registered.number, self._unavailable)
+        def answered(numbers: list[int | None]) -> None:
+            self._claims_waiting -= len(claims)  # before the answers: they may claim again
+            for (client_id, d), number in zip(claims, numbers, strict=True):
+                if number is None:
+                    d.errback(IdInUse(client_id))
+                else:
+                    d.callback(number)
+
+        def failed(failure: Failure) -> None:
+            self._claims_waiting -= len(claims)
+            for _, d in claims:
+                d.errback(failure)
+
+        sent.addCallbacks(answered, failed)
 
     def disconnect(self, client_id: int) -> None:
         """Free `client_id`'s lease and mark it disconnected, in the next batch."""
