@@ -35,7 +35,7 @@ from numd.store.redis.connection import RedisClient, RedisUnavailable, connect
 from numd.store.redis.encoding import MemberEncoder, decode_members
 from numd.store.redis.follower import Follower
 from numd.store.redis.lua import SCRIPTS
-from numd.store.redis.scripts import Keys, StateScripts, parse_client
+from numd.store.redis.scripts import ClientUpdate, Keys, StateScripts, parse_client
 from numd.store.redis.snapshot import parse_clients, parse_id, values_of
 from tests.redis_server import RedisServer, skip_without_redis
 
@@ -405,6 +405,8 @@ async def test_snapshot_is_exact_while_changes_land_between_chunks(rig: Rig) -> 
         await wait(scripts.report(900, -call, now=1.0 + call))  # read by a later one
         await wait(scripts.register(call, now=2.0))  # among the clients read already
         await wait(scripts.register(5000 + call, now=2.0))  # after them
+        await wait(scripts.update([ClientUpdate(5000 + call, number=call)], now=2.5))  # a batch
+        await wait(scripts.register_many([7000 + call], now=2.0))  # a batch of registrations
         await wait(scripts.give(call, call % 100, now=3.0))
 
     follower.between = between
@@ -413,7 +415,8 @@ async def test_snapshot_is_exact_while_changes_land_between_chunks(rig: Rig) -> 
     calls = follower.chunk_calls
     assert calls > 10
     assert snapshot.values == values and len(values) == 200 + 5 * (calls - 1)
-    assert snapshot.clients == registry and len(registry) == 10 + 2 * (calls - 1)
+    assert snapshot.clients == registry and len(registry) == 10 + 3 * (calls - 1)
+    assert registry[5000 + calls - 1].number == calls - 1 and registry[7000 + calls - 1].connected
     assert registry[0].number == calls and registry[900].number == -calls
     assert registry[calls] == ClientRecord(calls, 0, calls % 100, True, 3.0)
     assert snapshot.entry == await last_entry(rig.clients[0])
