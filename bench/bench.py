@@ -942,7 +942,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: micro,startup,schedule,flood,fairness,arrays,http",
+        help="comma list: micro,startup,schedule,flood,fairness,arrays,http,redis",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the W=64 floods")
     parser.add_argument(
@@ -1188,6 +1188,15 @@ def main() -> None:
                 log(f"http {kind}")
                 results["http"][kind] = run_http(cfg, kind, workdir, numd_help)
                 save()
+        if want("redis"):
+            # bench/redis_bench.py imports this module as `bench`: the same one, not a copy.
+            sys.modules.setdefault("bench", sys.modules[__name__])
+            import redis_bench
+
+            log("numd on Redis against embedded numd (bench/redis_bench.py)")
+            results["redis"] = {}
+            redis_bench.run(cfg, workdir, numd_help, results["redis"], save)
+            save()
     finally:
         results["bench_seconds"] = previous.get("bench_seconds", 0) + time.monotonic() - started
         save()
