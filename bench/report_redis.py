@@ -1,0 +1,349 @@
+"""The "numd on Redis" section of docs/performance.md, from the ``redis`` part of the results
+(``bench/bench.py --only redis``, see bench/redis_bench.py). Called by bench/report.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from report import fmt, ratio, table, verdict
+
+EMBEDDED, ON_REDIS, TWO = "numd", "numd on Redis", "numd on Redis, 2 instances"
+P99_TARGET_MS = 5.0
+"""Issue 15's target for 10,000 clients split over two instances: p99 under 5 ms, no drops."""
+
+
+def median_run(runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The run of `kind` with the median steady p99 (the lower middle of an even count)."""
+    group = [r for r in runs if r["server_kind"] == kind]
+    if not group:
+        return None
+    group.sort(key=lambda r: r["latency"]["steady"].get("p99_ms", float("inf")))
+    return group[(len(group) - 1) // 2]
+
+
+def cpu_split(per: dict[str, Any] | None, digits: int = 2) -> str:
+    """CPU per message as "numd X + Redis Y = Z" (just X without Redis)."""
+    if not per or per.get("numd") is None:
+        return "-"
+    if per.get("redis") is None:
+        return fmt(per["numd"], digits)
+    return (
+        f"numd {fmt(per['numd'], digits)} + Redis {fmt(per['redis'], digits)} "
+        f"= {fmt(per['total'], digits)}"
+    )
+
+
+def faults(run: dict[str, Any]) -> str:
+    """Connect failures, drops, unanswered requests and error replies of a loadgen run."""
+    return (
+        f"{fmt(run['connect_failures'])} / {fmt(run['drops'])} / {fmt(run['unanswered'])} / "
+        f"{fmt(run['error_replies'] + run['bad_replies'])}"
+    )
+
+
+def error_kinds(run: dict[str, Any]) -> str:
+    """numd's own counts of what went wrong, summed over the instances (``/metrics``)."""
+    totals: dict[str, float] = {}
+    for series in run.get("metrics") or []:
+        for name, value in series.items():
+            if value and (
+                name.startswith("numd_protocol_errors")
+                or name.startswith(("numd_redis_unavailable", "numd_redis_command_timeouts"))
+                or name.startswith(("numd_redis_leases_lost", "numd_redis_stream_gaps"))
+            ):
+                totals[name] = totals.get(name, 0) + value
+    return ", ".join(f"`{k}` {v:,.0f}" for k, v in sorted(totals.items())) or "none"
+
+
+def summary_rows(redis: dict[str, Any]) -> list[list[str]]:
+    """numd on Redis against embedded numd, one figure a row."""
+    runs = redis.get("schedule") or []
+    clients = redis.get("clients", 10000)
+    emb, red = median_run(runs, EMBEDDED), median_run(runs, ON_REDIS)
+    rows: list[list[str]] = []
+    if emb and red:
+        e, r = emb["cpu_us_per_message"], red["cpu_us_per_message"]
+        rows.append(
+            [
+                f"{clients:,} counter clients, one instance: CPU per counter message, us",
+                cpu_split(e),
+                cpu_split(r),
+                ratio(r.get("total"), e.get("total"))
+                + f" (numd's own share {ratio(r.get('numd'), e.get('numd'))})",
+            ]
+        )
+        es, rs = emb["latency"]["steady"], red["latency"]["steady"]
+        rows.append(
+            [
+                f"{clients:,} counter clients, one instance: p99 / p99.9 ms",
+                f"{fmt(es.get('p99_ms'))} / {fmt(es.get('p99_9_ms'))}",
+                f"{fmt(rs.get('p99_ms'))} / {fmt(rs.get('p99_9_ms'))}",
+                ratio(rs.get("p99_ms"), es.get("p99_ms")),
+            ]
+        )
+        rows.append(
+            [
+                f"{clients:,} counter clients, one instance: connect failures / drops / "
+                "unanswered / errors",
+                faults(emb),
+                faults(red),
+                "",
+            ]
+        )
+    flood = redis.get("flood") or {}
+    fe, fr = flood.get(EMBEDDED), flood.get(ON_REDIS)
+    if fe and fr:
+        rows.append(
+            [
+                "flood, 100 connections x 64 requests in flight: requests/s",
+                fmt(fe["replies_per_s"], 0),
+                fmt(fr["replies_per_s"], 0),
+                ratio(fr["replies_per_s"], fe["replies_per_s"]),
+            ]
+        )
+        rows.append(
+            [
+                "flood: CPU per request, us",
+                cpu_split(fe["cpu_us_per_message"], 3),
+                cpu_split(fr["cpu_us_per_message"], 3),
+                ratio(fr["cpu_us_per_message"]["total"], fe["cpu_us_per_message"]["total"]),
+            ]
+        )
+    lists = redis.get("list") or {}
+    le, lr = lists.get(EMBEDDED), lists.get(ON_REDIS)
+    if le and lr:
+        values = fmt(le["fill"]["values"])
+        ea, ra = le["arrays"], lr["arrays"]
+        rows.append(
+            [
+                f"array reply with {values} values in the list: p50 / p99 ms",
+                f"{fmt(ea['latency'].get('p50_ms'))} / {fmt(ea['latency'].get('p99_ms'))}",
+                f"{fmt(ra['latency'].get('p50_ms'))} / {fmt(ra['latency'].get('p99_ms'))}",
+                ratio(ra["latency"].get("p99_ms"), ea["latency"].get("p99_ms")),
+            ]
+        )
+        ec, rc = ea["cpu_ms_per_array"], ra["cpu_ms_per_array"]
+        rsum = rc["numd"] + (rc["redis"] or 0)
+        rows.append(
+            [
+                "array: CPU per array (one at a time), ms",
+                fmt(ec["numd"], 3),
+                f"numd {fmt(rc['numd'], 3)} + Redis {fmt(rc['redis'], 3)} = {fmt(rsum, 3)}",
+                ratio(rsum, ec["numd"]),
+            ]
+        )
+        rows.append(
+            [
+                f"filling the list to {values} values (arrays of 1,000, 4 in flight), s",
+                fmt(le["fill"]["seconds"]),
+                fmt(lr["fill"]["seconds"]),
+                ratio(lr["fill"]["seconds"], le["fill"]["seconds"]),
+            ]
+        )
+        for name, what in (
+            ("small_get", "GET of one value (wrk): requests/s"),
+            ("page_1000", f"GET of a page of 1,000 from {values} values (wrk): requests/s"),
+        ):
+            we, wr = le.get(name), lr.get(name)
+            if we and wr:
+                rows.append(
+                    [
+                        what,
+                        fmt(we.get("requests_per_s"), 0),
+                        fmt(wr.get("requests_per_s"), 0),
+                        ratio(wr.get("requests_per_s"), we.get("requests_per_s")),
+                    ]
+                )
+    reg = redis.get("register") or {}
+    ge, gr = reg.get(EMBEDDED), reg.get(ON_REDIS)
+    if ge and gr:
+        rows.append(
+            [
+                f"registrations per second ({redis.get('register_connections', 16)} connections "
+                "each connecting, registering, closing)",
+                fmt(ge["replies_per_s"], 0),
+                fmt(gr["replies_per_s"], 0),
+                ratio(gr["replies_per_s"], ge["replies_per_s"]),
+            ]
+        )
+        rows.append(
+            [
+                "registration: one cycle (connect to start number) p50 / p99 ms",
+                f"{fmt(ge['latency']['register'].get('p50_ms'))} / "
+                f"{fmt(ge['latency']['register'].get('p99_ms'))}",
+                f"{fmt(gr['latency']['register'].get('p50_ms'))} / "
+                f"{fmt(gr['latency']['register'].get('p99_ms'))}",
+                ratio(
+                    gr["latency"]["register"].get("p99_ms"), ge["latency"]["register"].get("p99_ms")
+                ),
+            ]
+        )
+        rows.append(
+            [
+                "registration: CPU per registration, us",
+                cpu_split(ge["cpu_us_per_message"], 0),
+                cpu_split(gr["cpu_us_per_message"], 0),
+                ratio(gr["cpu_us_per_message"]["total"], ge["cpu_us_per_message"]["total"]),
+            ]
+        )
+    return rows
+
+
+def two_instances(redis: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
+    """The target row of the two-instance point (its median run), and that run."""
+    run = median_run(redis.get("schedule") or [], TWO)
+    if run is None:
+        return None
+    steady = run["latency"]["steady"]
+    p99 = steady.get("p99_ms")
+    lost = run["drops"] + run["unanswered"] + run["connect_failures"]
+    ok = None if p99 is None else p99 < P99_TARGET_MS and lost == 0 and run["connected"] > 0
+    others = [r for r in redis["schedule"] if r["server_kind"] == TWO]
+    each = ", ".join(fmt(r["latency"]["steady"].get("p99_ms")) for r in others)
+    row = [
+        f"{run['clients']:,} counter clients over two instances on one redis-server: "
+        f"p99 < {P99_TARGET_MS:g} ms, no drops",
+        f"p99 {fmt(p99)} ms (runs: {each}), p99.9 {fmt(steady.get('p99_9_ms'))} ms; "
+        f"{fmt(run['connected'])} connected; connect failures / drops / unanswered / errors "
+        f"{faults(run)}; CPU per message {cpu_split(run['cpu_us_per_message'])} us",
+        verdict(ok),
+    ]
+    return row, run
+
+
+def runs_table(redis: dict[str, Any]) -> str:
+    """Every run of the client points, in the order they ran."""
+    rows = []
+    for run in redis.get("schedule") or []:
+        steady = run["latency"]["steady"]
+        instances = run.get("instances") or []
+        per = run["cpu_us_per_message"]
+        rows.append(
+            [
+                run["server_kind"],
+                str(run.get("rep", 1)),
+                fmt(run["connected"]),
+                faults(run),
+                fmt(run["sent_per_s"], 0),
+                fmt(steady.get("p50_ms")),
+                fmt(steady.get("p99_ms")),
+                fmt(steady.get("p99_9_ms")),
+                fmt(steady.get("max_ms")),
+                " + ".join(fmt(100 * (i.get("cpu_cores") or 0), 1) for i in instances) or "-",
+                fmt(100 * run["redis"]["cpu_cores"], 1) if run.get("redis") else "-",
+                fmt(per.get("numd")),
+                fmt(per.get("redis")),
+                fmt(per.get("total")),
+                fmt(run["latency"].get("send_lag_steady", {}).get("p99_ms")),
+            ]
+        )
+    return table(
+        [
+            "server",
+            "run",
+            "connected",
+            "connect fail / drops / unanswered / errors",
+            "messages/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "numd CPU % (each instance)",
+            "Redis CPU %",
+            "numd us/msg",
+            "Redis us/msg",
+            "total us/msg",
+            "gen lag p99 ms",
+        ],
+        rows,
+    )
+
+
+def section(results: dict[str, Any]) -> str:
+    """The whole section (empty without a ``redis`` part in the results)."""
+    redis = results.get("redis") or {}
+    if not redis:
+        return ""
+    if redis.get("skipped"):
+        return f"## numd on Redis (issue 15)\n\nNot measured: {redis['skipped']}.\n"
+    m = redis.get("machine") or {}
+    st = results.get("settings") or {}
+    out = ["## numd on Redis (issue 15)\n"]
+    out.append(
+        "numd with its state in Redis (`twistd -n numd --db redis://127.0.0.1:PORT/0`) against "
+        "embedded numd (its default SQLite store), side by side in one run of "
+        "`bench/bench.py --only redis --merge` (`bench/redis_bench.py`), with the harness of the "
+        "rest of this page: the same `bench/loadgen` loads, samplers and settings, numd with its "
+        "defaults (message log on) on fresh ports, a fresh redis-server for every run.\n"
+    )
+    out.append(
+        "- **Pinning**: every server thread on core 0, numd's reactor and writer threads *and "
+        "redis-server* (its main thread and its background threads, at the servers' niceness): "
+        "Redis is part of the server here, so numd on Redis never borrows the load generator's "
+        "core for its store, as embedded numd's SQLite writer does not. Two instances and their "
+        "redis-server share that one core too. Load generators and this driver on core 1.\n"
+        f"- **Redis**: {redis.get('redis_version') or '?'} from Debian, started by the bench on "
+        "127.0.0.1, a free port and a temporary directory, stopped (SIGTERM) after each run, with "
+        "`" + " ".join(a if a else '""' for a in redis.get("redis_settings") or []) + "`: the "
+        "append-only file written at once and fsynced once a second; RDB snapshots off (a "
+        "snapshot forks a child on the server's core mid-run); everything else Redis's defaults.\n"
+        "- **CPU per counter message**: a server's CPU time over the steady window divided by "
+        "the counter messages the clients sent in it (reports and requests; replies are not "
+        "counted again), numd's (every instance's) and redis-server's apart, then summed. The "
+        "flood and the registrations count requests answered and registrations done instead.\n"
+        f"- **Counter clients**: {redis.get('clients', 10000):,} clients on the real schedule "
+        f"(a report every 500 ms, a request every 3-5 s, no arrays), ramped at "
+        f"{st.get('ramp_per_s', 5000):,.0f}/s, {redis.get('seconds')} s steady window, each "
+        f"point run {max((r.get('rep', 1) for r in redis.get('schedule') or []), default=0)} "
+        "times, interleaved; the median run (by p99) stands for a point. Two instances: "
+        "`loadgen --ports A,B` sends client i to instance i mod 2, one generator, one set of "
+        "latencies for both.\n"
+        "- **Arrays and pages**: the list filled to "
+        f"{st.get('list_values', 0):,} values (arrays of 1,000, 4 in flight), then "
+        f"{st.get('probes', 0):,} arrays of 10-20 values one at a time, then `wrk -t1 -c16` "
+        f"for {st.get('http_seconds')} s on a GET of one value and on a page of 1,000 from the "
+        "middle of the list, on the same instance.\n"
+        f"- **Registrations**: {redis.get('register_connections', 16)} connections each connect, "
+        "register with the next ID (cycling over 0-10000), close (RST) at the start number and "
+        f"connect again, for {redis.get('register_seconds')} s (`loadgen --mode register`); on "
+        "Redis each registration takes a lease by a script and each close frees it in a batch.\n"
+    )
+    out.append(
+        table(
+            ["what", "value"],
+            [
+                ["date", m.get("date_utc", "-")],
+                ["numd installed in bench/.venv from", m.get("numd_installed") or "-"],
+                ["repository HEAD", m.get("numd_commit", "-")],
+                [
+                    "load average at start / at end of the Redis part",
+                    " ".join(redis.get("loadavg_at_start") or [])
+                    + " / "
+                    + " ".join(redis.get("loadavg_at_end") or []),
+                ],
+            ],
+        )
+        + "\n"
+    )
+    out.append("### Against embedded numd\n")
+    out.append(
+        table(
+            ["figure", "embedded numd (SQLite)", "numd on Redis", "Redis / embedded"],
+            summary_rows(redis),
+        )
+        + "\n"
+    )
+    target = two_instances(redis)
+    if target:
+        row, run = target
+        out.append("### Issue 15's target\n")
+        out.append(table(["target", "measured (median run)", "verdict"], [row]) + "\n")
+        out.append(f"What numd counted in that run (`/metrics`): {error_kinds(run)}.\n")
+    out.append("### Every run of the client points\n")
+    out.append(runs_table(redis) + "\n")
+    out.append(
+        '"gen lag" is how late the load generator itself sent (p99): when it is large the '
+        "machine, not the server, was short of CPU. The errors column counts error replies "
+        "(`error:...`) and replies of the wrong kind.\n"
+    )
+    return "\n".join(out)
