@@ -17,12 +17,31 @@ SATURATED = 0.9
 its CPU per message is then a lower bound (messages wait in buffers, unhandled)."""
 
 
+Point = tuple[int, float]
+"""A load: (counter clients, connects per second)."""
+
+
+def point(run: dict[str, Any]) -> Point:
+    """The load a run measured."""
+    return run["clients"], float(run.get("ramp_per_s") or 0)
+
+
+def points(runs: list[dict[str, Any]]) -> list[Point]:
+    """The loads measured, in the order they first ran."""
+    return list(dict.fromkeys(point(r) for r in runs))
+
+
+def load_name(at: Point) -> str:
+    """A load in words: "10,000 counter clients connecting at 500/s"."""
+    return f"{at[0]:,} counter clients connecting at {at[1]:,.0f}/s"
+
+
 def median_run(
-    runs: list[dict[str, Any]], kind: str, clients: int | None = None
+    runs: list[dict[str, Any]], kind: str, at: Point | None = None
 ) -> dict[str, Any] | None:
-    """The run of `kind` (with `clients`, if given) with the median steady p99 (the lower
+    """The run of `kind` (under load `at`, if given) with the median steady p99 (the lower
     middle of an even count)."""
-    group = [r for r in runs if r["server_kind"] == kind and clients in (None, r.get("clients"))]
+    group = [r for r in runs if r["server_kind"] == kind and at in (None, point(r))]
     if not group:
         return None
     group.sort(key=lambda r: r["latency"]["steady"].get("p99_ms", float("inf")))
@@ -53,11 +72,22 @@ def saturated(run: dict[str, Any]) -> str:
 
 
 def faults(run: dict[str, Any]) -> str:
-    """Connect failures, drops, unanswered requests and error replies of a loadgen run."""
+    """Connect failures, drops, unanswered requests and error replies of a loadgen run (loadgen
+    counts a refused registration as a bad reply too: bad replies beyond the errors are
+    replies of the wrong kind, shown apart)."""
+    wrong = run["bad_replies"] - run["error_replies"]
     return (
         f"{fmt(run['connect_failures'])} / {fmt(run['drops'])} / {fmt(run['unanswered'])} / "
-        f"{fmt(run['error_replies'] + run['bad_replies'])}"
+        f"{fmt(run['error_replies'])}" + (f" (+{fmt(wrong)} wrong replies)" if wrong > 0 else "")
     )
+
+
+def refused(run: dict[str, Any]) -> str:
+    """Why a run's CPU per message means nothing, if most of its clients were cut off."""
+    lost = run["drops"] + run["connect_failures"]
+    if lost > run["clients"] // 100:
+        return f"- ({fmt(lost)} of {fmt(run['clients'])} clients cut off)"
+    return ""
 
 
 def error_kinds(run: dict[str, Any]) -> str:
@@ -74,28 +104,36 @@ def error_kinds(run: dict[str, Any]) -> str:
     return ", ".join(f"`{k}` {v:,.0f}" for k, v in sorted(totals.items())) or "none"
 
 
+def runs_of(redis: dict[str, Any], at: Point) -> str:
+    """How many times the kinds ran under load `at`, in words."""
+    n = sum(1 for r in redis.get("schedule") or [] if r["server_kind"] == TWO and point(r) == at)
+    return "once" if n == 1 else f"{n} times"
+
+
 def summary_rows(redis: dict[str, Any]) -> list[list[str]]:
     """numd on Redis against embedded numd, one figure a row."""
     runs = redis.get("schedule") or []
     rows: list[list[str]] = []
-    for clients in sorted({r["clients"] for r in runs}, reverse=True):
-        emb, red = median_run(runs, EMBEDDED, clients), median_run(runs, ON_REDIS, clients)
+    for at in points(runs):
+        emb, red = median_run(runs, EMBEDDED, at), median_run(runs, ON_REDIS, at)
         if not (emb and red):
             continue
         e, r = emb["cpu_us_per_message"], red["cpu_us_per_message"]
         rows.append(
             [
-                f"{clients:,} counter clients, one instance: CPU per counter message, us",
-                cpu_split(e) + saturated(emb),
-                cpu_split(r) + saturated(red),
-                ratio(r.get("total"), e.get("total"))
+                f"{load_name(at)}, one instance: CPU per counter message, us",
+                refused(emb) or cpu_split(e) + saturated(emb),
+                refused(red) or cpu_split(r) + saturated(red),
+                ""
+                if refused(emb) or refused(red)
+                else ratio(r.get("total"), e.get("total"))
                 + f" (numd's own share {ratio(r.get('numd'), e.get('numd'))})",
             ]
         )
         es, rs = emb["latency"]["steady"], red["latency"]["steady"]
         rows.append(
             [
-                f"{clients:,} counter clients, one instance: p99 / p99.9 ms",
+                f"{load_name(at)}, one instance: p99 / p99.9 ms",
                 f"{fmt(es.get('p99_ms'))} / {fmt(es.get('p99_9_ms'))}",
                 f"{fmt(rs.get('p99_ms'))} / {fmt(rs.get('p99_9_ms'))}",
                 ratio(rs.get("p99_ms"), es.get("p99_ms")),
@@ -103,8 +141,7 @@ def summary_rows(redis: dict[str, Any]) -> list[list[str]]:
         )
         rows.append(
             [
-                f"{clients:,} counter clients, one instance: connect failures / drops / "
-                "unanswered / errors",
+                f"{load_name(at)}, one instance: connect failures / drops / unanswered / errors",
                 faults(emb),
                 faults(red),
                 "",
@@ -209,27 +246,27 @@ def summary_rows(redis: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def two_instances(redis: dict[str, Any], clients: int) -> tuple[list[str], dict[str, Any]] | None:
-    """The row of the two-instance point with `clients` (its median run), and that run; judged
-    against the target at the target's size, informative at others."""
+def two_instances(redis: dict[str, Any], at: Point) -> tuple[list[str], dict[str, Any]] | None:
+    """The row of the two-instance runs under load `at` (their median run), and that run;
+    judged against the target at the target's number of clients, informative at others."""
     runs = redis.get("schedule") or []
-    run = median_run(runs, TWO, clients)
+    run = median_run(runs, TWO, at)
     if run is None:
         return None
     steady = run["latency"]["steady"]
     p99 = steady.get("p99_ms")
     lost = run["drops"] + run["unanswered"] + run["connect_failures"]
     ok = None if p99 is None else p99 < P99_TARGET_MS and lost == 0 and run["connected"] > 0
-    others = [r for r in runs if r["server_kind"] == TWO and r.get("clients") == clients]
+    others = [r for r in runs if r["server_kind"] == TWO and point(r) == at]
     each = ", ".join(fmt(r["latency"]["steady"].get("p99_ms")) for r in others)
-    target = clients == redis.get("clients", clients)
+    target = at[0] == redis.get("clients", at[0])
     row = [
-        f"{clients:,} counter clients over two instances on one redis-server: "
+        f"{load_name(at)}, over two instances on one redis-server: "
         + (f"p99 < {P99_TARGET_MS:g} ms, no drops" if target else "for comparison"),
         f"p99 {fmt(p99)} ms (runs: {each}), p99.9 {fmt(steady.get('p99_9_ms'))} ms; "
         f"{fmt(run['connected'])} connected; connect failures / drops / unanswered / errors "
-        f"{faults(run)}; CPU per message {cpu_split(run['cpu_us_per_message'])} us"
-        f"{saturated(run)}",
+        f"{faults(run)}; CPU per message "
+        + (refused(run) or f"{cpu_split(run['cpu_us_per_message'])} us{saturated(run)}"),
         verdict(ok) if target else "informative",
     ]
     return row, run
@@ -245,6 +282,7 @@ def runs_table(redis: dict[str, Any]) -> str:
         rows.append(
             [
                 fmt(run["clients"]),
+                fmt(run.get("ramp_per_s"), 0),
                 run["server_kind"],
                 str(run.get("rep", 1)),
                 fmt(run["connected"]),
@@ -265,6 +303,7 @@ def runs_table(redis: dict[str, Any]) -> str:
     return table(
         [
             "clients",
+            "connects/s",
             "server",
             "run",
             "connected",
@@ -317,11 +356,16 @@ def section(results: dict[str, Any]) -> str:
         "the counter messages the clients sent in it (reports and requests; replies are not "
         "counted again), numd's (every instance's) and redis-server's apart, then summed. The "
         "flood and the registrations count requests answered and registrations done instead.\n"
-        f"- **Counter clients**: {redis.get('clients', 10000):,} clients on the real schedule "
-        f"(a report every 500 ms, a request every 3-5 s, no arrays), ramped at "
-        f"{st.get('ramp_per_s', 5000):,.0f}/s, {redis.get('seconds')} s steady window, each "
-        f"point run {max((r.get('rep', 1) for r in redis.get('schedule') or []), default=0)} "
-        "times, interleaved; the median run (by p99) stands for a point. Two instances: "
+        "- **Counter clients** on the real schedule (a report every 500 ms, a request every "
+        f"3-5 s, no arrays), a {redis.get('seconds')} s steady window after the last one "
+        "registered, under these loads: "
+        + ", ".join(
+            f"{load_name(at)} ({runs_of(redis, at)})" for at in points(redis.get("schedule") or [])
+        )
+        + "; runs interleaved, the median run (by p99) stands for a load. The rest of this "
+        "page connects at 5,000/s; numd on Redis registers each client with a script call "
+        "(its lease), so the same burst is run again at a rate its registration keeps up "
+        "with, to measure the steady state apart from the burst. Two instances: "
         "`loadgen --ports A,B` sends client i to instance i mod 2, one generator, one set of "
         "latencies for both.\n"
         "- **Arrays and pages**: the list filled to "
@@ -359,16 +403,17 @@ def section(results: dict[str, Any]) -> str:
         )
         + "\n"
     )
-    sizes = sorted({r["clients"] for r in redis.get("schedule") or []}, reverse=True)
-    points = [p for p in (two_instances(redis, n) for n in sizes) if p is not None]
-    if points:
+    loads = points(redis.get("schedule") or [])
+    targets = [t for t in (two_instances(redis, at) for at in loads) if t is not None]
+    if targets:
         out.append("### Issue 15's target\n")
         out.append(
-            table(["target", "measured (median run)", "verdict"], [row for row, _ in points]) + "\n"
+            table(["target", "measured (median run)", "verdict"], [row for row, _ in targets])
+            + "\n"
         )
         out.append(
             "What numd counted in those runs (`/metrics`, both instances): "
-            + "; ".join(f"{fmt(run['clients'])} clients: {error_kinds(run)}" for _, run in points)
+            + "; ".join(f"{load_name(point(run))}: {error_kinds(run)}" for _, run in targets)
             + ".\n"
         )
     out.append("### Every run of the client points\n")

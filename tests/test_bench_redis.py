@@ -179,6 +179,7 @@ def two_instance_run(p99: float, drops: int = 0, rep: int = 1) -> dict[str, Any]
         "server_kind": "numd on Redis, 2 instances",
         "rep": rep,
         "clients": 10000,
+        "ramp_per_s": 500.0,
         "connected": 10000,
         "connect_failures": 0,
         "drops": drops,
@@ -210,7 +211,7 @@ def test_the_two_instance_target_takes_the_median_run(
     redis = {
         "schedule": [two_instance_run(p99, drops, n) for n, (p99, drops) in enumerate(runs, 1)]
     }
-    row, run = report_redis.two_instances({**redis, "clients": 10000}, 10000)
+    row, run = report_redis.two_instances({**redis, "clients": 10000}, (10000, 500.0))
     assert row[-1] == verdict
     assert run["latency"]["steady"]["p99_ms"] == sorted(p for p, _ in runs)[(len(runs) - 1) // 2]
     assert report_redis.error_kinds(run) == "`numd_redis_unavailable_total` 3"
