@@ -185,6 +185,8 @@ class Server:
             self.db, self.keep_db = None, True
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self.pythonpath = [str(BENCH / "gcprobe")]
+        """The server's PYTHONPATH: the bench's probes, and what a run adds."""
 
     def start(self) -> None:
         """Start and wait until the counter port accepts (at most 30 s); retry once on new ports."""
@@ -215,7 +217,7 @@ class Server:
         self.stall_log = self.workdir / f"{self.kind}-{self.port}-stalls.log"
         env = dict(
             os.environ,
-            PYTHONPATH=str(BENCH / "gcprobe"),
+            PYTHONPATH=os.pathsep.join(self.pythonpath),
             NUMD_BENCH_GC_LOG=str(self.gc_log),
             NUMD_BENCH_STALL_LOG=str(self.stall_log),
         )

@@ -29,6 +29,7 @@ snapshots) and fresh numd instances, and stops them afterwards. What is measured
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import tempfile
@@ -69,6 +70,12 @@ REGISTER_CONNECTIONS = 16
 """Connections cycling through connect, register, close at once in the registration run."""
 LABELS = ("numd", "numd on Redis", "numd on Redis, 2 instances")
 """The kinds of server compared: embedded numd (SQLite), one instance on Redis, two on one Redis."""
+HIREDIS = bench.PROJECT_VENV / "hiredis"
+"""hiredis, installed beside the bench venv by bench/run (``pip install --target``)."""
+HIREDIS_LABELS = ("numd on Redis + hiredis", "numd on Redis + hiredis, 2 instances")
+"""numd on Redis with hiredis on its path: txredisapi then parses Redis's replies with hiredis
+instead of its own Python parser, which pauses the connection and waits for the next reactor
+turn after every bulk string. Run once per load, for comparison (numd does not depend on it)."""
 
 
 class RedisProcess:
@@ -209,11 +216,14 @@ class Instances:
         count: int = 1,
         api: bool = False,
         max_clients: int | None = None,
+        hiredis: bool = False,
     ) -> None:
         self.servers = []
         for n in range(count):
             home = Path(tempfile.mkdtemp(prefix=f"numd{n}-", dir=workdir))
             server = Server("numd", home, numd_help, api=api, max_clients=max_clients)
+            if hiredis:
+                server.pythonpath.append(str(HIREDIS))
             if redis is not None:
                 at = server.argv.index("--db")
                 server.argv[at + 1] = redis.url
@@ -346,9 +356,12 @@ def run_clients(
     """`clients` counter clients on the real schedule (as in the schedule part), connecting at
     `ramp` per second, on one instance or split over two on one redis-server."""
     count = 2 if label.endswith("2 instances") else 1
+    hiredis = label in HIREDIS_LABELS
 
     def body(redis: RedisProcess | None) -> dict[str, Any]:
-        with Instances(workdir, help_, redis, count, max_clients=clients + 100) as servers:
+        with Instances(
+            workdir, help_, redis, count, max_clients=clients + 100, hiredis=hiredis
+        ) as servers:
             before = redis.info() if redis else {}
             ports = ",".join(str(s.port) for s in servers)
             args = ["--clients", str(clients), "--duration", str(seconds), "--ramp", str(ramp)]
@@ -447,7 +460,7 @@ def run_register(cfg: argparse.Namespace, label: str, workdir: Path, help_: str)
     and again: registrations per second and the latency of one cycle."""
 
     def body(redis: RedisProcess | None) -> dict[str, Any]:
-        with Instances(workdir, help_, redis) as servers:
+        with Instances(workdir, help_, redis, hiredis=label in HIREDIS_LABELS) as servers:
             args = ["--mode", "register", "--clients", str(REGISTER_CONNECTIONS)]
             args += ["--duration", str(cfg.register_seconds)]
             result, windows = sampled(
@@ -460,6 +473,23 @@ def run_register(cfg: argparse.Namespace, label: str, workdir: Path, help_: str)
             return result
 
     return _with_redis(label, workdir, body)
+
+
+def hiredis_parser() -> str:
+    """The reply parser txredisapi picks with `HIREDIS` on the path ("HiredisProtocol" when
+    hiredis is there and loads; then the "+ hiredis" runs are made)."""
+    done = subprocess.run(
+        [
+            str(bench.PROJECT_VENV / "bin" / "python"),
+            "-c",
+            "import txredisapi; print(txredisapi.RedisProtocol.__name__)",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(HIREDIS)),
+        check=False,
+    )
+    return done.stdout.strip() or done.stderr.strip()[-200:]
 
 
 def run(
@@ -507,9 +537,12 @@ def run(
             "list": {},
         }
     )
+    parser = hiredis_parser()
+    out["hiredis_parser"] = parser
+    with_hiredis = HIREDIS_LABELS[:1] if parser == "HiredisProtocol" else ()
     for size, ramp, reps in points:
         for rep in range(reps):
-            for label in LABELS:
+            for label in LABELS + (HIREDIS_LABELS if rep == 0 and with_hiredis else ()):
                 log(
                     f"redis: {label}, {size} clients at {ramp:g}/s, {seconds} s "
                     f"(run {rep + 1}/{reps})"
@@ -522,7 +555,7 @@ def run(
         log(f"redis: {label}, flood W=64")
         out["flood"][label] = run_flood(cfg, label, workdir, numd_help)
         save()
-    for label in LABELS[:2]:
+    for label in LABELS[:2] + with_hiredis:
         log(f"redis: {label}, registrations")
         out["register"][label] = run_register(cfg, label, workdir, numd_help)
         save()

@@ -8,6 +8,7 @@ from typing import Any
 from report import fmt, ratio, table, verdict
 
 EMBEDDED, ON_REDIS, TWO = "numd", "numd on Redis", "numd on Redis, 2 instances"
+HIREDIS, HIREDIS_TWO = "numd on Redis + hiredis", "numd on Redis + hiredis, 2 instances"
 P99_TARGET_MS = 5.0
 """Issue 15's target for 10,000 clients split over two instances: p99 under 5 ms, no drops."""
 
@@ -272,6 +273,60 @@ def two_instances(redis: dict[str, Any], at: Point) -> tuple[list[str], dict[str
     return row, run
 
 
+def hiredis_rows(redis: dict[str, Any]) -> list[list[str]]:
+    """numd on Redis with txredisapi's own reply parser against the same with hiredis's."""
+    runs = redis.get("schedule") or []
+    rows: list[list[str]] = []
+    for at in points(runs):
+        for plain, fast, where in (
+            (ON_REDIS, HIREDIS, "one instance"),
+            (TWO, HIREDIS_TWO, "two instances"),
+        ):
+            a, b = median_run(runs, plain, at), median_run(runs, fast, at)
+            if not (a and b):
+                continue
+            pa, pb = a["cpu_us_per_message"], b["cpu_us_per_message"]
+            cut = refused(a) or refused(b)
+            rows.append(
+                [
+                    f"{load_name(at)}, {where}: CPU per counter message, us",
+                    refused(a) or cpu_split(pa) + saturated(a),
+                    refused(b) or cpu_split(pb) + saturated(b),
+                    "" if cut else ratio(pb.get("total"), pa.get("total")),
+                ]
+            )
+            sa, sb = a["latency"]["steady"], b["latency"]["steady"]
+            rows.append(
+                [
+                    f"{load_name(at)}, {where}: p99 / p99.9 ms; connect failures / drops / "
+                    "unanswered / errors",
+                    f"{fmt(sa.get('p99_ms'))} / {fmt(sa.get('p99_9_ms'))}; {faults(a)}",
+                    f"{fmt(sb.get('p99_ms'))} / {fmt(sb.get('p99_9_ms'))}; {faults(b)}",
+                    ratio(sb.get("p99_ms"), sa.get("p99_ms")),
+                ]
+            )
+    reg = redis.get("register") or {}
+    a, b = reg.get(ON_REDIS), reg.get(HIREDIS)
+    if a and b:
+        rows.append(
+            [
+                "registrations per second",
+                fmt(a["replies_per_s"], 0),
+                fmt(b["replies_per_s"], 0),
+                ratio(b["replies_per_s"], a["replies_per_s"]),
+            ]
+        )
+        rows.append(
+            [
+                "registration: CPU per registration, us",
+                cpu_split(a["cpu_us_per_message"], 0),
+                cpu_split(b["cpu_us_per_message"], 0),
+                ratio(b["cpu_us_per_message"]["total"], a["cpu_us_per_message"]["total"]),
+            ]
+        )
+    return rows
+
+
 def runs_table(redis: dict[str, Any]) -> str:
     """Every run of the client points, in the order they ran."""
     rows = []
@@ -415,6 +470,22 @@ def section(results: dict[str, Any]) -> str:
             "What numd counted in those runs (`/metrics`, both instances): "
             + "; ".join(f"{load_name(point(run))}: {error_kinds(run)}" for _, run in targets)
             + ".\n"
+        )
+    fix = hiredis_rows(redis)
+    if fix:
+        out.append("### For comparison: numd on Redis with hiredis\n")
+        out.append(
+            "txredisapi parses Redis's replies in Python unless it can import hiredis; its "
+            "parser pauses the connection after every bulk string and goes on in the next "
+            "reactor turn (`setLineMode` with `callLater(0)`), so a reply of n strings costs n "
+            "turns and 2n `epoll_ctl` calls. The same runs with hiredis on numd's path "
+            f"(`pip install --target bench/.venv/hiredis hiredis`; txredisapi then uses "
+            f"`{redis.get('hiredis_parser')}`), once per load: numd does not depend on hiredis, "
+            "these rows measure what it would change.\n"
+        )
+        out.append(
+            table(["figure", "numd on Redis", "numd on Redis + hiredis", "hiredis / without"], fix)
+            + "\n"
         )
     out.append("### Every run of the client points\n")
     out.append(runs_table(redis) + "\n")

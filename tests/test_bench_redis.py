@@ -222,3 +222,51 @@ def test_the_page_says_why_redis_was_not_measured() -> None:
     report_redis = bench_module("report_redis")
     text = report_redis.section({"redis": {"skipped": "/usr/bin/redis-server not found"}})
     assert text.splitlines()[-1] == "Not measured: /usr/bin/redis-server not found."
+
+
+def test_only_the_hiredis_runs_put_hiredis_on_numd_path(tmp_path: Path) -> None:
+    """txredisapi uses hiredis whenever it can import it, so hiredis is on the path of the
+    "+ hiredis" runs' numd and of no other (the bench's probes are on every one's)."""
+    redis_bench = bench_module("redis_bench")
+    help_ = "--db --api-listen --max-clients"
+    plain = redis_bench.Instances(tmp_path, help_, None, count=2).servers
+    fast = redis_bench.Instances(tmp_path, help_, None, hiredis=True).servers
+    probes = str(BENCH / "gcprobe")
+    assert [s.pythonpath for s in plain] == [[probes], [probes]]
+    assert [s.pythonpath for s in fast] == [[probes, str(redis_bench.HIREDIS)]]
+
+
+def test_the_hiredis_rows_compare_each_load_with_numd_on_redis() -> None:
+    """The hiredis comparison sets each load's hiredis run against numd on Redis at the same
+    load (CPU per message and its ratio), and says so when a run cut most clients off."""
+    report_redis = bench_module("report_redis")
+
+    def run(kind: str, total: float, drops: int = 0) -> dict[str, Any]:
+        return {
+            **two_instance_run(50.0, drops),
+            "server_kind": kind,
+            "cpu_us_per_message": {"numd": total - 5, "redis": 5.0, "total": total},
+        }
+
+    redis = {
+        "schedule": [
+            run("numd on Redis, 2 instances", 40.0),
+            run("numd on Redis + hiredis, 2 instances", 30.0),
+            run("numd on Redis", 40.0, drops=9000),
+            run("numd on Redis + hiredis", 20.0),
+        ]
+    }
+    rows = report_redis.hiredis_rows(redis)
+    cpu = {row[0]: row[1:] for row in rows if "CPU per counter message" in row[0]}
+    one = "10,000 counter clients connecting at 500/s, one instance: CPU per counter message, us"
+    two = one.replace("one instance", "two instances")
+    assert cpu[two] == [
+        "numd 35.00 + Redis 5.00 = 40.00",
+        "numd 25.00 + Redis 5.00 = 30.00",
+        "0.75x",
+    ]
+    assert cpu[one] == [
+        "- (9,000 of 10,000 clients cut off)",
+        "numd 15.00 + Redis 5.00 = 20.00",
+        "",
+    ]
