@@ -84,9 +84,9 @@ def faults(run: dict[str, Any]) -> str:
 
 
 def refused(run: dict[str, Any]) -> str:
-    """Why a run's CPU per message means nothing, if most of its clients were cut off."""
+    """Why a run's CPU per message means nothing: most of its clients were cut off."""
     lost = run["drops"] + run["connect_failures"]
-    if lost > run["clients"] // 100:
+    if lost > run["clients"] // 2:
         return f"- ({fmt(lost)} of {fmt(run['clients'])} clients cut off)"
     return ""
 
