@@ -282,16 +282,43 @@ def sampled(
     samplers = {name: Sampler(pid) for name, pid in pids.items()}
     for sampler in samplers.values():
         sampler.start()
-    started = time.monotonic()
+    started, started_unix = time.monotonic(), time.time()
     result = run()
     for sampler in samplers.values():
         sampler.stop()
     ramp = max(0.0, result.get("ramp_s") or 0.0)
     window = result.get("window_s") or (time.monotonic() - started)
+    result["steady_unix"] = [started_unix + ramp, started_unix + ramp + window]
     return result, {
         name: sampler.window(started + ramp, started + ramp + window)
         for name, sampler in samplers.items()
     }
+
+
+def stalls(server: Server, steady: list[float]) -> dict[str, Any] | None:
+    """The server's reactor callbacks of 2 ms or more in the steady window (`bench/gcprobe`),
+    by kind (``io``: one socket's event; ``timers``: one pass over the due calls): how many
+    took 2, 5 and 10 ms or more, the longest, and their total, in ms. Wall time: a callback
+    during which the server's one core ran Redis or the other instance counts that too."""
+    path = getattr(server, "stall_log", None)
+    if path is None or not path.exists():
+        return None
+    out: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        try:
+            t, kind, ms = line.split()
+            at, took = float(t), float(ms)
+        except ValueError:
+            continue
+        if not steady[0] <= at <= steady[1]:
+            continue
+        k = out.setdefault(kind, {"2ms": 0, "5ms": 0, "10ms": 0, "max_ms": 0.0, "total_ms": 0.0})
+        k["2ms"] += 1
+        k["5ms"] += took >= 5
+        k["10ms"] += took >= 10
+        k["max_ms"] = max(k["max_ms"], took)
+        k["total_ms"] += took
+    return out
 
 
 def per_message(
@@ -370,6 +397,8 @@ def run_clients(
                 _pids(servers, redis), lambda: loadgen(servers[0].port, *args)
             )
             result["instances"] = [w for name, w in windows.items() if name != "redis"]
+            for window, server in zip(result["instances"], servers):
+                window["stalls"] = stalls(server, result["steady_unix"])
             result["redis"] = windows.get("redis")
             result["redis_info"] = redis_figures(redis, before)
             result["metrics"] = numd_metrics(servers)

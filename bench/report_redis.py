@@ -327,6 +327,15 @@ def hiredis_rows(redis: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def long_callbacks(stalls: dict[str, Any] | None) -> str:
+    """An instance's reactor callbacks of 5 ms or more in the steady window, and the longest."""
+    if stalls is None:
+        return "-"
+    count = sum(k["5ms"] for k in stalls.values())
+    longest = max((k["max_ms"] for k in stalls.values()), default=0.0)
+    return f"{count} / {fmt(longest, 1)}"
+
+
 def runs_table(redis: dict[str, Any]) -> str:
     """Every run of the client points, in the order they ran."""
     rows = []
@@ -353,6 +362,7 @@ def runs_table(redis: dict[str, Any]) -> str:
                 fmt(per.get("redis")),
                 fmt(per.get("total")),
                 fmt(run["latency"].get("send_lag_steady", {}).get("p99_ms")),
+                " + ".join(long_callbacks(i.get("stalls")) for i in instances) or "-",
             ]
         )
     return table(
@@ -374,6 +384,7 @@ def runs_table(redis: dict[str, Any]) -> str:
             "Redis us/msg",
             "total us/msg",
             "gen lag p99 ms",
+            "callbacks >= 5 ms / longest ms (each instance)",
         ],
         rows,
     )
@@ -492,6 +503,8 @@ def section(results: dict[str, Any]) -> str:
     out.append(
         '"gen lag" is how late the load generator itself sent (p99): when it is large the '
         "machine, not the server, was short of CPU. The errors column counts error replies "
-        "(`error:...`) and replies of the wrong kind.\n"
+        "(`error:...`). The callbacks column counts each instance's reactor callbacks of 5 ms "
+        "or more in the steady window (`bench/gcprobe`, wall time: a callback during which "
+        "the shared core ran Redis or the other instance counts that too).\n"
     )
     return "\n".join(out)

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -270,3 +270,17 @@ def test_the_hiredis_rows_compare_each_load_with_numd_on_redis() -> None:
         "numd 15.00 + Redis 5.00 = 20.00",
         "",
     ]
+
+
+def test_stalls_are_the_steady_window_reactor_callbacks_by_kind(tmp_path: Path) -> None:
+    """Only callbacks inside the steady window count, by kind, with how many took 2, 5 and
+    10 ms or more, the longest and their total."""
+    redis_bench = bench_module("redis_bench")
+    log = tmp_path / "stalls.log"
+    log.write_text("10.0 io 3.0\n11.0 io 12.0\n11.2 io 2.5\n11.5 timers 6.0\n20.0 io 50.0\n")
+    server = SimpleNamespace(stall_log=log)
+    assert redis_bench.stalls(server, [10.5, 15.0]) == {
+        "io": {"2ms": 2, "5ms": 1, "10ms": 1, "max_ms": 12.0, "total_ms": 14.5},
+        "timers": {"2ms": 1, "5ms": 1, "10ms": 0, "max_ms": 6.0, "total_ms": 6.0},
+    }
+    assert redis_bench.stalls(SimpleNamespace(stall_log=tmp_path / "none"), [0, 1]) is None
