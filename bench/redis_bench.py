@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -274,21 +275,68 @@ def numd_metrics(servers: list[Server]) -> list[dict[str, float]]:
     return out
 
 
+def core_times(core: int) -> tuple[int, int]:
+    """(busy, total) clock ticks of `core` since boot, from ``/proc/stat`` (idle and iowait are
+    not busy; everything else is, other processes and interrupts included)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                ticks = [int(x) for x in line.split()[1:]]
+                return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    raise ValueError(f"no cpu{core} in /proc/stat")
+
+
+class CoreSampler(threading.Thread):
+    """Samples (monotonic time, busy ticks, total ticks) of one core every `interval` s: how
+    busy the servers' core was, whoever kept it busy (the servers' own CPU does not show a core
+    saturated by them and other processes together)."""
+
+    def __init__(self, core: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.core = core
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                busy, total = core_times(self.core)
+            except (OSError, ValueError):
+                return
+            self.samples.append((time.monotonic(), busy, total))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._halt.set()
+        self.join()
+
+    def busy(self, start: float, end: float) -> float | None:
+        """The share of the core's time that was busy between two monotonic times."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
 def sampled(
     pids: dict[str, int], run: Callable[[], dict[str, Any]]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """`run` (a loadgen run) with the CPU and RSS of every process in `pids` sampled; each
     process's figures over loadgen's steady window (its whole run where it has no ramp)."""
     samplers = {name: Sampler(pid) for name, pid in pids.items()}
-    for sampler in samplers.values():
+    core = CoreSampler(bench.SERVER_CORE)
+    for sampler in [*samplers.values(), core]:
         sampler.start()
     started, started_unix = time.monotonic(), time.time()
     result = run()
-    for sampler in samplers.values():
+    for sampler in [*samplers.values(), core]:
         sampler.stop()
     ramp = max(0.0, result.get("ramp_s") or 0.0)
     window = result.get("window_s") or (time.monotonic() - started)
     result["steady_unix"] = [started_unix + ramp, started_unix + ramp + window]
+    result["server_core_busy"] = core.busy(started + ramp, started + ramp + window)
     return result, {
         name: sampler.window(started + ramp, started + ramp + window)
         for name, sampler in samplers.items()

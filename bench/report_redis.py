@@ -14,8 +14,8 @@ P99_TARGET_MS = 5.0
 
 
 SATURATED = 0.9
-"""Cores (numd's and Redis's together, all on one core) from which a run counts as saturated:
-its CPU per message is then a lower bound (messages wait in buffers, unhandled)."""
+"""The share of the servers' core (busy, whoever used it; else numd's and Redis's CPU together)
+from which a run counts as saturated: its CPU per message then depends on what it could get."""
 
 
 Point = tuple[int, float]
@@ -68,7 +68,11 @@ def cores(run: dict[str, Any]) -> float:
 
 
 def saturated(run: dict[str, Any]) -> str:
-    """A mark for a run whose servers used (nearly) all of their one core."""
+    """A mark for a run whose servers' core was (nearly) always busy: measured on the core when
+    the run has it, else from the servers' own CPU."""
+    busy = run.get("server_core_busy")
+    if busy is not None:
+        return f" (core 0 busy {100 * busy:.0f} %)" if busy >= SATURATED else ""
     return f" (core 0 saturated: {cores(run):.2f} cores)" if cores(run) >= SATURATED else ""
 
 
@@ -358,6 +362,7 @@ def runs_table(redis: dict[str, Any]) -> str:
                 fmt(steady.get("max_ms")),
                 " + ".join(fmt(100 * (i.get("cpu_cores") or 0), 1) for i in instances) or "-",
                 fmt(100 * run["redis"]["cpu_cores"], 1) if run.get("redis") else "-",
+                fmt(100 * run["server_core_busy"], 0) if run.get("server_core_busy") else "-",
                 fmt(per.get("numd")),
                 fmt(per.get("redis")),
                 fmt(per.get("total")),
@@ -380,6 +385,7 @@ def runs_table(redis: dict[str, Any]) -> str:
             "max ms",
             "numd CPU % (each instance)",
             "Redis CPU %",
+            "core 0 busy %",
             "numd us/msg",
             "Redis us/msg",
             "total us/msg",

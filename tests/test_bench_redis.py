@@ -284,3 +284,21 @@ def test_stalls_are_the_steady_window_reactor_callbacks_by_kind(tmp_path: Path) 
         "timers": {"2ms": 1, "5ms": 1, "10ms": 0, "max_ms": 6.0, "total_ms": 6.0},
     }
     assert redis_bench.stalls(SimpleNamespace(stall_log=tmp_path / "none"), [0, 1]) is None
+
+
+def test_a_run_counts_as_saturated_by_how_busy_its_core_was() -> None:
+    """The servers' core busy (whoever kept it busy) over the steady window decides the mark;
+    a run without that figure falls back on the servers' own CPU."""
+    redis_bench = bench_module("redis_bench")
+    report_redis = bench_module("report_redis")
+    core = redis_bench.CoreSampler(0)
+    core.samples = [(0.0, 100, 1000), (1.0, 150, 1100), (2.0, 245, 1200), (3.0, 300, 1300)]
+    assert core.busy(0.5, 2.5) == pytest.approx(0.95)
+    assert core.busy(5.0, 6.0) is None
+    light = {"instances": [{"cpu_cores": 0.3}], "redis": {"cpu_cores": 0.1}}
+    assert report_redis.saturated({**light, "server_core_busy": 0.95}) == " (core 0 busy 95 %)"
+    assert report_redis.saturated({**light, "server_core_busy": 0.5}) == ""
+    assert report_redis.saturated({**light, "redis": {"cpu_cores": 0.7}}) == (
+        " (core 0 saturated: 1.00 cores)"
+    )
+    assert redis_bench.core_times(0)[1] > 0
