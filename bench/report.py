@@ -711,7 +711,7 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
     )
     add("## Reproduce\n")
     add(
-        "```sh\nbash bench/run            # everything, about 25 minutes on 2 cores; writes this page\n"
+        "```sh\nbash bench/run            # everything, about 45 minutes on 2 cores (the Redis part 20); writes this page\n"
         "bash bench/run --quick    # small N and short runs, a few minutes (writes a quick page)\n"
         "bash bench/run --profile  # also py-spy numd and the baseline during the W=64 flood\n"
         "bash bench/run --only schedule,flood   # a subset: startup,schedule,flood,arrays,http,redis\n```\n"
