@@ -57,10 +57,16 @@ LOAD_CORE = 1
 """The core of the load generators (loadgen, wrk, the paced HTTP client)."""
 
 
+CORES = frozenset(os.sched_getaffinity(0))
+"""The cores this bench may use, read once at import, before the driver pins itself: a server
+started by the driver inherits the driver's affinity (`LOAD_CORE`), so `_pin` must not judge
+the server's core by the caller's own affinity (until that was fixed, every server ran on the
+load core)."""
+
+
 def _pin(core: int) -> None:
     """Pin the calling process (and every thread it starts later) to `core`, if it exists."""
-    cores = os.sched_getaffinity(0)
-    if core in cores and len(cores) > 1:
+    if core in CORES and len(CORES) > 1:
         os.sched_setaffinity(0, {core})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -302,3 +303,31 @@ def test_a_run_counts_as_saturated_by_how_busy_its_core_was() -> None:
         " (core 0 saturated: 1.00 cores)"
     )
     assert redis_bench.core_times(0)[1] > 0
+
+
+PINNING = """
+import os, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import bench
+bench._pin(bench.LOAD_CORE)
+server = subprocess.Popen(["sleep", "5"], preexec_fn=bench.boost_server)
+load = subprocess.Popen(["sleep", "5"], preexec_fn=bench.boost)
+print(sorted(os.sched_getaffinity(server.pid)), sorted(os.sched_getaffinity(load.pid)))
+server.kill(), load.kill(), server.wait(), load.wait()
+"""
+
+
+def test_a_server_started_by_the_pinned_driver_runs_on_the_server_core() -> None:
+    """The driver pins itself to the load core first; the servers it starts still go to the
+    server's core (a child inherits the driver's affinity, which must not decide), the load
+    generators to the load core."""
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("needs cores 0 and 1")
+    done = subprocess.run(
+        [sys.executable, "-c", PINNING, str(BENCH)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.split("\n")[0] == "[0] [1]"
