@@ -57,10 +57,16 @@ LOAD_CORE = 1
 """The core of the load generators (loadgen, wrk, the paced HTTP client)."""
 
 
+CORES = frozenset(os.sched_getaffinity(0))
+"""The cores this bench may use, read once at import, before the driver pins itself: a server
+started by the driver inherits the driver's affinity (`LOAD_CORE`), so `_pin` must not judge
+the server's core by the caller's own affinity (until that was fixed, every server ran on the
+load core)."""
+
+
 def _pin(core: int) -> None:
     """Pin the calling process (and every thread it starts later) to `core`, if it exists."""
-    cores = os.sched_getaffinity(0)
-    if core in cores and len(cores) > 1:
+    if core in CORES and len(CORES) > 1:
         os.sched_setaffinity(0, {core})
 
 
@@ -185,6 +191,8 @@ class Server:
             self.db, self.keep_db = None, True
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self.pythonpath = [str(BENCH / "gcprobe")]
+        """The server's PYTHONPATH: the bench's probes, and what a run adds."""
 
     def start(self) -> None:
         """Start and wait until the counter port accepts (at most 30 s); retry once on new ports."""
@@ -215,7 +223,7 @@ class Server:
         self.stall_log = self.workdir / f"{self.kind}-{self.port}-stalls.log"
         env = dict(
             os.environ,
-            PYTHONPATH=str(BENCH / "gcprobe"),
+            PYTHONPATH=os.pathsep.join(self.pythonpath),
             NUMD_BENCH_GC_LOG=str(self.gc_log),
             NUMD_BENCH_STALL_LOG=str(self.stall_log),
         )
@@ -942,7 +950,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: micro,startup,schedule,flood,fairness,arrays,http",
+        help="comma list: micro,startup,schedule,flood,fairness,arrays,http,redis",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the W=64 floods")
     parser.add_argument(
@@ -1188,6 +1196,15 @@ def main() -> None:
                 log(f"http {kind}")
                 results["http"][kind] = run_http(cfg, kind, workdir, numd_help)
                 save()
+        if want("redis"):
+            # bench/redis_bench.py imports this module as `bench`: the same one, not a copy.
+            sys.modules.setdefault("bench", sys.modules[__name__])
+            import redis_bench
+
+            log("numd on Redis against embedded numd (bench/redis_bench.py)")
+            results["redis"] = {}
+            redis_bench.run(cfg, workdir, numd_help, results["redis"], save)
+            save()
     finally:
         results["bench_seconds"] = previous.get("bench_seconds", 0) + time.monotonic() - started
         save()

@@ -14,6 +14,13 @@
  *             of k new requests). --count bounds the total number of requests.
  *   fill      one connection sends arrays of 1000 values until --fill-values
  *             values were sent (4 in flight), to grow the server's sorted list.
+ *   register  --clients connections each connect, register with the next ID
+ *             (cycling over --id-space), wait for the start number, close (RST)
+ *             and connect again, for --duration: registrations per second, and
+ *             the latency of one cycle (from the connect to the start number).
+ *
+ * --ports P1,P2,... spreads the clients over several servers (client i connects
+ * to the (i mod n)-th port): one run, one set of figures, for several instances.
  *
  * Latency is measured from the *scheduled* send time of a request to the arrival
  * of the last byte of its reply, so a late generator or a full socket buffer
@@ -79,6 +86,8 @@ typedef struct {
 /* ---------------------------------------------------------------- options */
 static const char *mode = "schedule";
 static int port = 2004;
+static int ports[16];
+static int n_ports = 0; /* --ports: the clients spread over these, else all on --port */
 static int n_clients = 100;
 static double duration = 10;
 static double ramp = 5000;      /* connects per second */
@@ -107,6 +116,8 @@ static int connecting_now = 0;
 static int *waiting; /* clients whose connect time passed while too many connects were in progress */
 static long long wait_head = 0, wait_tail = 0;
 static int is_flood = 0;
+static int is_register = 0;
+static long long next_id = 0; /* register: the ID of the next registration */
 
 static uint64_t last_rx_ns = 0;
 static double max_gap_ms = 0;
@@ -398,6 +409,8 @@ static void start_active(conn_t *c, uint64_t t) {
     }
 }
 
+static void start_connect(conn_t *c, uint64_t t);
+
 /* A whole reply token arrived on `c`. */
 static void on_reply(conn_t *c, uint64_t t, uint64_t prev_rx) {
     if (c->q_len == 0) {
@@ -419,6 +432,17 @@ static void on_reply(conn_t *c, uint64_t t, uint64_t prev_rx) {
     }
     switch (p.kind) {
     case K_ID:
+        if (is_register) {
+            /* One whole cycle, from the connect: then close and go again at once. */
+            add_sample(&lat_register, t - c->connect_start_ns);
+            if (!is_error && c->tok_digits_only) n_registered++;
+            else if (!is_error) n_bad_replies++;
+            close_conn(c, 0);
+            c->tok_len = 0;
+            c->out_len = 0;
+            if (sending) start_connect(c, t);
+            break;
+        }
         add_sample(&lat_register, lat);
         if (!is_error && c->tok_digits_only) {
             c->number = c->tok_value;
@@ -492,7 +516,7 @@ static void on_readable(conn_t *c) {
                         n_active++;
                         check_all_up(t);
                     }
-                    if (c->state == ST_CLOSED) return;
+                    if (c->state == ST_CLOSED || c->state == ST_CONNECTING) return;
                 }
                 c->tok_len = 0;
                 continue;
@@ -535,7 +559,8 @@ static void start_connect(conn_t *c, uint64_t t) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    int to = n_ports ? ports[c->idx % n_ports] : port;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(to)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* 127.0.0.1, always */
     c->fd = fd;
     c->connect_start_ns = t;
@@ -573,7 +598,8 @@ static void on_connected(conn_t *c, uint64_t t) {
     want_out(c, 0);
     if (c->registers) {
         char buf[32];
-        int n = sprintf(buf, "%d ", c->idx % id_space);
+        int id = is_register ? (int)(next_id++ % id_space) : c->idx % id_space;
+        int n = sprintf(buf, "%d ", id);
         c->state = ST_REGISTERING;
         q_push(c, t, t, K_ID);
         n_sent_tokens++;
@@ -660,7 +686,8 @@ static void print_stats(const char *name, samples_t *s, int last) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen [--mode schedule|flood|fill] [--port P] [--clients N] [--duration S]\n"
+            "usage: loadgen [--mode schedule|flood|fill|register] [--port P] [--ports P1,P2,...] [--clients N]\n"
+            "  [--duration S]\n"
             "  [--ramp CONN_PER_S] [--max-connecting K] [--array-share F] [--array-min N] [--array-max N]\n"
             "  [--id-space N] [--window W] [--count N] [--report-ms MS] [--req-min-ms MS] [--req-max-ms MS]\n"
             "  [--seed N] [--grace S] [--connect-timeout S] [--fill-values N] [--array-value-max N]\n");
@@ -674,6 +701,16 @@ int main(int argc, char **argv) {
         const char *v = argv[++i];
         if (!strcmp(a, "--mode")) mode = v;
         else if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "--ports")) {
+            for (const char *p = v; *p;) {
+                char *end;
+                long x = strtol(p, &end, 10);
+                if (end == p || x <= 0 || x > 65535 || n_ports == (int)(sizeof ports / sizeof ports[0])) usage();
+                ports[n_ports++] = (int)x;
+                if (*end && *end != ',') usage();
+                p = *end ? end + 1 : end;
+            }
+        }
         else if (!strcmp(a, "--clients")) n_clients = atoi(v);
         else if (!strcmp(a, "--duration")) duration = atof(v);
         else if (!strcmp(a, "--ramp")) ramp = atof(v);
@@ -694,9 +731,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--array-value-max")) array_value_max = atoll(v);
         else usage();
     }
-    if (strcmp(mode, "schedule") && strcmp(mode, "flood") && strcmp(mode, "fill")) usage();
+    if (strcmp(mode, "schedule") && strcmp(mode, "flood") && strcmp(mode, "fill") && strcmp(mode, "register"))
+        usage();
     if (!strcmp(mode, "fill")) n_clients = 1;
     is_flood = !strcmp(mode, "flood");
+    is_register = !strcmp(mode, "register");
     if (n_clients < 1 || array_min < 1 || array_max < array_min || array_max > 1000 || window < 1 ||
         ramp <= 0 || duration <= 0 || array_value_max < 1)
         usage();
@@ -737,6 +776,7 @@ int main(int argc, char **argv) {
         heap_push(i);
     }
     uint64_t up_deadline = t0 + (uint64_t)((ramp_s + connect_timeout + 5) * 1e9);
+    if (is_register) note_all_up(t0); /* no ramp to wait for: the window is the whole run */
     struct epoll_event evs[1024];
     uint64_t stop_ns = 0;
     for (;;) {
@@ -768,7 +808,7 @@ int main(int argc, char **argv) {
                 conn_t *c = &conns[heap[0]];
                 heap_remove(c->idx);
                 if (c->state == ST_INIT || c->state == ST_CONNECTING) {
-                    if (c->state == ST_CONNECTING) n_connect_fail++;
+                    if (c->state == ST_CONNECTING && !is_register) n_connect_fail++;
                     close_conn(c, 0);
                 }
             }

@@ -711,10 +711,10 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
     )
     add("## Reproduce\n")
     add(
-        "```sh\nbash bench/run            # everything, about 25 minutes on 2 cores; writes this page\n"
+        "```sh\nbash bench/run            # everything, about 45 minutes on 2 cores (the Redis part 20); writes this page\n"
         "bash bench/run --quick    # small N and short runs, a few minutes (writes a quick page)\n"
         "bash bench/run --profile  # also py-spy numd and the baseline during the W=64 flood\n"
-        "bash bench/run --only schedule,flood   # a subset: startup,schedule,flood,arrays,http\n```\n"
+        "bash bench/run --only schedule,flood   # a subset: startup,schedule,flood,arrays,http,redis\n```\n"
     )
     add(
         "The script builds `bench/loadgen` from `bench/loadgen.c` with gcc, makes `bench/.venv` (numd installed "
@@ -1017,6 +1017,12 @@ def render(results: dict[str, Any], has_plot: bool, source: str) -> str:
             for k, v in start.items()
         ]
         add(table(["server", "stored values", "seconds to accepting (each start)"], rows) + "\n")
+    if results.get("redis"):
+        # bench/report_redis.py imports this module as `report`: the same one, not a copy.
+        sys.modules.setdefault("report", sys.modules[__name__])
+        import report_redis
+
+        add(report_redis.section(results))
     micro = results.get("micro") or {}
     if micro.get("results"):
         add("## Per-message cost in process (no sockets)\n")
