@@ -43,6 +43,7 @@ from numd.startup.preflight import StartupReport, before_start
 from numd.stats import Stats
 from numd.store.database import StoreError
 from numd.store.redis.connection import describe
+from numd.store.redis.figures import metric_values
 from numd.store.redis.startup import open_shared_state, unreachable
 from numd.store.redis.state import SharedState
 from numd.store.service import Store, make_store
@@ -218,7 +219,7 @@ def makeService(config: Options, reactor: Any = None) -> Daemon:
     ready_checks = {"counter_listeners": _listening(counter_factory, len(config["listen"]))}
     if isinstance(state, SharedState):
         ready_checks["redis"] = lambda: state.ready
-        metrics.add_values(state.metric_values)
+        metrics.add_values(lambda: metric_values(state))
     if legacy is not None:
         ready_checks["legacy_array_listener"] = _listening(legacy, 1)
     api = _api(config, state, message_log, metrics, ready_checks, store, stats, legacy, reactor)

@@ -284,3 +284,19 @@ async def test_registrations_past_the_waiting_limit_are_refused_at_once(
         await wait(d)
     assert [outcomes[i] for i in range(5)] == [0] * 5
     assert await wait(a.claim(9)) == 0  # room again once they were answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_this_instances_redis_work(instances: Instances) -> None:
+    """``/metrics`` figures of an instance on Redis: connected, ready, its clients, what it applied."""
+    from numd.store.redis.figures import metric_values
+
+    a = await instances.start("a")
+    a.local_clients = lambda: 4
+    a.merge([1])
+    await wait(a.when_durable())
+    figures = {name: value for _, name, _, value in metric_values(a)}
+    assert figures["numd_redis_connected"] == figures["numd_redis_ready"] == 1.0
+    assert figures["numd_instance_clients_connected"] == 4
+    assert figures["numd_redis_entries_applied"] >= 1 and figures["numd_redis_snapshot_loads"] == 1
+    assert figures["numd_redis_unavailable"] == 0 and figures["numd_redis_pending_updates"] == 0

@@ -238,75 +238,14 @@ class SharedState(NumberService):
         return self._instances
 
     @property
+    def pending_updates(self) -> int:
+        """Clients whose reports, given numbers or disconnects wait to be sent."""
+        return len(self._updates)
+
+    @property
     def ready(self) -> bool:
         """Whether changes can be made and the copy is current."""
         return self.redis.connected and self.follower.ready
-
-    def metric_values(self) -> list[tuple[str, str, str, float]]:
-        """This instance's Redis figures for ``/metrics``: (kind, name, help, value)."""
-        follower = self.follower
-        return [
-            (
-                "gauge",
-                "numd_redis_connected",
-                "1 while the connection for changes is up.",
-                float(self.redis.connected),
-            ),
-            (
-                "gauge",
-                "numd_redis_ready",
-                "1 while changes can be made and the local copy is current.",
-                float(self.ready),
-            ),
-            (
-                "counter",
-                "numd_redis_unavailable",
-                "Changes refused because Redis could not be reached in time.",
-                self.unavailable,
-            ),
-            (
-                "counter",
-                "numd_redis_command_timeouts",
-                "Redis commands that got no answer in time.",
-                self.redis.timeouts,
-            ),
-            (
-                "counter",
-                "numd_redis_leases_lost",
-                "Client IDs this instance found held by another instance.",
-                self.leases_lost,
-            ),
-            (
-                "gauge",
-                "numd_redis_pending_updates",
-                "Clients whose reports or disconnects wait to be sent.",
-                len(self._updates),
-            ),
-            (
-                "counter",
-                "numd_redis_update_batches",
-                "Script calls that sent client updates.",
-                self.update_batches,
-            ),
-            (
-                "counter",
-                "numd_redis_entries_applied",
-                "Change-stream entries applied to the local copy.",
-                follower.applied,
-            ),
-            (
-                "counter",
-                "numd_redis_snapshot_loads",
-                "Snapshots of the shared state loaded.",
-                follower.loads,
-            ),
-            (
-                "counter",
-                "numd_redis_stream_gaps",
-                "Reloads because change-stream entries were trimmed unread.",
-                follower.gaps,
-            ),
-        ]
 
     # -- the registry ------------------------------------------------------------------
 
