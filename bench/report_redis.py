@@ -509,7 +509,10 @@ def section(results: dict[str, Any]) -> str:
     out.append(
         '"gen lag" is how late the load generator itself sent (p99): when it is large the '
         "machine, not the server, was short of CPU. The errors column counts error replies "
-        "(`error:...`). The callbacks column counts each instance's reactor callbacks of 5 ms "
+        "(`error:...`). \"core 0 busy\" is the servers' core's busy share (`/proc/stat`, whoever "
+        "used it): exact for a core that was never idle, too low for a load that leaves it idle in "
+        "short gaps (the kernel counts busy time by timer ticks). "
+        "The callbacks column counts each instance's reactor callbacks of 5 ms "
         "or more in the steady window (`bench/gcprobe`, wall time: a callback during which "
         "the shared core ran Redis or the other instance counts that too).\n"
     )
