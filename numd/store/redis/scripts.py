@@ -281,7 +281,7 @@ class StateScripts:
                 batch_keys += [keys.lease(client_id), keys.client(client_id)]
             args = [ms, seconds, *map(_client_id, batch)]
             calls.append(self._run("register-many", batch_keys, args))
-        d = _gather(calls)
+        d = gather(calls)
         return d.addCallback(
             lambda replies: [int(n) if n else None for reply in replies for n in reply[1:]]
         )
@@ -301,7 +301,7 @@ class StateScripts:
             batch = ids[start : start + RENEW_BATCH]
             d = self._run("renew", [self.keys.lease(i) for i in batch], [ms], stream=False)
             calls.append(d.addCallback(_pick, batch))
-        d = _gather(calls)
+        d = gather(calls)
         return d.addCallback(lambda lists: [i for lost in lists for i in lost])
 
     def update(self, changes: Sequence[ClientUpdate], now: float) -> Deferred[Updated]:
@@ -325,7 +325,7 @@ class StateScripts:
                     b"1" if change.bye else b"0",
                 ]
             calls.append(self._run("update", batch_keys, args))
-        d = _gather(calls)
+        d = gather(calls)
 
         def updated(replies: list[Any]) -> Updated:
             entries = [reply[0] for reply in replies if reply[0]]
@@ -410,7 +410,7 @@ class StateScripts:
         return d.addErrback(reload).addErrback(_refusal, subject)
 
 
-def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
+def gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
     """The results of `calls`, in order; or the first failure as it is (not a `FirstError`)."""
     d = gatherResults(calls, consumeErrors=True)
 

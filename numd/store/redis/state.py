@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -65,6 +65,7 @@ from numd.store.redis.scripts import (
     MemberCollision,
     StateScripts,
     Updated,
+    gather,
 )
 from numd.store.redis.snapshot import parse_id
 from numd.timers import cancel
@@ -204,9 +205,7 @@ class SharedState(NumberService):
         cancel(self._update_call)
         self._update_call = None
         last = self._send_updates() if self._updates and self.redis.connected else None
-        d: Deferred[Any] = last if last is not None else Deferred()
-        if last is None:
-            d.callback(None)
+        d: Deferred[Any] = last if last is not None else succeed(None)
         d.addTimeout(self.redis.timeout, self._clock)
         d.addErrback(lambda f: self.log.warn("last client updates not sent: {f}", f=f.value))
 
@@ -434,16 +433,11 @@ class SharedState(NumberService):
         changes, self._unwaited = self._unwaited, []
         if not changes:
             return None
-        d = gatherResults(changes, consumeErrors=True)
 
         def applied(entries: list[bytes]) -> Deferred[None]:
             return self.follower.wait_applied(max(entries, key=parse_id))
 
-        def first(failure: Failure) -> Failure:
-            error = failure.value
-            return error.subFailure if isinstance(error, FirstError) else failure
-
-        return d.addErrback(first).addCallback(applied).addErrback(self._unavailable)
+        return gather(changes).addCallback(applied).addErrback(self._unavailable)
 
     def _unavailable(self, failure: Failure) -> Failure:
         """`failure` as numd's refusals: `IdInUse` as it is, anything else `StateUnavailable`."""
